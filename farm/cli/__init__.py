@@ -1,0 +1,1 @@
+"""The `farm` command line: thin Typer commands over the library."""

@@ -1,0 +1,191 @@
+"""GPT-2 from scratch in PyTorch, nanoGPT-style: one config (`ModelShape`) handed to every module.
+
+Token + position embeddings, pre-LayerNorm blocks, causal self-attention through
+`F.scaled_dot_product_attention`, tanh-GELU MLP, LM head tied to the token embedding. The model
+is built directly on its `device` and in its `dtype`; every tensor it creates itself (the
+position indices) is created on the device its parameters live on.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from farm.errors import CheckpointError
+from farm.spec import ModelShape, resolve_model
+
+__all__ = ["GPT", "build_model", "from_hf_checkpoint", "hf_state_dict"]
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, cfg: ModelShape, **factory) -> None:
+        super().__init__()
+        self.n_head = cfg.n_head
+        self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, **factory)  # q, k, v in one matmul
+        self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, **factory)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, C = x.shape
+        hs = C // self.n_head
+        q, k, v = self.c_attn(x).split(C, dim=2)  # 3 x (B, T, C)
+        q = q.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, self.n_head, hs).transpose(1, 2)
+        v = v.view(B, T, self.n_head, hs).transpose(1, 2)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, nh, T, hs)
+        y = y.transpose(1, 2).reshape(B, T, C)
+        return self.c_proj(y)
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelShape, **factory) -> None:
+        super().__init__()
+        self.c_fc = nn.Linear(cfg.n_embd, 4 * cfg.n_embd, **factory)
+        self.c_proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd, **factory)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.c_proj(F.gelu(self.c_fc(x), approximate="tanh"))  # (B, T, C)
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelShape, **factory) -> None:
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(cfg.n_embd, eps=1e-5, **factory)
+        self.attn = CausalSelfAttention(cfg, **factory)
+        self.ln_2 = nn.LayerNorm(cfg.n_embd, eps=1e-5, **factory)
+        self.mlp = MLP(cfg, **factory)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x))
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPT(nn.Module):
+    """A GPT-2 family language model. `forward(idx, targets=None) -> (logits, loss)`."""
+
+    def __init__(
+        self,
+        cfg: ModelShape | str,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        self.config = cfg = resolve_model(cfg)
+        factory = {"device": torch.device(device), "dtype": dtype or torch.float32}
+        self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd, **factory)
+        self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd, **factory)
+        self.h = nn.ModuleList(Block(cfg, **factory) for _ in range(cfg.n_layer))
+        self.ln_f = nn.LayerNorm(cfg.n_embd, eps=1e-5, **factory)
+        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False, **factory)
+        self.lm_head.weight = self.wte.weight  # weight tying, as GPT-2
+        self.reset_parameters()
+
+    @property
+    def device(self) -> torch.device:
+        return self.wte.weight.device
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """GPT-2 initialisation: N(0, 0.02), residual projections scaled by 1/sqrt(2 * n_layer)."""
+        if self.device.type == "meta":
+            return
+        std_proj = 0.02 / math.sqrt(2 * self.config.n_layer)
+        for name, p in self.named_parameters():
+            if name.endswith("bias"):
+                p.zero_()
+            elif "ln_" in name:
+                p.fill_(1.0)
+            else:
+                p.normal_(0.0, std_proj if name.endswith("c_proj.weight") else 0.02)
+
+    def forward(
+        self, idx: torch.Tensor, targets: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        T = idx.shape[1]  # idx: (B, T) token ids
+        if self.config.block_size < T:
+            raise ValueError(f"sequence of {T} tokens is above the context ({self.config.block_size})")
+        pos = torch.arange(T, device=self.device)  # (T,), created on the model's device
+        x = self.wte(idx) + self.wpe(pos)  # (B, T, C)
+        for block in self.h:
+            x = block(x)
+        logits = self.lm_head(self.ln_f(x))  # (B, T, vocab)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1))
+        return logits, loss
+
+    def num_parameters(self) -> int:
+        """Unique parameters (the tied LM head is counted once)."""
+        return sum(p.numel() for p in self.parameters())
+
+
+def build_model(cfg: ModelShape | str, device: torch.device | str = "cpu", dtype: torch.dtype | None = None) -> GPT:
+    """Build a randomly initialised model directly on `device`."""
+    return GPT(cfg, device=device, dtype=dtype)
+
+
+# Hugging Face GPT-2 stores Linear weights as Conv1D, shape (in, out): transpose them.
+_HF_TRANSPOSED = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+
+
+def hf_state_dict(hf_sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Map a Hugging Face GPT-2 state dict (GPT2LMHeadModel or GPT2Model) to our names."""
+    out: dict[str, torch.Tensor] = {}
+    for key, t in hf_sd.items():
+        k = key.removeprefix("transformer.")
+        if k.endswith((".attn.bias", ".attn.masked_bias")) or k == "lm_head.weight":
+            continue  # causal-mask buffers of old checkpoints; the head is tied to wte
+        if k.endswith(_HF_TRANSPOSED):
+            t = t.t()
+        out[k] = t
+    return out
+
+
+def _read_hf_config(path: Path) -> ModelShape:
+    cfg_file = path / "config.json"
+    if not cfg_file.is_file():
+        raise CheckpointError(f"{path}: no config.json (expected a Hugging Face GPT-2 directory)")
+    cfg = json.loads(cfg_file.read_text())
+    n_embd = cfg.get("n_embd", 768)
+    if cfg.get("n_inner") not in (None, 4 * n_embd):
+        raise CheckpointError(f"{path}: n_inner={cfg['n_inner']} is not supported (only 4 * n_embd)")
+    if cfg.get("activation_function", "gelu_new") not in ("gelu_new", "gelu_pytorch_tanh"):
+        raise CheckpointError(f"{path}: activation {cfg['activation_function']!r} is not tanh-GELU")
+    return ModelShape(
+        name=cfg.get("_name_or_path") or path.name or "checkpoint",
+        n_layer=cfg.get("n_layer", 12),
+        n_head=cfg.get("n_head", 12),
+        n_embd=n_embd,
+        block_size=cfg.get("n_positions", cfg.get("n_ctx", 1024)),
+        vocab_size=cfg.get("vocab_size", 50257),
+    )
+
+
+def from_hf_checkpoint(path: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype | None = None) -> GPT:
+    """Load a local Hugging Face GPT-2 checkpoint (config.json + model.safetensors or
+    pytorch_model.bin) into our model on `device`. Nothing is downloaded."""
+    path = Path(path)
+    cfg = _read_hf_config(path)
+    if (path / "model.safetensors").is_file():
+        from safetensors.torch import load_file
+
+        hf_sd = load_file(str(path / "model.safetensors"))
+    elif (path / "pytorch_model.bin").is_file():
+        hf_sd = torch.load(path / "pytorch_model.bin", map_location="cpu", weights_only=True)
+    else:
+        raise CheckpointError(f"{path}: neither model.safetensors nor pytorch_model.bin is there")
+    model = GPT(cfg, device="meta", dtype=dtype)
+    sd = hf_state_dict(hf_sd)
+    missing = set(model.state_dict()) - set(sd) - {"lm_head.weight"}
+    unexpected = set(sd) - set(model.state_dict())
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{path}: weights do not match GPT-2 (missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})"
+        )
+    model.load_state_dict(sd, strict=False, assign=True)
+    model.lm_head.weight = model.wte.weight
+    return model.to(device=device, dtype=dtype or torch.float32)

@@ -1,0 +1,257 @@
+"""The three timed phases: init (build the model on the device), forward, train.
+
+Each phase returns a `PhaseResult` with raw times; every clock reading is synchronised with the
+device by the context's `Timer`. Work that is not the phase itself (CUDA context creation, the
+host-to-device copy of the tokens, torch.compile's first call, moving a CPU-built model) is timed
+apart and stored in the phase's `breakdown`, so "GPU init is slower" is explained, not asserted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import torch
+
+from farm.errors import JobTimeout
+from farm.flops import min_phase_flops, phase_flops, predict_memory
+from farm.hardware import Peak
+from farm.memory import PeakMemory
+from farm.model import GPT, from_hf_checkpoint
+from farm.result import PhaseResult, measured_phase
+from farm.spec import BenchSpec
+from farm.timing import Timer, repeat
+
+ProgressFn = Callable[[str, int, int], None]
+
+
+@dataclass
+class JobContext:
+    """What the phases of one job share: the spec, the device, its timer and the model."""
+
+    spec: BenchSpec
+    device: torch.device
+    timer: Timer
+    peak: Peak | None
+    model: GPT | None = None
+    device_setup_s: float | None = None
+    deadline: float | None = None  # time.monotonic() value after which the job stops
+    on_progress: ProgressFn | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    def step(self, phase: str) -> Callable[[int, int], None]:
+        """Called between timed repeats: reports progress and enforces the deadline."""
+
+        def _step(done: int, total: int) -> None:
+            if self.on_progress is not None:
+                self.on_progress(phase, done, total)
+            if self.deadline is not None and time.monotonic() > self.deadline:
+                raise JobTimeout(f"{phase}: time limit of {self.spec.time_limit_s} s reached after {done}/{total}")
+
+        return _step
+
+
+def weight_dtype(spec: BenchSpec) -> torch.dtype:
+    """Weights are cast to the dtype only in "cast" mode; autocast keeps float32 master weights."""
+    return getattr(torch, spec.dtype) if spec.precision_mode == "cast" else torch.float32
+
+
+def autocast(spec: BenchSpec, device: torch.device) -> contextlib.AbstractContextManager:
+    if spec.dtype == "float32" or spec.precision_mode == "cast":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=getattr(torch, spec.dtype))
+
+
+def _tokens(spec: BenchSpec, vocab: int, extra: int = 0) -> torch.Tensor:
+    """Random token ids (B, T + extra) on the CPU, from the spec's seed."""
+    g = torch.Generator().manual_seed(spec.seed)
+    return torch.randint(0, vocab, (spec.batch, spec.seq + extra), generator=g)
+
+
+def _construct(spec: BenchSpec, device: torch.device) -> GPT:
+    torch.manual_seed(spec.seed)
+    if spec.checkpoint:
+        return from_hf_checkpoint(spec.checkpoint, device=device, dtype=weight_dtype(spec))
+    return GPT(spec.shape, device=device, dtype=weight_dtype(spec))
+
+
+def ensure_model(ctx: JobContext) -> GPT:
+    """The model of the job, built (untimed) when the init phase did not run."""
+    if ctx.model is None:
+        ctx.model = _construct(ctx.spec, ctx.device)
+    return ctx.model
+
+
+def _free(ctx: JobContext) -> None:
+    gc.collect()
+    if ctx.device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def run_init(ctx: JobContext) -> PhaseResult:
+    """Build the model directly on the device (the seed's init), timed once per repeat of init.
+
+    The seed times one construction; so does this phase (one repeat, no warm-up). One-off device
+    set-up (CUDA context) and, on an accelerator, moving a CPU-built copy are reported apart.
+    """
+    spec, dev = ctx.spec, ctx.device
+    breakdown: dict[str, float] = {}
+    if ctx.device_setup_s is not None:
+        breakdown["device_setup_s"] = ctx.device_setup_s
+    ctx.model = None
+    _free(ctx)
+    with PeakMemory(dev) as mem:
+        dt, model = ctx.timer.time(lambda: _construct(spec, dev))
+        ctx.step("init")(1, 1)
+    ctx.model = model
+    if spec.checkpoint:
+        breakdown["load_s"] = dt
+    if dev.type != "cpu":
+        torch.manual_seed(spec.seed)
+        cpu_model = GPT(model.config, device="cpu", dtype=weight_dtype(spec))
+        breakdown["to_device_s"], moved = ctx.timer.time(lambda: cpu_model.to(dev))
+        del cpu_model, moved
+        _free(ctx)
+    return measured_phase(
+        "init",
+        [dt],
+        [],
+        flops=0,
+        min_flops=0,
+        tokens=0,
+        peak=None,
+        peak_memory_bytes=mem.peak_bytes,
+        memory_kind=mem.kind,
+        predicted_memory_bytes=predict_memory(spec, "init").total,
+        breakdown=breakdown,
+    )
+
+
+def run_forward(ctx: JobContext) -> PhaseResult:
+    """Forward passes on random tokens under inference mode, after warm-up."""
+    spec, dev = ctx.spec, ctx.device
+    model = ensure_model(ctx)
+    model.eval()
+    breakdown: dict[str, float] = {}
+    idx_cpu = _tokens(spec, model.config.vocab_size)
+    breakdown["transfer_s"], idx = ctx.timer.time(lambda: idx_cpu.to(dev))  # reported apart
+    fn: Callable[[torch.Tensor], object] = model
+    amp = autocast(spec, dev)
+
+    def forward() -> None:
+        with torch.inference_mode(), amp:
+            fn(idx)  # logits (B, T, vocab), dropped at once
+
+    with PeakMemory(dev) as mem:
+        if spec.compile:
+            fn = torch.compile(model)
+            breakdown["compile_s"], _ = ctx.timer.time(forward)  # first call compiles
+        timed = repeat(forward, repeats=spec.repeats, warmup=spec.warmup, timer=ctx.timer, on_step=ctx.step("forward"))
+    return measured_phase(
+        "forward",
+        timed.times_s,
+        timed.warmup_times_s,
+        flops=phase_flops(spec, "forward"),
+        min_flops=min_phase_flops(model.config, spec.batch, spec.seq, "forward"),
+        tokens=spec.batch * spec.seq,
+        peak=ctx.peak,
+        peak_memory_bytes=mem.peak_bytes,
+        memory_kind=mem.kind,
+        predicted_memory_bytes=predict_memory(spec, "forward").total,
+        breakdown=breakdown,
+    )
+
+
+def make_optimizer(spec: BenchSpec, model: GPT, device: torch.device) -> torch.optim.Optimizer:
+    """AdamW (fused kernel on CUDA, foreach elsewhere) or SGD with momentum."""
+    if spec.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    if device.type == "cuda":
+        return torch.optim.AdamW(model.parameters(), lr=3e-4, fused=True)
+    return torch.optim.AdamW(model.parameters(), lr=3e-4, foreach=True)
+
+
+def run_train(ctx: JobContext) -> PhaseResult:
+    """Training steps: zero_grad(set_to_none), forward with next-token loss, backward, step."""
+    spec, dev = ctx.spec, ctx.device
+    model = ensure_model(ctx)
+    model.train()
+    breakdown: dict[str, float] = {}
+    tokens = _tokens(spec, model.config.vocab_size, extra=1)
+    breakdown["transfer_s"], tokens = ctx.timer.time(lambda: tokens.to(dev))
+    x, y = tokens[:, :-1], tokens[:, 1:]  # next-token prediction, (B, T) each
+    opt = make_optimizer(spec, model, dev)
+    scaler = torch.amp.GradScaler(dev.type) if (spec.dtype == "float16" and spec.precision_mode == "autocast") else None
+    fn: Callable[..., tuple[torch.Tensor, torch.Tensor | None]] = model
+    amp = autocast(spec, dev)
+    losses: list[float] = []
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        with amp:
+            _, loss = fn(x, y)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+        else:
+            loss.backward()
+            opt.step()
+        losses.append(loss.detach())  # read after timing: .item() here would add a sync
+
+    try:
+        with PeakMemory(dev) as mem:
+            if spec.compile:
+                fn = torch.compile(model)
+                breakdown["compile_s"], _ = ctx.timer.time(step)
+            timed = repeat(step, repeats=spec.repeats, warmup=spec.warmup, timer=ctx.timer, on_step=ctx.step("train"))
+        if losses:
+            breakdown["loss_first"] = float(losses[0])
+            breakdown["loss_last"] = float(losses[-1])
+    finally:
+        opt.zero_grad(set_to_none=True)  # gradients freed; optimizer state goes with the frame
+        _free(ctx)
+    return measured_phase(
+        "train",
+        timed.times_s,
+        timed.warmup_times_s,
+        flops=phase_flops(spec, "train"),
+        min_flops=min_phase_flops(model.config, spec.batch, spec.seq, "train"),
+        tokens=spec.batch * spec.seq,
+        peak=ctx.peak,
+        peak_memory_bytes=mem.peak_bytes,
+        memory_kind=mem.kind,
+        predicted_memory_bytes=predict_memory(spec, "train").total,
+        breakdown=breakdown,
+    )
+
+
+PHASE_RUNNERS: dict[str, Callable[[JobContext], PhaseResult]] = {
+    "init": run_init,
+    "forward": run_forward,
+    "train": run_train,
+}
+
+
+@contextlib.contextmanager
+def precision_settings(spec: BenchSpec) -> Iterator[dict[str, object]]:
+    """Apply the spec's threads and float32 matmul precision for the job; restore afterwards."""
+    prev_threads, prev_prec = torch.get_num_threads(), torch.get_float32_matmul_precision()
+    if spec.threads:
+        torch.set_num_threads(spec.threads)
+    torch.set_float32_matmul_precision(spec.matmul_precision)
+    try:
+        yield {
+            "dtype": spec.dtype,
+            "precision_mode": spec.precision_mode if spec.dtype != "float32" else "none",
+            "matmul_precision": torch.get_float32_matmul_precision(),
+            "cuda_matmul_allow_tf32": bool(torch.backends.cuda.matmul.allow_tf32),
+            "cudnn_allow_tf32": bool(torch.backends.cudnn.allow_tf32),
+            "threads": torch.get_num_threads(),
+        }
+    finally:
+        torch.set_num_threads(prev_threads)
+        torch.set_float32_matmul_precision(prev_prec)

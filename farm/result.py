@@ -1,0 +1,159 @@
+"""Results: raw times plus what is derived from them, per phase, for one job.
+
+A `JobResult` carries the job's spec, the machine's fingerprint, and per phase the raw times,
+their statistics, the FLOPs of one repeat, the achieved FLOP/s, the MFU and which peak it used,
+peak memory and the prediction. A phase faster than its device's peak allows is `invalid`, with
+the reason, and so is the job: an impossible number is never reported as a speedup.
+This module never imports torch.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from farm import __version__
+from farm.hardware import MachineFingerprint, Peak
+from farm.spec import BenchSpec, Job
+from farm.stats import Stats, summarize
+
+Status = Literal["ok", "failed", "oom", "timeout", "invalid", "cancelled"]
+STATUSES: tuple[str, ...] = ("ok", "failed", "oom", "timeout", "invalid", "cancelled")
+SCHEMA_VERSION = 1
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class PhaseResult(BaseModel):
+    """One phase of one job: raw times and everything derived from them."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    status: Status = "ok"
+    error: str | None = None
+    times_s: list[float] = []
+    warmup_times_s: list[float] = []
+    stats: Stats | None = None
+    median_s: float | None = None
+    flops: int = 0  # FLOPs of one repeat (PaLM convention, see farm.flops)
+    achieved_flops: float | None = None  # flops / median time
+    peak_flops: float | None = None
+    peak_source: str | None = None
+    mfu: float | None = None  # achieved_flops / peak_flops
+    tokens_per_s: float | None = None
+    peak_memory_bytes: int | None = None
+    memory_kind: str | None = None  # "cuda max allocated" or "process RSS peak"
+    predicted_memory_bytes: int | None = None
+    # Parts reported apart from the phase time: device_setup_s, construct_s, to_device_s,
+    # transfer_s, compile_s, load_s; and values such as loss_first / loss_last.
+    breakdown: dict[str, float] = {}
+    invalid_reason: str | None = None
+
+
+def measured_phase(
+    name: str,
+    times_s: list[float],
+    warmup_times_s: list[float],
+    *,
+    flops: int,
+    min_flops: int,
+    tokens: int,
+    peak: Peak | None,
+    peak_memory_bytes: int | None = None,
+    memory_kind: str | None = None,
+    predicted_memory_bytes: int | None = None,
+    breakdown: dict[str, float] | None = None,
+) -> PhaseResult:
+    """Derive statistics, FLOP/s, MFU and the plausibility verdict from raw times."""
+    stats = summarize(times_s)
+    med = stats.median_s
+    achieved = flops / med if flops and med > 0 else None
+    status: Status = "ok"
+    reason = None
+    if peak is not None and min_flops and stats.min_s > 0:
+        fastest = min_flops / stats.min_s
+        if fastest > peak.flops * peak.tolerance:
+            status = "invalid"
+            reason = (
+                f"{name}: {fastest / 1e12:.3g} TFLOP/s at the fastest repeat (causal FLOP count) is "
+                f"above the device's peak {peak.flops / 1e12:.3g} TFLOP/s x {peak.tolerance} "
+                f"({peak.source}); the timer did not wait for the device, or the count is wrong"
+            )
+    return PhaseResult(
+        name=name,
+        status=status,
+        times_s=list(times_s),
+        warmup_times_s=list(warmup_times_s),
+        stats=stats,
+        median_s=med,
+        flops=flops,
+        achieved_flops=achieved,
+        peak_flops=peak.flops if peak else None,
+        peak_source=peak.source if peak else None,
+        mfu=achieved / peak.flops if (achieved and peak) else None,
+        tokens_per_s=tokens / med if tokens and med > 0 else None,
+        peak_memory_bytes=peak_memory_bytes,
+        memory_kind=memory_kind,
+        predicted_memory_bytes=predicted_memory_bytes,
+        breakdown=breakdown or {},
+        invalid_reason=reason,
+    )
+
+
+class JobResult(BaseModel):
+    """Everything the farm knows about one job on one device."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    schema_version: int = SCHEMA_VERSION
+    job_id: str
+    run_id: str
+    device: str  # the device tag the job asked for: cpu, cuda, cuda:h100
+    torch_device: str | None = None  # what it ran on: cpu, cuda:0
+    status: Status = "ok"
+    error: str | None = None
+    warnings: list[str] = []
+    spec: BenchSpec
+    spec_hash: str
+    model_name: str
+    machine: MachineFingerprint | None = None
+    worker: str | None = None
+    phases: dict[str, PhaseResult] = {}
+    precision: dict[str, Any] = {}  # dtype, mode, matmul precision, TF32 flags actually set
+    threads: int | None = None
+    attempt: int = 1
+    farm_version: str = __version__
+    started_at: datetime = Field(default_factory=utcnow)
+    finished_at: datetime | None = None
+
+    @classmethod
+    def for_job(cls, job: Job, **kw: Any) -> JobResult:
+        return cls(
+            job_id=job.job_id,
+            run_id=job.run_id,
+            device=job.device,
+            spec=job.spec,
+            spec_hash=job.spec.spec_hash(),
+            model_name=job.spec.model_name,
+            **kw,
+        )
+
+    @classmethod
+    def failure(cls, job: Job, status: Status, error: str, **kw: Any) -> JobResult:
+        """A job that did not produce a measurement: stored with its error, never dropped."""
+        return cls.for_job(job, status=status, error=error, finished_at=utcnow(), **kw)
+
+    def settle_status(self) -> JobResult:
+        """The job's status from its phases: the first non-ok phase status wins."""
+        if self.status == "ok":
+            for p in self.phases.values():
+                if p.status != "ok":
+                    self.status = p.status
+                    self.error = self.error or p.invalid_reason or p.error
+                    break
+        return self

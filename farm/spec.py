@@ -1,0 +1,307 @@
+"""Benchmark specifications: what to time, validated before anything runs or is queued.
+
+A `BenchSpec` (model preset or custom shape, batch, seq, repeats, warm-up, dtype, phases,
+devices, threads, compile, seed, time limit) expands into one `Job` per device tag. Every model
+here is frozen and forbids unknown fields; `parse_spec` turns pydantic's errors into a
+`SpecError` that names the field and what is allowed. This module never imports torch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import uuid
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from farm.errors import SpecError
+
+PHASES: tuple[str, ...] = ("init", "forward", "train")
+DTYPES: tuple[str, ...] = ("float32", "bfloat16", "float16")
+DEVICE_KINDS: tuple[str, ...] = ("cpu", "cuda", "mps")
+Phase = Literal["init", "forward", "train"]
+DType = Literal["float32", "bfloat16", "float16"]
+
+# A device tag is KIND or KIND:NARROW. NARROW names a GPU model (`cuda:h100`), a machine
+# (`cpu:box7`), a local index (`cuda:1`, local runs only) or every served tag (`cuda:*`).
+# The character set is restricted because tags become queue names and Redis keys.
+_NARROW = r"[a-z0-9][a-z0-9_-]{0,62}"
+DEVICE_TAG_RE = re.compile(rf"^(?P<kind>{'|'.join(DEVICE_KINDS)})(?::(?P<narrow>{_NARROW}|\*))?$")
+SAFE_TEXT_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+class ModelShape(BaseModel):
+    """The shape of a GPT-2 family model (the config handed to every module of `farm.model`)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    n_layer: int = Field(gt=0, le=256)
+    n_head: int = Field(gt=0, le=256)
+    n_embd: int = Field(gt=0, le=65536)
+    block_size: int = Field(default=1024, gt=0, le=1 << 20)  # context length
+    vocab_size: int = Field(default=50257, gt=0, le=1 << 22)
+    name: str = "custom"
+
+    @model_validator(mode="after")
+    def _heads_divide_width(self) -> ModelShape:
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd ({self.n_embd}) must be a multiple of n_head ({self.n_head})")
+        return self
+
+
+PRESETS: dict[str, ModelShape] = {
+    "gpt2-tiny": ModelShape(name="gpt2-tiny", n_layer=2, n_head=4, n_embd=128, block_size=1024, vocab_size=4096),
+    "gpt2": ModelShape(name="gpt2", n_layer=12, n_head=12, n_embd=768),
+    "gpt2-medium": ModelShape(name="gpt2-medium", n_layer=24, n_head=16, n_embd=1024),
+    "gpt2-large": ModelShape(name="gpt2-large", n_layer=36, n_head=20, n_embd=1280),
+    "gpt2-xl": ModelShape(name="gpt2-xl", n_layer=48, n_head=25, n_embd=1600),
+}
+ALIASES: dict[str, str] = {"gpt2-small": "gpt2"}
+
+
+def resolve_model(model: str | ModelShape) -> ModelShape:
+    """A preset name (or alias) or a custom shape, as a `ModelShape`."""
+    if isinstance(model, ModelShape):
+        return model
+    name = ALIASES.get(model, model)
+    if name not in PRESETS:
+        allowed = ", ".join([*PRESETS, *ALIASES])
+        raise SpecError("model", f"unknown preset {model!r}; allowed: {allowed}, or a custom shape")
+    return PRESETS[name]
+
+
+def parse_device_tag(tag: str) -> tuple[str, str | None]:
+    """Split `cuda:h100` into (`cuda`, `h100`); raise SpecError for anything else."""
+    m = DEVICE_TAG_RE.match(tag.strip().lower())
+    if not m:
+        raise SpecError(
+            "devices",
+            f"unknown device {tag!r}; allowed: {', '.join(DEVICE_KINDS)}, optionally narrowed as "
+            "KIND:TAG (e.g. cuda:h100, cpu:box7) or cuda:* for every GPU tag a live worker serves; "
+            "TAG uses a-z, 0-9, '-' and '_'",
+        )
+    return m["kind"], m["narrow"]
+
+
+def queue_for(tag: str) -> str:
+    """The Celery queue of a device tag: `cpu`, `cuda`, `cuda.h100`."""
+    kind, narrow = parse_device_tag(tag)
+    if narrow == "*":
+        raise SpecError("devices", f"{tag!r} is a wildcard; expand it before choosing a queue")
+    return kind if narrow is None else f"{kind}.{narrow}"
+
+
+class BenchSpec(BaseModel):
+    """One benchmark: a model and a workload, to be timed on one or more devices."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    model: str | ModelShape = "gpt2"
+    batch: int = Field(default=8, gt=0, le=4096)
+    seq: int = Field(default=1024, gt=0)
+    repeats: int = Field(default=5, gt=0, le=10000)
+    warmup: int = Field(default=1, ge=0, le=1000)
+    dtype: DType = "float32"
+    # How a low-precision dtype is applied: "autocast" keeps float32 master weights and runs
+    # matmuls in the dtype (standard mixed precision); "cast" converts the weights themselves.
+    precision_mode: Literal["autocast", "cast"] = "autocast"
+    # float32 matmul precision: "highest" is strict fp32, "high" allows TF32 on GPUs (and
+    # bf16x3 on some CPUs). Recorded with every result because it changes the peak.
+    matmul_precision: Literal["highest", "high", "medium"] = "highest"
+    phases: tuple[Phase, ...] = PHASES
+    devices: tuple[str, ...] = ("cpu",)
+    threads: int | None = Field(default=None, gt=0, le=1024)
+    compile: bool = False
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    seed: int = Field(default=0, ge=0)
+    time_limit_s: float | None = Field(default=None, gt=0)
+    checkpoint: str | None = None  # local Hugging Face GPT-2 directory; random init when None
+    tags: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("model", mode="before")
+    @classmethod
+    def _model_known(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            try:
+                return resolve_model(v).name
+            except SpecError as e:
+                raise ValueError(e.message) from None
+        return v
+
+    @field_validator("phases", mode="before")
+    @classmethod
+    def _phases(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            v = [p.strip() for p in v.split(",") if p.strip()]
+        if isinstance(v, list | tuple):
+            if list(v) == ["all"]:
+                return PHASES
+            bad = [p for p in v if p not in PHASES]
+            if bad:
+                raise ValueError(f"unknown phase {bad[0]!r}; allowed: all, {', '.join(PHASES)}")
+            if not v:
+                raise ValueError(f"at least one phase is needed; allowed: all, {', '.join(PHASES)}")
+            # Canonical order and no duplicates: init, forward, train.
+            return tuple(p for p in PHASES if p in v)
+        return v
+
+    @field_validator("devices", mode="before")
+    @classmethod
+    def _devices(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            v = [d.strip() for d in v.split(",") if d.strip()]
+        if isinstance(v, list | tuple):
+            if not v:
+                raise ValueError("at least one device is needed, e.g. cpu or cuda")
+            out: list[str] = []
+            for d in v:
+                if not isinstance(d, str):
+                    raise ValueError(f"device must be a string, got {d!r}")
+                try:
+                    kind, narrow = parse_device_tag(d)
+                except SpecError as e:
+                    raise ValueError(e.message) from None
+                tag = kind if narrow is None else f"{kind}:{narrow}"
+                if tag not in out:
+                    out.append(tag)
+            return tuple(out)
+        return v
+
+    @field_validator("tags")
+    @classmethod
+    def _tags_safe(cls, v: dict[str, str]) -> dict[str, str]:
+        for k, val in v.items():
+            if not SAFE_TEXT_RE.match(k) or not SAFE_TEXT_RE.match(val):
+                raise ValueError(f"tag {k}={val} must use A-Z, a-z, 0-9, '.', '_', '-' (1-64 characters)")
+        return v
+
+    @model_validator(mode="after")
+    def _fits_context(self) -> BenchSpec:
+        shape = self.shape
+        if self.seq > shape.block_size:
+            raise ValueError(f"seq: {self.seq} is above the model's context ({shape.block_size} tokens)")
+        return self
+
+    @property
+    def shape(self) -> ModelShape:
+        return resolve_model(self.model)
+
+    @property
+    def model_name(self) -> str:
+        return self.shape.name
+
+    def workload(self) -> dict[str, Any]:
+        """The fields that define what is timed (not where, not labels)."""
+        return self.model_dump(mode="json", exclude={"devices", "tags", "seed", "time_limit_s"})
+
+    def spec_hash(self) -> str:
+        """A short stable hash of the workload: the same work on any device has the same hash."""
+        doc = self.workload()
+        doc["model"] = self.shape.model_dump(mode="json")
+        blob = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+        return hashlib.sha256(blob).hexdigest()[:12]
+
+    def expand(self, run_id: str | None = None) -> list[Job]:
+        """One `Job` per device tag. Wildcards (`cuda:*`) must have been resolved first."""
+        run_id = run_id or new_run_id()
+        jobs = []
+        for i, tag in enumerate(self.devices):
+            queue_for(tag)  # refuses a wildcard
+            spec = self.model_copy(update={"devices": (tag,)})
+            jobs.append(Job(job_id=f"{run_id}-{i:03d}", run_id=run_id, device=tag, spec=spec))
+        return jobs
+
+
+class Job(BaseModel):
+    """One spec on one device tag: the unit that is queued, run and stored."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    job_id: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,128}$")
+    run_id: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,96}$")
+    device: str
+    spec: BenchSpec
+
+    @field_validator("device")
+    @classmethod
+    def _device_tag(cls, v: str) -> str:
+        try:
+            kind, narrow = parse_device_tag(v)
+        except SpecError as e:
+            raise ValueError(e.message) from None
+        if narrow == "*":
+            raise ValueError("a job's device cannot be a wildcard")
+        return kind if narrow is None else f"{kind}:{narrow}"
+
+    @property
+    def kind(self) -> str:
+        return parse_device_tag(self.device)[0]
+
+    @property
+    def queue(self) -> str:
+        return queue_for(self.device)
+
+
+def new_run_id() -> str:
+    """A sortable, unique run id: UTC time plus random suffix (safe for keys and file names)."""
+    from datetime import UTC, datetime
+
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+
+
+def _describe(err: dict[str, Any]) -> tuple[str, str]:
+    loc = ".".join(str(p) for p in err.get("loc", ()) if not isinstance(p, int)) or "spec"
+    # Drop pydantic's union branch names from the location ("model.str" -> "model").
+    loc = re.sub(r"\.(str|ModelShape|function-after\[.*?\])", "", loc)
+    msg = err.get("msg", "invalid")
+    msg = msg.removeprefix("Value error, ")
+    head = re.match(r"^([a-z_]+): (.*)$", msg)
+    if loc == "spec" and head and head[1] in BenchSpec.model_fields:
+        return head[1], head[2]
+    if err.get("type") == "extra_forbidden":
+        field = loc.split(".")[-1]
+        allowed = ", ".join(BenchSpec.model_fields) if "." not in loc else ", ".join(ModelShape.model_fields)
+        return loc, f"unknown field {field!r}; allowed fields: {allowed}"
+    return loc, msg
+
+
+def parse_spec(data: Any) -> BenchSpec:
+    """Validate a mapping into a `BenchSpec`, raising `SpecError` naming the first bad field."""
+    if isinstance(data, BenchSpec):
+        return data
+    if not isinstance(data, dict):
+        raise SpecError("spec", f"a spec must be a mapping of fields, got {type(data).__name__}")
+    try:
+        return BenchSpec.model_validate(data)
+    except ValidationError as e:
+        errors = e.errors()
+        # A union (preset name | custom shape) reports one error per branch: prefer the one
+        # that matches the input's type.
+        field, msg = _describe(errors[0])
+        if field == "model" and isinstance(data.get("model"), dict):
+            field, msg = _describe(next((x for x in errors if x["loc"][1:2] != ("str",)), errors[0]))
+        raise SpecError(field, msg) from None
+    except SpecError:
+        raise
+
+
+def load_spec_file(path: str | Path) -> dict[str, Any]:
+    """Read a YAML or JSON spec file into a mapping (not yet validated)."""
+    p = Path(path)
+    if not p.is_file():
+        raise SpecError("spec_file", f"{str(p)!r} does not exist or is not a file")
+    try:
+        text = p.read_text(encoding="utf-8")
+        data = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, yaml.YAMLError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise SpecError("spec_file", f"{str(p)!r} is not valid YAML/JSON: {first}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise SpecError("spec_file", f"{str(p)!r} must hold a mapping of spec fields, got {type(data).__name__}")
+    return data
