@@ -1,0 +1,1 @@
+"""The farm: submit, status, workers, results, cancel, worker, up, down."""

@@ -1,0 +1,1 @@
+"""Reports: report, compare, diff, import."""

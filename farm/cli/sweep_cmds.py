@@ -1,0 +1,1 @@
+"""Sweeps, schedules and regressions: sweep, schedule, beat, regressions, check."""
