@@ -221,6 +221,29 @@ def load_sweep(path: str | Path, *, max_memory: int | None = None, strict: bool 
     return parse_sweep(data, default_name=p.stem, max_memory=max_memory, strict=strict)
 
 
+def resolve_wildcards(specs: list[BenchSpec], settings: Any = None) -> tuple[list[BenchSpec], list[str]]:
+    """Expand `cuda:*`-style tags against the live workers; a wildcard no worker matches is dropped
+    (noted), not fatal: a nightly sweep on a night without GPU workers still runs its CPU points."""
+    if not any(d.endswith(":*") for s in specs for d in s.devices):
+        return specs, []
+    from farm.controller import expand_wildcards, live_workers
+
+    workers = live_workers(settings)
+    out, notes = [], []
+    for spec in specs:
+        devices: list[str] = []
+        for tag in spec.devices:
+            try:
+                devices.extend(expand_wildcards(spec.model_copy(update={"devices": (tag,)}), workers).devices)
+            except SpecError as e:
+                notes.append(f"{spec.model_name} batch {spec.batch} {spec.dtype}: dropped {e.message}")
+        if devices:
+            out.append(spec.model_copy(update={"devices": tuple(dict.fromkeys(devices))}))
+    if not out:
+        raise SpecError("devices", "no point of the sweep has a device a live worker serves: " + "; ".join(notes[:3]))
+    return out, notes
+
+
 def nightly_run_id(name: str, when: datetime | None = None, every_s: float | None = None) -> str:
     """The idempotency key of a scheduled firing: `<name>-<YYYYMMDD>`, or per interval start."""
     when = (when or datetime.now(UTC)).astimezone(UTC)

@@ -1,0 +1,113 @@
+"""History view: a phase's time per night for a machine, with regressions and improvements marked.
+
+One small plot per series (machine, device, spec hash, phase): the median of each result with its
+confidence interval of the median as an error bar, the points judged `regression` as red
+triangles and `improvement` as green ones (`farm.regress`). The view is an HTML fragment with
+inline PNG images, for `farm report`'s HTML (`farm.htmlreport.render_html(extra_sections=...)`)
+or for a standalone page (`farm regressions --html FILE`). Never imports torch.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from farm.regress import Point, SeriesKey, Verdict, build_series, detect
+from farm.result import JobResult
+
+MAX_SERIES = 24
+TITLE = "History: time per night, regressions marked"
+
+
+def _series_png(key: SeriesKey, points: Sequence[Point], marks: dict[str, str]) -> str:
+    """A base64 PNG of one series."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    xs = [p.when for p in points]
+    meds, lo, hi = [], [], []
+    for p in points:
+        st = p.result.phases[p.phase].stats
+        med = p.result.phases[p.phase].median_s or 0.0
+        meds.append(med)
+        lo.append(med - st.ci_low_s if st else 0.0)
+        hi.append(st.ci_high_s - med if st else 0.0)
+    fig, ax = plt.subplots(figsize=(7.0, 2.6), dpi=90)
+    ax.errorbar(xs, meds, yerr=[lo, hi], fmt="o-", ms=3, lw=1, color="#4060a0", ecolor="#9ab", capsize=2)
+    for kind, marker, color in (("regression", "^", "#d02020"), ("improvement", "v", "#20a040")):
+        sel = [(x, m) for x, m, p in zip(xs, meds, points, strict=True) if marks.get(p.result.job_id) == kind]
+        if sel:
+            ax.scatter([x for x, _ in sel], [m for _, m in sel], marker=marker, s=70, color=color, zorder=3, label=kind)
+    machine, device, spec_hash, phase = key
+    model = points[-1].result.model_name
+    ax.set_title(f"{machine} · {device} · {model} ({spec_hash}) · {phase}", fontsize=9)
+    ax.set_ylabel("median time (s)", fontsize=8)
+    ax.tick_params(labelsize=7)
+    ax.set_ylim(bottom=0)
+    if any(marks.get(p.result.job_id) in ("regression", "improvement") for p in points):
+        ax.legend(fontsize=7, loc="lower left")
+    fig.autofmt_xdate()
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def history_section(
+    results: Iterable[JobResult],
+    verdicts: Iterable[Verdict] | None = None,
+    *,
+    machine: str | None = None,
+    phase: str | None = None,
+    max_series: int = MAX_SERIES,
+) -> tuple[str, str]:
+    """(title, HTML fragment) of the history plots, series with a regression first."""
+    results = list(results)
+    series = build_series(results)
+    if verdicts is None:
+        verdicts = detect(results, since=min((p.when for pts in series.values() for p in pts), default=None))
+    marks: dict[tuple[str, str], str] = {(v.job_id, v.phase): v.kind for v in verdicts}
+    keys = [k for k in series if (machine is None or k[0] == machine) and (phase is None or k[3] == phase)]
+
+    def rank(k: SeriesKey) -> tuple[int, SeriesKey]:
+        kinds = {marks.get((p.result.job_id, k[3])) for p in series[k]}
+        return (0 if "regression" in kinds else 1 if "improvement" in kinds else 2, k)
+
+    keys.sort(key=rank)
+    parts = []
+    for k in keys[:max_series]:
+        pts = series[k]
+        series_marks = {p.result.job_id: marks.get((p.result.job_id, k[3]), "") for p in pts}
+        n_reg = sum(v == "regression" for v in series_marks.values())
+        alt = f"{k[0]} {k[1]} {k[2]} {k[3]}: {len(pts)} results, {n_reg} regressions"
+        parts.append(
+            f'<figure class="history"><img alt="{html.escape(alt)}" '
+            f'src="data:image/png;base64,{_series_png(k, pts, series_marks)}">'
+            f"<figcaption>{html.escape(alt)}</figcaption></figure>"
+        )
+    if not parts:
+        parts.append("<p>No history yet: a series needs stored results with raw times.</p>")
+    elif len(keys) > max_series:
+        parts.append(f"<p>{len(keys) - max_series} more series not shown.</p>")
+    return TITLE, "\n".join(parts)
+
+
+def write_page(path: str | Path, results: Iterable[JobResult], verdicts: Iterable[Verdict] | None = None) -> Path:
+    """A standalone HTML page holding the history section."""
+    title, body = history_section(results, verdicts)
+    doc = (
+        "<!doctype html><html><head><meta charset='utf-8'>"
+        f"<title>{html.escape(title)}</title>"
+        "<style>body{font-family:sans-serif;margin:2em}figure{margin:1em 0}"
+        "figcaption{font-size:0.85em;color:#555}</style></head>"
+        f"<body><h1>{html.escape(title)}</h1>\n{body}\n</body></html>\n"
+    )
+    p = Path(path)
+    p.write_text(doc, encoding="utf-8")
+    return p

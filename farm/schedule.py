@@ -1,0 +1,313 @@
+"""Schedules: a sweep fired by cron (or every N seconds), stored in Redis, fired by `farm beat`.
+
+Keys (prefix `farm`, `Settings.key_prefix`), all on the broker's Redis:
+
+| key | type | holds |
+| --- | --- | --- |
+| `farm:schedule:<name>` | hash | name, cron or every_s, sweep (the sweep document as JSON), sweep_name, |
+|  |  | source (the file it came from), created_at, updated_at |
+| `farm:schedules` | set | schedule names |
+| `farm:schedule:<name>:fires` | list | the newest 200 firings (JSON: at, run_id, created, jobs, skipped) |
+| `farm:redbeat:<name>` | hash | the celery-redbeat entry that makes `farm beat` fire it |
+
+The sweep's content is stored, not its path: editing the file changes nothing until
+`farm schedule add NAME ... --replace`. `farm beat` is Celery beat with the celery-redbeat
+scheduler: its entries live in Redis (they survive restarts) and its Redis lock lets one beat
+process fire at a time (a second one waits as a standby). Each firing sends the task
+`farm.fire_schedule(name)` to the `control` queue; a worker runs `fire`, which submits the stored
+sweep as one run with the run id `farm.sweep.nightly_run_id` (the sweep's name and the night, or
+the interval's start), so a night that is fired twice (a manual `schedule run`, a beat restart)
+still runs once: `controller.submit` creates nothing for an existing run id.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from celery import Celery, shared_task
+from celery.schedules import crontab, schedule
+
+from farm.errors import NotFoundError, SpecError
+from farm.settings import Settings, get_settings
+from farm.sweep import NAME_RE, Sweep, nightly_run_id, parse_sweep, resolve_wildcards
+
+TASK_NAME = "farm.fire_schedule"
+CONTROL_QUEUE = "control"
+FIRES_KEPT = 200
+MIN_EVERY_S = 1.0
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A stored schedule: when it fires and the sweep it submits."""
+
+    name: str
+    sweep: dict[str, Any]
+    cron: str | None = None
+    every_s: float | None = None
+    source: str = ""
+    created_at: float = 0.0
+    updated_at: float = 0.0
+    next_at: datetime | None = None  # from the redbeat entry, when listed
+
+    @property
+    def when(self) -> str:
+        return f"cron {self.cron}" if self.cron else f"every {self.every_s:g} s"
+
+    @property
+    def sweep_name(self) -> str:
+        return str(self.sweep.get("name") or self.name)
+
+    def beat_schedule(self, app: Celery) -> schedule:
+        if self.cron:
+            return parse_cron(self.cron, app)
+        return schedule(run_every=timedelta(seconds=float(self.every_s or 0)), app=app)
+
+
+@dataclass(frozen=True)
+class Firing:
+    """What one firing did."""
+
+    schedule: str
+    run_id: str
+    created: bool
+    jobs: int
+    skipped: list[str]
+    unserved: list[str]
+
+
+def parse_cron(expr: str, app: Celery | None = None) -> crontab:
+    """A 5-field cron expression (minute hour day-of-month month day-of-week, UTC) as a crontab."""
+    fields = expr.split()
+    if len(fields) != 5:
+        raise SpecError("cron", f"{expr!r} must have 5 fields: minute hour day-of-month month day-of-week")
+    minute, hour, dom, month, dow = fields
+    try:
+        return crontab(minute=minute, hour=hour, day_of_month=dom, month_of_year=month, day_of_week=dow, app=app)
+    except (ValueError, TypeError) as e:
+        raise SpecError("cron", f"{expr!r} is not a valid cron expression: {e}") from None
+
+
+def daily_at_most(expr: str) -> bool:
+    """True when a cron fires at most once a day (one minute, one hour): its runs are keyed by date."""
+    minute, hour = expr.split()[:2]
+    return minute.isdigit() and hour.isdigit()
+
+
+# -- Redis and redbeat ------------------------------------------------------------------------
+def redis_url(settings: Settings) -> str:
+    from farm.embedded import resolve_redis_url
+
+    return resolve_redis_url(settings)
+
+
+def configure_redbeat(app: Celery, settings: Settings, url: str | None = None) -> Celery:
+    """Point celery-redbeat at the farm's Redis, under the farm's key prefix."""
+    app.conf.update(
+        redbeat_redis_url=url or redis_url(settings),
+        redbeat_key_prefix=f"{settings.key_prefix}:redbeat:",
+        redbeat_redis_options={"retry_period": 60},
+        beat_scheduler="redbeat.RedBeatScheduler",
+    )
+    from redbeat.schedulers import ensure_conf
+
+    if hasattr(app, "redbeat_conf"):
+        del app.redbeat_conf  # read again from the new configuration
+    ensure_conf(app)
+    return app
+
+
+def _admin_app(settings: Settings) -> Celery:
+    """A Celery app that only manages redbeat entries (no broker connection is made)."""
+    url = redis_url(settings)
+    app = Celery("farm-schedules", broker=url, set_as_current=False)
+    return configure_redbeat(app, settings, url)
+
+
+class ScheduleBook:
+    """Add, list, get and remove schedules; the farm's hash and the redbeat entry move together."""
+
+    def __init__(self, settings: Settings | None = None) -> None:
+        from farm.store import connect
+
+        self.settings = settings or get_settings()
+        self.app = _admin_app(self.settings)
+        self.r = connect(self.app.conf.redbeat_redis_url)
+        self.p = self.settings.key_prefix
+
+    def key(self, name: str, *rest: str) -> str:
+        return ":".join((self.p, "schedule", name, *rest))
+
+    def _entry(self, sched: Schedule) -> Any:
+        from redbeat import RedBeatSchedulerEntry
+
+        return RedBeatSchedulerEntry(
+            name=sched.name,
+            task=TASK_NAME,
+            schedule=sched.beat_schedule(self.app),
+            args=[sched.name],
+            options={"queue": CONTROL_QUEUE},
+            app=self.app,
+            # The first firing is the next scheduled time, not "now" (redbeat's default).
+            last_run_at=datetime.now(UTC),
+        )
+
+    def add(
+        self,
+        name: str,
+        sweep: Sweep,
+        *,
+        cron: str | None = None,
+        every_s: float | None = None,
+        source: str = "",
+        replace: bool = False,
+    ) -> Schedule:
+        """Store a schedule and its redbeat entry; an existing name needs `replace`."""
+        if not NAME_RE.match(name):
+            raise SpecError("name", f"{name!r} must use A-Z, a-z, 0-9, '.', '_', '-' (1-64 characters)")
+        if (cron is None) == (every_s is None):
+            raise SpecError("cron", "give exactly one of --cron or --every")
+        if cron is not None:
+            parse_cron(cron)
+        if every_s is not None and every_s < MIN_EVERY_S:
+            raise SpecError("every", f"must be at least {MIN_EVERY_S:g} s, got {every_s:g}")
+        now = time.time()
+        old = self.r.hget(self.key(name), "created_at")
+        if old is not None and not replace:
+            raise SpecError("name", f"schedule {name!r} exists; use --replace to overwrite it")
+        sched = Schedule(
+            name=name,
+            sweep=sweep.as_document(),
+            cron=cron,
+            every_s=every_s,
+            source=source,
+            created_at=float(old) if old else now,
+            updated_at=now,
+        )
+        pipe = self.r.pipeline(transaction=True)
+        pipe.delete(self.key(name))
+        pipe.hset(
+            self.key(name),
+            mapping={
+                "name": name,
+                "cron": cron or "",
+                "every_s": "" if every_s is None else repr(float(every_s)),
+                "sweep": json.dumps(sched.sweep),
+                "sweep_name": sweep.name,
+                "source": source,
+                "created_at": sched.created_at,
+                "updated_at": now,
+            },
+        )
+        pipe.sadd(f"{self.p}:schedules", name)
+        pipe.execute()
+        entry = self._entry(sched)
+        if replace:
+            entry.delete()  # a new timetable starts from now
+        entry.save()
+        return sched
+
+    def get(self, name: str) -> Schedule:
+        raw = self.r.hgetall(self.key(name))
+        if not raw:
+            raise NotFoundError(f"no schedule {name!r} (see `farm schedule list`)")
+        return Schedule(
+            name=raw["name"],
+            sweep=json.loads(raw["sweep"]),
+            cron=raw.get("cron") or None,
+            every_s=float(raw["every_s"]) if raw.get("every_s") else None,
+            source=raw.get("source", ""),
+            created_at=float(raw.get("created_at") or 0),
+            updated_at=float(raw.get("updated_at") or 0),
+        )
+
+    def list(self) -> list[Schedule]:
+        """Every schedule, by name, with its next firing time from redbeat."""
+        from redbeat import RedBeatSchedulerEntry
+
+        out = []
+        for name in sorted(self.r.smembers(f"{self.p}:schedules")):
+            try:
+                sched = self.get(name)
+            except NotFoundError:
+                continue
+            try:
+                due = RedBeatSchedulerEntry.from_key(self.app.redbeat_conf.key_prefix + name, app=self.app).due_at
+            except KeyError:
+                due = None
+            out.append(Schedule(**{**sched.__dict__, "next_at": due}))
+        return out
+
+    def remove(self, name: str) -> None:
+        from redbeat import RedBeatSchedulerEntry
+
+        if not self.r.exists(self.key(name)):
+            raise NotFoundError(f"no schedule {name!r} (see `farm schedule list`)")
+        try:
+            RedBeatSchedulerEntry.from_key(self.app.redbeat_conf.key_prefix + name, app=self.app).delete()
+        except KeyError:
+            pass
+        self.r.delete(self.key(name), self.key(name, "fires"))
+        self.r.srem(f"{self.p}:schedules", name)
+
+    def fires(self, name: str, limit: int = 20) -> list[dict[str, Any]]:
+        """The newest firings of a schedule, newest first."""
+        return [json.loads(x) for x in self.r.lrange(self.key(name, "fires"), 0, limit - 1)]
+
+    def record(self, firing: Firing) -> None:
+        doc = {"at": time.time(), **firing.__dict__}
+        pipe = self.r.pipeline(transaction=True)
+        pipe.lpush(self.key(firing.schedule, "fires"), json.dumps(doc))
+        pipe.ltrim(self.key(firing.schedule, "fires"), 0, FIRES_KEPT - 1)
+        pipe.execute()
+
+
+def fire(name: str, *, settings: Settings | None = None, when: datetime | None = None, fresh: bool = False) -> Firing:
+    """Submit a schedule's stored sweep as one run keyed by the night (or interval); record it."""
+    from farm.controller import submit
+
+    settings = settings or get_settings()
+    book = ScheduleBook(settings)
+    sched = book.get(name)
+    sweep = parse_sweep(sched.sweep, default_name=name)
+    when = when or datetime.now(UTC)
+    every = sched.every_s if sched.every_s else (None if daily_at_most(sched.cron or "0 0") else 60.0)
+    run_id = nightly_run_id(sweep.name, when, every)
+    if fresh:
+        run_id = f"{sweep.name}-{when:%Y%m%dT%H%M%S}-manual"
+    specs, notes = resolve_wildcards(sweep.specs, settings)
+    sub = submit(specs, run_id=run_id, name=sweep.name, tags={"schedule": name}, settings=settings)
+    firing = Firing(
+        schedule=name,
+        run_id=sub.run_id,
+        created=sub.created,
+        jobs=len(sub.jobs),
+        skipped=sweep.problems + notes,
+        unserved=list(sub.unserved),
+    )
+    book.record(firing)
+    return firing
+
+
+@shared_task(name=TASK_NAME, ignore_result=True)
+def fire_schedule(name: str) -> dict[str, Any]:
+    """Celery task sent by `farm beat` (queue `control`): fire the named schedule."""
+    return fire(name).__dict__
+
+
+def run_beat(settings: Settings | None = None, *, max_interval: float = 30.0, loglevel: str = "info") -> None:
+    """Run `farm beat` in this process: Celery beat with the redbeat scheduler, until stopped.
+
+    redbeat's lock (`<prefix>:redbeat::lock`) lets one beat fire at a time; another waits for it.
+    A beat that stops cleanly releases the lock; one that dies holds it for `5 x max_interval`.
+    """
+    from farm.queue import get_app
+
+    settings = settings or get_settings()
+    app = configure_redbeat(get_app(), settings)
+    app.conf.update(beat_max_loop_interval=max_interval, redbeat_lock_timeout=max(5 * max_interval, 10))
+    app.Beat(max_interval=max_interval, scheduler="redbeat.RedBeatScheduler", loglevel=loglevel).run()
