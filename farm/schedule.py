@@ -254,27 +254,49 @@ class ScheduleBook:
         self.r.delete(self.key(name), self.key(name, "fires"))
         self.r.srem(f"{self.p}:schedules", name)
 
+    def last_tick(self, name: str) -> datetime | None:
+        """When `farm beat` last fired the schedule (redbeat's last_run_at), if ever."""
+        from redbeat import RedBeatSchedulerEntry
+
+        try:
+            meta = RedBeatSchedulerEntry.load_meta(self.app.redbeat_conf.key_prefix + name, app=self.app)
+        except (KeyError, ValueError):
+            return None
+        tick = meta.get("last_run_at")
+        return tick if isinstance(tick, datetime) else None
+
     def fires(self, name: str, limit: int = 20) -> list[dict[str, Any]]:
         """The newest firings of a schedule, newest first."""
         return [json.loads(x) for x in self.r.lrange(self.key(name, "fires"), 0, limit - 1)]
 
     def record(self, firing: Firing) -> None:
-        doc = {"at": time.time(), **firing.__dict__}
+        doc = {"at": time.time(), **firing.__dict__}  # newest first in `fires`
         pipe = self.r.pipeline(transaction=True)
         pipe.lpush(self.key(firing.schedule, "fires"), json.dumps(doc))
         pipe.ltrim(self.key(firing.schedule, "fires"), 0, FIRES_KEPT - 1)
         pipe.execute()
 
 
-def fire(name: str, *, settings: Settings | None = None, when: datetime | None = None, fresh: bool = False) -> Firing:
-    """Submit a schedule's stored sweep as one run keyed by the night (or interval); record it."""
+def fire(
+    name: str,
+    *,
+    settings: Settings | None = None,
+    when: datetime | None = None,
+    fresh: bool = False,
+    from_beat: bool = False,
+) -> Firing:
+    """Submit a schedule's stored sweep as one run keyed by the night (or interval); record it.
+
+    `from_beat`: the key comes from the tick beat last fired (redbeat's last_run_at), not from
+    when a worker got round to the task, so a firing that waited in the queue keeps its night.
+    """
     from farm.controller import submit
 
     settings = settings or get_settings()
     book = ScheduleBook(settings)
     sched = book.get(name)
     sweep = parse_sweep(sched.sweep, default_name=name)
-    when = when or datetime.now(UTC)
+    when = when or (book.last_tick(name) if from_beat else None) or datetime.now(UTC)
     every = sched.every_s if sched.every_s else (None if daily_at_most(sched.cron or "0 0") else 60.0)
     run_id = nightly_run_id(sweep.name, when, every)
     if fresh:
@@ -296,7 +318,7 @@ def fire(name: str, *, settings: Settings | None = None, when: datetime | None =
 @shared_task(name=TASK_NAME, ignore_result=True)
 def fire_schedule(name: str) -> dict[str, Any]:
     """Celery task sent by `farm beat` (queue `control`): fire the named schedule."""
-    return fire(name).__dict__
+    return fire(name, from_beat=True).__dict__
 
 
 def run_beat(settings: Settings | None = None, *, max_interval: float = 30.0, loglevel: str = "info") -> None:
