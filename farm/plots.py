@@ -1,0 +1,159 @@
+"""Report plots with matplotlib's Agg canvas (no pyplot, no display), returned as PNG bytes.
+
+- `time_bars_png`: per phase, the median time of each result on a log scale, with its 95% CI
+  as error bars; invalid results hatched and labelled, failed ones named without a bar.
+- `speedup_png`: speedups against the baseline with their bootstrap CIs (log scale, 1 marked).
+- `scaling_png`: median time against model size (or tokens per step) when the results vary it.
+
+This module never imports torch.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from farm.report import Group, Report, Row
+
+KIND_COLOURS = {"cpu": "#4C72B0", "cuda": "#55A868", "mps": "#8172B2"}
+INVALID_COLOUR = "#C44E9B"
+MAX_BARS = 40
+
+
+def _png(fig: Figure) -> bytes:
+    FigureCanvasAgg(fig)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    return buf.getvalue()
+
+
+def row_label(row: Row, with_run: bool) -> str:
+    label = row.record.series
+    return f"{label} [{row.record.run_id}]" if with_run else label
+
+
+def _colour(row: Row) -> str:
+    if row.status == "invalid":
+        return INVALID_COLOUR
+    return KIND_COLOURS.get(row.record.device.split(":", 1)[0], "#777777")
+
+
+def _phases(rows: Sequence[Row]) -> list[str]:
+    return list(dict.fromkeys(r.phase_name for r in rows if r.phase is not None))
+
+
+def time_bars_png(group: Group) -> bytes | None:
+    """Horizontal bars of median time per result, one panel per phase, log x with CI whiskers."""
+    phases = _phases(group.rows)
+    if not phases:
+        return None
+    with_run = len({r.record.run_id for r in group.rows}) > 1
+    per_phase = {p: [r for r in group.rows if r.phase_name == p][:MAX_BARS] for p in phases}
+    height = max(len(v) for v in per_phase.values())
+    fig = Figure(figsize=(4.2 * len(phases), 0.9 + 0.42 * height))
+    axes = fig.subplots(1, len(phases), squeeze=False)[0]
+    for ax, phase in zip(axes, phases, strict=True):
+        rows = per_phase[phase]
+        ys = list(range(len(rows)))[::-1]
+        for y, row in zip(ys, rows, strict=True):
+            p = row.phase
+            assert p is not None
+            if p.median_s is None or p.median_s <= 0:
+                ax.text(0.02, y, f"{row.status}: no time", va="center", transform=ax.get_yaxis_transform(), color="red")
+                continue
+            err = None
+            if p.n > 1 and p.ci_low_s is not None and p.ci_high_s is not None:
+                err = [[p.median_s - p.ci_low_s], [p.ci_high_s - p.median_s]]
+            invalid = row.status == "invalid"
+            ax.barh(y, p.median_s, color=_colour(row), hatch="//" if invalid else None, edgecolor="black", lw=0.4)
+            if err:
+                ax.errorbar(p.median_s, y, xerr=err, fmt="none", ecolor="black", capsize=3, lw=1)
+            tag = " INVALID" if invalid else (" noisy" if p.noisy else "")
+            ax.annotate(
+                f" {p.median_s:.3g} s{tag}",
+                (p.median_s, y),
+                va="center",
+                fontsize=7,
+                xytext=(2, 0),
+                textcoords="offset points",
+            )
+        ax.set_xscale("log")
+        ax.set_yticks(ys, [row_label(r, with_run) for r in rows], fontsize=7)
+        ax.set_title(phase, fontsize=10)
+        ax.set_xlabel("median time, s (log; bars: 95% CI)", fontsize=8)
+        ax.margins(x=0.35)
+    fig.suptitle(group.title, fontsize=9)
+    return _png(fig)
+
+
+def speedup_png(group: Group) -> bytes | None:
+    """Speedup of each result over its baseline per phase, log x, bootstrap 95% CI whiskers."""
+    rows = [r for r in group.rows if r.speedup is not None][:MAX_BARS]
+    if not rows:
+        return None
+    with_run = len({r.record.run_id for r in rows}) > 1
+    fig = Figure(figsize=(7, 0.9 + 0.4 * len(rows)))
+    ax = fig.subplots()
+    ys = list(range(len(rows)))[::-1]
+    for y, row in zip(ys, rows, strict=True):
+        s = row.speedup
+        assert s is not None
+        ax.barh(y, s.value, color=_colour(row), edgecolor="black", lw=0.4)
+        if s.low is not None and s.high is not None:
+            ax.errorbar(s.value, y, xerr=[[s.value - s.low], [s.high - s.value]], fmt="none", ecolor="black", capsize=3)
+        ax.annotate(
+            f" {s.value:.3g}×", (s.value, y), va="center", fontsize=7, xytext=(2, 0), textcoords="offset points"
+        )
+    ax.axvline(1.0, color="grey", ls="--", lw=1)
+    ax.set_xscale("log")
+    ax.set_yticks(ys, [f"{r.phase_name}: {row_label(r, with_run)}" for r in rows], fontsize=7)
+    base = rows[0].baseline.series if rows[0].baseline else "baseline"
+    ax.set_xlabel(f"speedup vs {base} (log; bars: bootstrap 95% CI)", fontsize=8)
+    ax.margins(x=0.3)
+    ax.set_title(group.title, fontsize=9)
+    return _png(fig)
+
+
+def scaling_axis(report: Report) -> str | None:
+    """`params` when the results vary the model, `tokens` when they vary batch x seq, else None."""
+    ok = [r for r in report.records if r.status == "ok"]
+    if len({r.params for r in ok}) > 1:
+        return "params"
+    if len({r.tokens for r in ok}) > 1:
+        return "tokens"
+    return None
+
+
+def scaling_png(report: Report) -> bytes | None:
+    """Median time against model parameters (or batch x seq tokens), log-log, a line per device."""
+    axis = scaling_axis(report)
+    if axis is None:
+        return None
+    rows = [r for r in report.rows if r.phase is not None and r.status == "ok" and r.phase.median_s]
+    phases = _phases(rows)
+    fig = Figure(figsize=(4.2 * len(phases), 3.6))
+    axes = fig.subplots(1, len(phases), squeeze=False)[0]
+    for ax, phase in zip(axes, phases, strict=True):
+        lines: dict[str, list[Row]] = {}
+        for r in rows:
+            if r.phase_name == phase:
+                other = f"{r.record.batch}×{r.record.seq}" if axis == "params" else r.record.model_name
+                lines.setdefault(f"{r.record.series} ({other})", []).append(r)
+        for label, pts in list(lines.items())[:12]:
+            pts.sort(key=lambda r: getattr(r.record, axis))
+            xs = [getattr(r.record, axis) for r in pts]
+            ys = [r.phase.median_s for r in pts if r.phase]
+            lo = [(r.phase.median_s or 0) - (r.phase.ci_low_s or r.phase.median_s or 0) for r in pts if r.phase]
+            hi = [(r.phase.ci_high_s or r.phase.median_s or 0) - (r.phase.median_s or 0) for r in pts if r.phase]
+            ax.errorbar(xs, ys, yerr=[lo, hi], marker="o", capsize=3, label=label, lw=1)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_title(phase, fontsize=10)
+        ax.set_xlabel("parameters" if axis == "params" else "tokens per step (batch × seq)", fontsize=8)
+        ax.set_ylabel("median time, s", fontsize=8)
+        ax.legend(fontsize=6)
+    fig.suptitle("scaling (ok results only; invalid and failed left out)", fontsize=9)
+    return _png(fig)

@@ -1,0 +1,266 @@
+"""Reports: which results (a `Selection`), the table model (`Report`, one `Row` per job and phase,
+with its speedup against a baseline and its flags), and `build_report`, which joins them.
+
+Formats live in `farm.reportfmt` (terminal, Markdown, CSV, JSON) and `farm.htmlreport` (HTML).
+Flags that every format shows: `invalid` (faster than the device's peak), `noisy` (IQR/median
+above 10%), `failed` / `oom` / `timeout` / `cancelled` with the error, and `versions` when a
+result and its baseline (or the report's results) come from different farm or torch versions.
+This module never imports torch.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from farm.compare import DEFAULT_BASELINE, Baseline, BaselineMatcher, Ratio, ratio_cis
+from farm.errors import NotFoundError, SpecError
+from farm.records import PhaseRecord, Record, load_records
+from farm.spec import ALIASES, PHASES
+from farm.store import ResultStore
+
+PHASE_ORDER = {p: i for i, p in enumerate(PHASES)}
+NOT_MEASURED = ("failed", "oom", "timeout", "cancelled")
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which stored results a report covers; values of one selector are OR-ed, selectors AND-ed."""
+
+    runs: tuple[str, ...] = ()
+    machines: tuple[str, ...] = ()
+    devices: tuple[str, ...] = ()
+    models: tuple[str, ...] = ()
+    spec_hashes: tuple[str, ...] = ()
+    since: datetime | None = None
+    until: datetime | None = None
+
+    def narrows_runs(self) -> bool:
+        """True when results of the selected runs may be left out (their baselines among them)."""
+        return bool(self.machines or self.devices or self.models or self.spec_hashes or self.since or self.until)
+
+    def describe(self) -> str:
+        parts = [
+            f"{name}={','.join(vals)}"
+            for name, vals in (
+                ("run", self.runs),
+                ("machine", self.machines),
+                ("device", self.devices),
+                ("model", self.models),
+                ("spec", self.spec_hashes),
+            )
+            if vals
+        ]
+        if self.since:
+            parts.append(f"since={self.since.isoformat(timespec='seconds')}")
+        if self.until:
+            parts.append(f"until={self.until.isoformat(timespec='seconds')}")
+        return " ".join(parts) or "all results"
+
+    def query_ids(self, store: ResultStore) -> list[str]:
+        return store.query_ids(
+            runs=self.runs,
+            machines=self.machines,
+            devices=self.devices,
+            models=[ALIASES.get(m, m) for m in self.models],
+            spec_hashes=self.spec_hashes,
+            since=self.since,
+            until=self.until,
+        )
+
+
+_RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)\s*([mhdw])$")
+_UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+def parse_when(text: str | None, field_name: str, now: datetime | None = None) -> datetime | None:
+    """ISO 8601 (`2026-11-01`, `2026-11-01T12:00`, UTC unless a zone is given) or relative `7d`, `12h`."""
+    if not text:
+        return None
+    m = _RELATIVE.match(text.strip())
+    if m:
+        return (now or datetime.now(UTC)) - timedelta(**{_UNITS[m[2]]: float(m[1])})
+    try:
+        when = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise SpecError(
+            field_name, f"{text!r} is not a date: use ISO 8601 (2026-11-01T12:00) or 30m, 12h, 7d, 2w"
+        ) from None
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
+
+
+@dataclass(slots=True)
+class Flag:
+    kind: str  # invalid, noisy, failed, oom, timeout, cancelled, versions, baseline
+    text: str
+
+
+@dataclass(slots=True)
+class Row:
+    """One job and phase (phase None: a job that measured nothing), with its speedup."""
+
+    record: Record
+    phase: PhaseRecord | None
+    baseline: Record | None = None
+    is_baseline: bool = False
+    speedup: Ratio | None = None
+    flags: list[Flag] = field(default_factory=list)
+
+    @property
+    def phase_name(self) -> str:
+        return self.phase.name if self.phase else "-"
+
+    @property
+    def status(self) -> str:
+        return self.phase.status if self.phase else self.record.status
+
+
+@dataclass
+class Group:
+    """Rows of one spec hash: the same work, comparable across devices, machines and runs."""
+
+    spec_hash: str
+    title: str
+    rows: list[Row]
+
+
+@dataclass
+class Report:
+    title: str
+    groups: list[Group]
+    records: list[Record]
+    baseline: Baseline
+    selection: Selection
+    notes: list[str]
+    generated_at: datetime
+
+    @property
+    def rows(self) -> list[Row]:
+        return [r for g in self.groups for r in g.rows]
+
+
+def group_title(r: Record) -> str:
+    extra = f" · matmul {r.matmul_precision}" if r.matmul_precision != "highest" else ""
+    return f"{r.model_name} · batch {r.batch} × seq {r.seq} · {r.dtype}{extra} · spec {r.spec_hash}"
+
+
+def _own_flags(rec: Record, ph: PhaseRecord | None) -> list[Flag]:
+    flags: list[Flag] = []
+    status = ph.status if ph else rec.status
+    if status == "invalid":
+        flags.append(Flag("invalid", (ph and ph.invalid_reason) or rec.error or "faster than the device's peak"))
+    elif status in NOT_MEASURED:
+        err = (ph and ph.error) or rec.error or ""
+        flags.append(Flag(status, err.strip().splitlines()[0] if err.strip() else status))
+    if ph and ph.noisy and ph.iqr_ratio is not None:
+        flags.append(Flag("noisy", f"IQR/median {ph.iqr_ratio:.0%} (above 10%)"))
+    return flags
+
+
+def _version_flag(rec: Record, base: Record) -> Flag | None:
+    diffs = []
+    if rec.farm_version != base.farm_version:
+        diffs.append(f"farm {rec.farm_version} vs {base.farm_version}")
+    if rec.torch_version != base.torch_version:
+        diffs.append(f"torch {rec.torch_version} vs {base.torch_version}")
+    return Flag("versions", "differs from baseline: " + "; ".join(diffs)) if diffs else None
+
+
+def _mixed(records: Sequence[Record], attr: str, label: str) -> str | None:
+    counts = Counter(getattr(r, attr) or "unknown" for r in records)
+    if len(counts) < 2:
+        return None
+    listed = ", ".join(f"{v} ({n})" for v, n in counts.most_common())
+    return f"mixed {label} versions in this report: {listed}; a difference may come from the software"
+
+
+def build_report(
+    records: Sequence[Record],
+    baseline: Baseline = DEFAULT_BASELINE,
+    pool: Iterable[Record] = (),
+    selection: Selection | None = None,
+    title: str | None = None,
+) -> Report:
+    """Rows, speedups (with bootstrap CIs) and flags for records; baselines come from records + pool."""
+    seen = {r.job_id for r in records}
+    matcher = BaselineMatcher([*records, *(p for p in pool if p.job_id not in seen)], baseline)
+    rows: list[Row] = []
+    pairs: list[tuple[list[float], list[float]]] = []
+    pair_rows: list[Row] = []
+    for rec in records:
+        base = matcher.find(rec)
+        if not rec.phases:
+            rows.append(Row(rec, None, base, flags=_own_flags(rec, None)))
+            continue
+        vflag = _version_flag(rec, base) if base is not None and base is not rec else None
+        for ph in rec.phases.values():
+            row = Row(rec, ph, base, is_baseline=base is rec, flags=_own_flags(rec, ph))
+            rows.append(row)
+            if base is None or row.is_baseline:
+                continue
+            if vflag:
+                row.flags.append(vflag)
+            bph = base.phases.get(ph.name)
+            if bph is None or bph.status != "ok" or ph.status != "ok":
+                if bph is not None and bph.status != "ok" and ph.status == "ok":
+                    row.flags.append(Flag("baseline", f"baseline ({base.series}) is {bph.status}: no speedup"))
+                continue
+            if bph.noisy:
+                row.flags.append(Flag("noisy", f"baseline noisy: IQR/median {bph.iqr_ratio or 0:.0%}"))
+            pairs.append((bph.times, ph.times))
+            pair_rows.append(row)
+    for row, ratio in zip(pair_rows, ratio_cis(pairs), strict=True):
+        row.speedup = ratio
+    by_hash: dict[str, Group] = {}
+    for row in sorted(
+        rows,
+        key=lambda r: (
+            r.record.params,
+            r.record.batch * r.record.seq,
+            r.record.spec_hash,
+            PHASE_ORDER.get(r.phase_name, 9),
+            not r.is_baseline,
+            r.record.device,
+            r.record.machine_tag or "",
+            r.record.run_id,
+        ),
+    ):
+        g = by_hash.get(row.record.spec_hash)
+        if g is None:
+            g = by_hash[row.record.spec_hash] = Group(row.record.spec_hash, group_title(row.record), [])
+        g.rows.append(row)
+    notes = [n for n in (_mixed(records, "farm_version", "farm"), _mixed(records, "torch_version", "torch")) if n]
+    missing = sum(1 for r in rows if r.baseline is None)
+    if missing:
+        notes.append(f"{missing} of {len(rows)} rows have no baseline ({baseline.describe()})")
+    sel = selection or Selection()
+    return Report(
+        title=title or f"farm report: {sel.describe()}",
+        groups=list(by_hash.values()),
+        records=list(records),
+        baseline=baseline,
+        selection=sel,
+        notes=notes,
+        generated_at=datetime.now(UTC),
+    )
+
+
+def select(store: ResultStore, selection: Selection, baseline: Baseline = DEFAULT_BASELINE) -> Report:
+    """Query the store, fetch the baselines the selection left out, and build the report."""
+    records = load_records(store, selection.query_ids(store))
+    if not records:
+        raise NotFoundError(f"no stored results match {selection.describe()}")
+    hashes = sorted({r.spec_hash for r in records})
+    extra: list[str] = []
+    if baseline.run:
+        extra = store.query_ids(runs=[baseline.run], spec_hashes=hashes)
+    elif baseline.machine:
+        extra = store.query_ids(machines=[baseline.machine], spec_hashes=hashes)
+    elif selection.narrows_runs():
+        extra = store.query_ids(runs=sorted({r.run_id for r in records}), spec_hashes=hashes)
+    have = {r.job_id for r in records}
+    pool = load_records(store, [j for j in extra if j not in have])
+    return build_report(records, baseline, pool, selection)

@@ -1,0 +1,104 @@
+"""Synthetic `JobResult`s built from chosen times (tests, benchmarks/report_10k.py, docs).
+
+Built with `measured_phase`, exactly as a worker builds them, so statistics, FLOP/s, MFU and the
+plausibility verdict are derived the same way. Nothing here is a measurement. Never imports torch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+
+from farm.flops import min_phase_flops, phase_flops
+from farm.hardware import GpuInfo, MachineFingerprint, Peak, gpu_peak, gpu_tag
+from farm.result import JobResult, PhaseResult, Status, measured_phase
+from farm.spec import BenchSpec
+
+CPU_PEAK = Peak(flops=2.26e11, source="measured: 2048^3 float32 matmul, 2 threads", tolerance=1.25)
+
+
+def machine(
+    tag: str = "box1", gpu: str | None = None, torch_version: str = "2.5.1", farm_version: str = "0.1.0"
+) -> MachineFingerprint:
+    """A fingerprint for a made-up machine (`gpu`: e.g. "NVIDIA H100 80GB HBM3")."""
+    gpus = []
+    if gpu:
+        gpus = [GpuInfo(index=0, name=gpu, tag=gpu_tag(gpu), memory_bytes=80 << 30, driver="550.54")]
+    return MachineFingerprint(
+        hostname=f"{tag}.lab",
+        machine_tag=tag,
+        os="Linux 6.1",
+        python="3.11.7",
+        cpu_model="Intel(R) Xeon(R) Platinum 8480+",
+        cpu_arch="x86_64",
+        cpu_flags=["amx_bf16", "avx512f"],
+        physical_cores=2,
+        logical_cores=4,
+        memory_bytes=16 << 30,
+        torch_version=torch_version,
+        cuda_version="12.4" if gpu else None,
+        gpus=gpus,
+        farm_version=farm_version,
+        git_commit="0123456789ab",
+    )
+
+
+def phase(spec: BenchSpec, name: str, times: Sequence[float], peak: Peak | None) -> PhaseResult:
+    """A measured phase of `spec` from raw times (checked against `peak`)."""
+    work = name in ("forward", "train")
+    return measured_phase(
+        name,
+        list(times),
+        [times[0] * 1.2] if work else [],
+        flops=phase_flops(spec, name),
+        min_flops=min_phase_flops(spec.shape, spec.batch, spec.seq, name),
+        tokens=spec.batch * spec.seq if work else 0,
+        peak=peak if work else None,
+        peak_memory_bytes=(1 << 30) if work else (500 << 20),
+        memory_kind="process RSS peak",
+    )
+
+
+def result(
+    run_id: str,
+    index: int,
+    device: str,
+    times: dict[str, Sequence[float]],
+    *,
+    spec: BenchSpec | None = None,
+    fingerprint: MachineFingerprint | None = None,
+    peak: Peak | None = None,
+    status: Status = "ok",
+    error: str | None = None,
+    finished_at: datetime | None = None,
+) -> JobResult:
+    """A job result of `spec` on `device` with the given raw times per phase.
+
+    On a `cuda` device the peak defaults to the table peak of the fingerprint's GPU, on `cpu` to
+    `CPU_PEAK`; a result faster than its peak comes back `invalid`, as from a worker.
+    """
+    spec = spec or BenchSpec(model="gpt2", batch=1, seq=128, repeats=5)
+    spec = spec.model_copy(update={"devices": (device,)})
+    fp = fingerprint or machine(gpu="NVIDIA H100 80GB HBM3" if device.startswith("cuda") else None)
+    if peak is None:
+        peak = gpu_peak(fp.gpus[0].name, spec.dtype, spec.matmul_precision) if fp.gpus else CPU_PEAK
+    done = finished_at or datetime(2026, 11, 1, tzinfo=UTC) + timedelta(seconds=index)
+    res = JobResult(
+        job_id=f"{run_id}-{index:03d}",
+        run_id=run_id,
+        device=device,
+        torch_device="cuda:0" if device.startswith("cuda") else "cpu",
+        status=status,
+        error=error,
+        spec=spec,
+        spec_hash=spec.spec_hash(),
+        model_name=spec.model_name,
+        machine=fp,
+        phases={name: phase(spec, name, ts, peak) for name, ts in times.items()},
+        precision={"dtype": spec.dtype, "matmul_precision": spec.matmul_precision, "threads": 2},
+        threads=2,
+        farm_version=fp.farm_version,
+        started_at=done - timedelta(seconds=1),
+        finished_at=done,
+    )
+    return res.settle_status()
