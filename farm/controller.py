@@ -1,0 +1,286 @@
+"""The controller side of the farm: submit runs, follow them, cancel them, list live workers.
+
+A run is recorded in Redis (farm.store) before its jobs are enqueued, one job per spec and device;
+a sweep (a list of specs) is one run. Wildcard device tags (`cuda:*`, `cpu:*`) fan out to every
+narrower tag a live worker serves now. Nothing here waits forever on a job that no live worker can
+serve: `wait` returns when every job either has a result or sits on a queue nobody consumes.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from farm.errors import JobTimeout, NotFoundError, SpecError
+from farm.result import JobResult
+from farm.settings import Settings, get_settings
+from farm.spec import BenchSpec, Job, parse_device_tag, queue_for
+from farm.store import ResultStore
+
+
+@dataclass
+class Submission:
+    """What `submit` did: the run, its jobs, and the queues that no live worker serves."""
+
+    run_id: str
+    jobs: list[Job]
+    created: bool
+    unserved: list[str] = field(default_factory=list)
+
+
+@dataclass
+class JobView:
+    """One job of a run as `status` and `--wait` show it."""
+
+    job_id: str
+    device: str
+    queue: str
+    state: str  # queued, running, done, cancelled
+    served: bool  # a live worker consumes its queue
+    status: str | None = None  # the stored result's status, once there is one
+    worker: str = ""
+    phase: str = ""
+    done: int = 0
+    total: int = 0
+    attempts: int = 0
+
+    @property
+    def finished(self) -> bool:
+        return self.status is not None
+
+    @property
+    def unserved(self) -> bool:
+        return not self.finished and not self.served
+
+
+def store_for(settings: Settings | None = None) -> ResultStore:
+    """The results store of the configured Redis (FARM_REDIS_URL / FARM_RESULTS_URL or embedded)."""
+    from farm.embedded import results_url
+
+    settings = settings or get_settings()
+    store = ResultStore.from_url(results_url(settings), settings.key_prefix)
+    store.ping()
+    return store
+
+
+def live_workers(settings: Settings | None = None, store: ResultStore | None = None) -> list[dict[str, Any]]:
+    """Workers whose heartbeat has not expired: name, host, tags, queues, device, job, last beat."""
+    store = store or store_for(settings)
+    names = sorted(store.r.smembers(store.key("workers")))
+    pipe = store.r.pipeline(transaction=False)
+    for n in names:
+        pipe.hgetall(store.key("worker", n))
+    out = []
+    for n, raw in zip(names, pipe.execute(), strict=True):
+        if not raw:  # heartbeat expired: the worker is gone
+            store.r.srem(store.key("workers"), n)
+            continue
+        out.append(
+            {
+                "name": n,
+                "host": raw.get("host", ""),
+                "machine": raw.get("machine", ""),
+                "device": raw.get("device", ""),
+                "gpu": raw.get("gpu_index") or None,
+                "tags": json.loads(raw.get("tags") or "[]"),
+                "queues": json.loads(raw.get("queues") or "[]"),
+                "concurrency": int(raw.get("concurrency") or 1),
+                "job": raw.get("job") or None,
+                "pid": int(raw.get("pid") or 0),
+                "started_at": float(raw.get("started_at") or 0),
+                "last_heartbeat": float(raw.get("updated_at") or 0),
+                "gpus": json.loads(raw.get("gpu_names") or "[]"),
+            }
+        )
+    return out
+
+
+def served_queues(workers: Sequence[dict[str, Any]]) -> set[str]:
+    return {q for w in workers for q in w["queues"]}
+
+
+def expand_wildcards(spec: BenchSpec, workers: Sequence[dict[str, Any]]) -> BenchSpec:
+    """Replace `cuda:*` / `cpu:*` by every narrower tag a live worker serves (one job per tag)."""
+    if not any(d.endswith(":*") for d in spec.devices):
+        return spec
+    queues = served_queues(workers)
+    devices: list[str] = []
+    for tag in spec.devices:
+        kind, narrow = parse_device_tag(tag)
+        if narrow != "*":
+            devices.append(tag)
+            continue
+        found = sorted({q.split(".", 1)[1] for q in queues if q.startswith(f"{kind}.")})
+        if not found:
+            raise SpecError("devices", f"{tag!r} matches no live worker: no worker serves a {kind}.<tag> queue now")
+        devices.extend(f"{kind}:{n}" for n in found)
+    return spec.model_copy(update={"devices": tuple(dict.fromkeys(devices))})
+
+
+def plan_jobs(specs: Sequence[BenchSpec], run_id: str) -> list[Job]:
+    """All jobs of a run: each spec's jobs, numbered once across the run so ids stay unique."""
+    jobs: list[Job] = []
+    for spec in specs:
+        for job in spec.expand(run_id):
+            jobs.append(job.model_copy(update={"job_id": f"{run_id}-{len(jobs):03d}"}))
+    return jobs
+
+
+def _stored_jobs(store: ResultStore, run_id: str) -> list[Job]:
+    run = store.get_run(run_id)
+    pipe = store.r.pipeline(transaction=False)
+    for j in run["jobs"]:
+        pipe.hget(store.key("job", j), "job")
+    return [Job.model_validate_json(doc) for doc in pipe.execute() if doc]
+
+
+def submit(
+    specs: BenchSpec | Sequence[BenchSpec],
+    *,
+    run_id: str | None = None,
+    name: str | None = None,
+    tags: dict[str, str] | None = None,
+    settings: Settings | None = None,
+) -> Submission:
+    """Record a run and enqueue its jobs. With an existing `run_id`, nothing is enqueued again."""
+    from farm.queue import enqueue, make_app
+    from farm.spec import new_run_id
+
+    settings = settings or get_settings()
+    store = store_for(settings)
+    spec_list = [specs] if isinstance(specs, BenchSpec) else list(specs)
+    if not spec_list:
+        raise SpecError("spec", "nothing to submit: no spec given")
+    workers = live_workers(settings, store)
+    served = served_queues(workers)
+    if run_id is not None:
+        try:
+            jobs = _stored_jobs(store, run_id)
+            return Submission(run_id, jobs, False, _unserved_queues(jobs, served))
+        except NotFoundError:
+            pass
+    spec_list = [expand_wildcards(s, workers) for s in spec_list]
+    run_id = run_id or new_run_id()
+    jobs = plan_jobs(spec_list, run_id)
+    # The run is recorded first: a job that finishes before the last one is sent still has its run.
+    store.create_run(run_id, spec_list[0] if len(spec_list) == 1 else None, jobs, name=name, tags=tags)
+    if len(spec_list) > 1:
+        store.r.hset(store.key("run", run_id), "specs", json.dumps([s.model_dump(mode="json") for s in spec_list]))
+    app = make_app(settings, broker_url=_broker_url(settings))
+    try:
+        for job in jobs:
+            enqueue(app, job, settings)
+    finally:
+        app.close()
+    return Submission(run_id, jobs, True, _unserved_queues(jobs, served))
+
+
+def _broker_url(settings: Settings) -> str:
+    from farm.embedded import resolve_redis_url
+
+    return resolve_redis_url(settings)
+
+
+def _unserved_queues(jobs: Sequence[Job], served: set[str]) -> list[str]:
+    return list(dict.fromkeys(j.queue for j in jobs if j.queue not in served))
+
+
+def job_views(run_id: str, store: ResultStore, workers: Sequence[dict[str, Any]] | None = None) -> list[JobView]:
+    """Every job of a run with its state, progress and (when stored) result status."""
+    workers = live_workers(store=store) if workers is None else workers
+    served = served_queues(workers)
+    run = store.get_run(run_id)
+    pipe = store.r.pipeline(transaction=False)
+    for j in run["jobs"]:
+        pipe.hgetall(store.key("job", j))
+    for j in run["jobs"]:
+        pipe.get(store.key("result", j))
+    raw = pipe.execute()
+    n = len(run["jobs"])
+    views = []
+    for job_id, h, res in zip(run["jobs"], raw[:n], raw[n:], strict=True):
+        status = json.loads(res)["status"] if res else None
+        queue = h.get("queue") or queue_for(h.get("device", "cpu"))
+        views.append(
+            JobView(
+                job_id=job_id,
+                device=h.get("device", "?"),
+                queue=queue,
+                state=h.get("state", "queued")
+                if status is None
+                else ("cancelled" if status == "cancelled" else "done"),
+                served=queue in served,
+                status=status,
+                worker=h.get("worker", ""),
+                phase=h.get("phase", ""),
+                done=int(h.get("done") or 0),
+                total=int(h.get("total") or 0),
+                attempts=int(h.get("attempts") or 0),
+            )
+        )
+    return views
+
+
+def wait(
+    run_id: str,
+    *,
+    settings: Settings | None = None,
+    timeout: float | None = None,
+    poll_s: float = 0.5,
+    on_update: Callable[[list[JobView]], None] | None = None,
+    stop_when_unserved: bool = True,
+) -> list[JobResult]:
+    """Follow a run until every job has a result, or (by default) every job left is unserved.
+
+    Returns the stored results (jobs left unserved have none: compare with the run's jobs).
+    Raises JobTimeout after `timeout` seconds with jobs still pending.
+    """
+    store = store_for(settings)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        views = job_views(run_id, store)
+        if on_update is not None:
+            on_update(views)
+        pending = [v for v in views if not v.finished]
+        if not pending or (stop_when_unserved and all(v.unserved for v in pending)):
+            return store.get_results([v.job_id for v in views if v.finished])
+        if deadline is not None and time.monotonic() > deadline:
+            raise JobTimeout(f"run {run_id}: {len(pending)} job(s) still pending after {timeout} s")
+        time.sleep(poll_s)
+
+
+def cancel(
+    run_id: str, *, job_ids: Sequence[str] | None = None, settings: Settings | None = None
+) -> tuple[list[str], list[str]]:
+    """Cancel a run's queued jobs (or only `job_ids`): stored as `cancelled` and revoked.
+
+    Returns (cancelled job ids, job ids left running). A worker that later receives a cancelled
+    job finds its result and skips it; running jobs are not interrupted.
+    """
+    from farm.queue import make_app
+
+    settings = settings or get_settings()
+    store = store_for(settings)
+    jobs = {j.job_id: j for j in _stored_jobs(store, run_id)}
+    views = job_views(run_id, store)
+    cancelled, running = [], []
+    for v in views:
+        if v.finished or (job_ids is not None and v.job_id not in job_ids):
+            continue
+        if v.state == "running" and v.served:
+            running.append(v.job_id)
+            continue
+        res = JobResult.failure(jobs[v.job_id], "cancelled", "cancelled before it started (farm cancel)")
+        if store.put_result(res):
+            store.set_job_state(v.job_id, "cancelled")
+            cancelled.append(v.job_id)
+    if cancelled:
+        app = make_app(settings, broker_url=_broker_url(settings))
+        try:
+            app.control.revoke(cancelled)
+        finally:
+            app.close()
+    return cancelled, running

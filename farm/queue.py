@@ -1,0 +1,147 @@
+"""The Celery app: configuration that keeps long jobs from being lost or run twice, and the one task.
+
+Settings follow ../shared/docs/reliability.md: JSON only (a pickle message is refused), late acks,
+reject on worker lost, prefetch 1, time limits below a visibility timeout set in every place Celery
+and kombu read it, connection retry forever on start-up, long tasks cancelled on connection loss,
+successful tasks deduplicated. The Celery result backend only keeps task state (it expires); the
+results themselves live in the farm's own keys (`farm.store`).
+
+Queues: a job goes to `job.queue` (`cpu`, `cuda`, `cuda.h100`, `cpu.<machine>`); small farm tasks
+(for example `farm.fire_schedule`, registered by `farm.schedule`) go to `control`, which every
+worker consumes. The task body is thin: `farm.worker.execute_job` does the work.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import logging
+from typing import Any
+
+from celery import Celery, Task
+from celery.exceptions import TimeLimitExceeded
+
+from farm.errors import BrokerError, ConfigError
+from farm.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+TASK_NAME = "farm.run_job"
+CONTROL_QUEUE = "control"
+RESULT_EXPIRES_S = 7 * 24 * 3600  # Celery task state only; results live in farm keys without expiry
+HARD_LIMIT_GRACE_S = 30.0  # a job's own time limit: the hard kill comes this long after the soft one
+
+
+def check_limits(settings: Settings) -> None:
+    """Refuse a configuration where a running job could be redelivered (hard limit >= visibility)."""
+    if not settings.task_soft_time_limit < settings.task_time_limit < settings.visibility_timeout:
+        raise ConfigError(
+            f"time limits must satisfy soft ({settings.task_soft_time_limit} s) < hard "
+            f"({settings.task_time_limit} s) < visibility timeout ({settings.visibility_timeout} s): "
+            "otherwise Redis hands a still-running job to a second worker"
+        )
+
+
+def job_time_limits(spec_limit_s: float | None, settings: Settings) -> tuple[float, float]:
+    """(soft, hard) limits in seconds for one job: the spec's own limit, capped by the settings."""
+    soft, hard = settings.task_soft_time_limit, settings.task_time_limit
+    if spec_limit_s is not None and spec_limit_s < soft:
+        soft = spec_limit_s
+        hard = min(hard, soft + max(HARD_LIMIT_GRACE_S, 0.1 * soft))
+    return soft, hard
+
+
+class FarmTask(Task):
+    """The job task. `on_failure` also runs in the worker's parent when a hard time limit kills
+    the job's process: the job is then stored as `timeout` before the message is acknowledged."""
+
+    def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
+        if isinstance(exc, TimeLimitExceeded):
+            from farm.worker import store_hard_timeout
+
+            job = args[0] if args else kwargs.get("job")
+            store_hard_timeout(job, exc)
+
+
+def _register_tasks(app: Celery) -> None:
+    @app.task(name=TASK_NAME, bind=True, base=FarmTask)
+    def run_job(self: Task, job: dict[str, Any]) -> dict[str, Any]:
+        """Validate the job again, run it with the core engine, store its result (then ack)."""
+        from farm.worker import execute_job
+
+        return execute_job(job, self.request)
+
+
+def make_app(settings: Settings | None = None, broker_url: str | None = None) -> Celery:
+    """A configured Celery app for these settings (URL from FARM_REDIS_URL or the embedded farm)."""
+    settings = settings or get_settings()
+    check_limits(settings)
+    if broker_url is None:
+        from farm.embedded import resolve_redis_url
+
+        broker_url = resolve_redis_url(settings)
+    backend_url = settings.results() or broker_url
+    include = ["farm.schedule"] if importlib.util.find_spec("farm.schedule") is not None else []
+    app = Celery("farm", broker=broker_url, backend=backend_url, include=include, set_as_current=True)
+    vt = int(settings.visibility_timeout)
+    transport = {"visibility_timeout": vt}
+    app.conf.update(
+        # JSON only: pickle would let anyone who can write to Redis run code on the workers.
+        task_serializer="json",
+        result_serializer="json",
+        event_serializer="json",
+        accept_content=["json"],
+        result_accept_content=["json"],
+        # Nothing lost: ack after the result is stored; a killed job process requeues its message.
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        task_acks_on_timeout=True,  # the parent stored `timeout` first (FarmTask.on_failure)
+        worker_prefetch_multiplier=1,
+        # Soft < hard < visibility timeout, the last in every place it is read (celery#7651, #9339).
+        task_soft_time_limit=settings.task_soft_time_limit,
+        task_time_limit=settings.task_time_limit,
+        broker_transport_options=transport,
+        result_backend_transport_options=transport,
+        visibility_timeout=vt,
+        # Survive a broker that starts late or restarts.
+        broker_connection_retry=True,
+        broker_connection_retry_on_startup=True,
+        broker_connection_max_retries=None,
+        broker_channel_error_retry=True,
+        worker_cancel_long_running_tasks_on_connection_loss=True,
+        worker_deduplicate_successful_tasks=True,
+        result_expires=RESULT_EXPIRES_S,
+        result_persistent=True,
+        task_default_queue="cpu",
+        task_create_missing_queues=True,
+        task_routes={"farm.fire_schedule": {"queue": CONTROL_QUEUE}},
+        broker_connection_timeout=5,
+    )
+    _register_tasks(app)
+    return app
+
+
+@functools.lru_cache(maxsize=1)
+def get_app() -> Celery:
+    """The process's Celery app, built once from `get_settings()` (tests: `get_app.cache_clear()`)."""
+    return make_app(get_settings())
+
+
+def enqueue(app: Celery, job: Any, settings: Settings) -> None:
+    """Send one `Job` to its queue; its job id is the Celery task id (dedup, revoke, tracing)."""
+    from kombu.exceptions import OperationalError
+
+    soft, hard = job_time_limits(job.spec.time_limit_s, settings)
+    try:
+        app.send_task(
+            TASK_NAME,
+            args=[job.model_dump(mode="json")],
+            task_id=job.job_id,
+            queue=job.queue,
+            soft_time_limit=soft,
+            time_limit=hard,
+            retry=True,
+            retry_policy={"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5},
+        )
+    except OperationalError as e:
+        raise BrokerError(f"cannot enqueue job {job.job_id} on queue {job.queue!r}: {e}") from None

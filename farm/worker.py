@@ -1,0 +1,369 @@
+"""A farm worker: what it serves, its heartbeat, and the body of the job task.
+
+`farm worker` plans a `WorkerConfig` from the hardware (GPUs through NVML only: CUDA is never
+touched in the parent, because job processes are forked from it), subscribes to every queue the
+config can serve plus `control`, and beats a heartbeat into Redis from a thread of the main
+process. Each job runs in a pool child: `execute_job` counts the delivery, skips a job whose result
+is already stored, quarantines one delivered too often, runs it, and stores the result (confirmed
+by Redis) before the task returns, so the late ack only follows a stored result.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from farm.errors import ConfigError
+from farm.hardware import machine_tag, nvml_gpus
+from farm.result import JobResult
+from farm.settings import Settings, get_settings
+from farm.store import ResultStore
+
+log = logging.getLogger("farm.worker")
+
+STORE_RETRY_S = 60.0  # how long a finished job keeps trying to store its result before requeueing
+
+
+@dataclass
+class WorkerConfig:
+    """What one worker serves: its name, device, GPU, queues and the device tags behind them."""
+
+    name: str
+    host: str
+    machine: str
+    device: str  # "cpu" or "cuda"
+    gpu_index: int | None
+    queues: list[str]
+    tags: list[str]
+    concurrency: int = 1
+    max_tasks_per_child: int | None = None
+    gpu_names: list[str] = field(default_factory=list)
+
+
+_config: WorkerConfig | None = None  # set in the parent before the pool forks; children inherit it
+
+
+def plan_worker(
+    device: str = "auto",
+    gpu: int | None = None,
+    queues: list[str] | None = None,
+    name: str | None = None,
+    concurrency: int = 1,
+) -> WorkerConfig:
+    """Decide what this worker serves from its hardware (NVML only; CUDA stays untouched)."""
+    from farm.queue import CONTROL_QUEUE
+
+    if device not in ("cpu", "cuda", "auto"):
+        raise ConfigError(f"--device must be cpu, cuda or auto, got {device!r}")
+    gpus = list(nvml_gpus())
+    if device == "auto":
+        device = "cuda" if gpus else "cpu"
+    host = socket.gethostname()
+    machine = machine_tag(host)
+    gpu_names: list[str] = []
+    if device == "cpu":
+        tags = ["cpu", f"cpu:{machine}"]
+        gpu = None
+    else:
+        if gpu is not None and gpus and not 0 <= gpu < len(gpus):
+            raise ConfigError(f"--gpu {gpu}: this machine has {len(gpus)} GPU(s)")
+        chosen = [g for g in gpus if gpu is None or g.index == gpu]
+        gpu = gpu if gpu is not None else (0 if gpus else None)
+        # A GPU worker serves one GPU at a time: `cuda` and that GPU's model tag.
+        chosen = chosen[:1]
+        gpu_names = [g.name for g in chosen]
+        tags = ["cuda", *[f"cuda:{g.tag}" for g in chosen]]
+        concurrency = 1
+    served = [t.replace(":", ".") for t in tags]
+    if queues:
+        served = [q.strip() for q in queues if q.strip()]
+        tags = [q.replace(".", ":", 1) for q in served]
+    if CONTROL_QUEUE not in served:
+        served.append(CONTROL_QUEUE)
+    if name is None:
+        name = f"{device}{'' if gpu is None else gpu}-{machine}-{os.getpid()}"
+    if not all(c.isalnum() or c in "._-" for c in name):
+        raise ConfigError(f"--name {name!r}: use letters, digits, '.', '_' and '-'")
+    return WorkerConfig(
+        name=name,
+        host=host,
+        machine=machine,
+        device=device,
+        gpu_index=gpu,
+        queues=served,
+        tags=tags,
+        concurrency=max(1, concurrency),
+        # A fresh process per job on a GPU: clean CUDA state, memory returned to the driver.
+        max_tasks_per_child=1 if device == "cuda" else None,
+        gpu_names=gpu_names,
+    )
+
+
+# -- the store, per process -----------------------------------------------------------------------
+_stores: dict[int, ResultStore] = {}
+
+
+def worker_store() -> ResultStore:
+    """This process's results store (a new connection after a fork: keyed by pid)."""
+    from farm.embedded import results_url
+
+    pid = os.getpid()
+    if pid not in _stores:
+        settings = get_settings()
+        _stores.clear()
+        _stores[pid] = ResultStore.from_url(results_url(settings), settings.key_prefix)
+    return _stores[pid]
+
+
+def worker_key(store: ResultStore, name: str) -> str:
+    return store.key("worker", name)
+
+
+# -- heartbeat ---------------------------------------------------------------------------------
+class Heartbeat:
+    """A thread of the worker's main process that keeps `farm:worker:<name>` alive with a TTL.
+
+    The hash holds the config, the fingerprint and the jobs running now (read from Celery's
+    `active_requests` in this process); it expires `heartbeat_ttl` seconds after the worker dies.
+    """
+
+    def __init__(self, config: WorkerConfig, store: ResultStore, settings: Settings) -> None:
+        from farm.hardware import fingerprint
+
+        self.config = config
+        self.store = store
+        self.interval = settings.heartbeat_interval
+        self.ttl = max(1, round(settings.heartbeat_ttl))
+        self.started_at = time.time()
+        self.fp = fingerprint(with_torch=False).model_dump_json()
+        self._stop = threading.Event()
+        self.wake = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="farm-heartbeat", daemon=True)
+
+    def current_jobs(self) -> list[str]:
+        from celery.worker import state
+
+        return sorted(r.id for r in list(state.active_requests))
+
+    def beat(self) -> None:
+        c = self.config
+        key = worker_key(self.store, c.name)
+        doc = {
+            k: json.dumps(v) if isinstance(v, list | dict) else ("" if v is None else v) for k, v in asdict(c).items()
+        }
+        doc.update(pid=os.getpid(), started_at=self.started_at, updated_at=time.time(), fingerprint=self.fp)
+        doc["job"] = ",".join(self.current_jobs())
+        pipe = self.store.r.pipeline(transaction=True)
+        pipe.hset(key, mapping=doc)
+        pipe.expire(key, self.ttl)
+        pipe.sadd(self.store.key("workers"), c.name)
+        pipe.execute()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.beat()
+            except Exception as e:  # Redis restarting: keep beating, never kill the worker
+                log.warning("heartbeat failed: %s", e)
+            self.wake.wait(self.interval)
+            self.wake.clear()
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.wake.set()
+        self._thread.join(timeout=5)
+        try:
+            pipe = self.store.r.pipeline(transaction=True)
+            pipe.delete(worker_key(self.store, self.config.name))
+            pipe.srem(self.store.key("workers"), self.config.name)
+            pipe.execute()
+        except Exception as e:
+            log.warning("could not unregister worker: %s", e)
+
+
+# -- the task body ----------------------------------------------------------------------------------
+def _progress_writer(store: ResultStore, job_id: str) -> Any:
+    """on_progress for run_job: phase/done/total into farm:job:<id>, at most every 0.2 s per phase."""
+    last: dict[str, float] = {}
+
+    def on_progress(phase: str, done: int, total: int) -> None:
+        now = time.monotonic()
+        if done < total and now - last.get(phase, 0.0) < 0.2:
+            return
+        last[phase] = now
+        try:
+            store.r.hset(store.key("job", job_id), mapping={"phase": phase, "done": done, "total": total})
+        except Exception as e:  # progress is best effort; the result is not
+            log.warning("progress of %s not written: %s", job_id, e)
+
+    return on_progress
+
+
+def _store_confirmed(store: ResultStore, result: JobResult) -> None:
+    """Write the result until Redis confirms it; requeue the message if Redis stays away."""
+    from celery.exceptions import Reject
+
+    deadline = time.monotonic() + STORE_RETRY_S
+    delay = 0.5
+    while True:
+        try:
+            store.put_result(result)
+            store.set_job_state(result.job_id, "done", status=result.status, worker=result.worker)
+            return
+        except Exception as e:
+            if time.monotonic() > deadline:
+                log.error("result of %s not stored (%s): requeueing the job", result.job_id, e)
+                raise Reject(f"result store unreachable: {e}", requeue=True) from e
+            log.warning("storing the result of %s failed (%s); retrying", result.job_id, e)
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
+def execute_job(job_doc: dict[str, Any], request: Any = None) -> dict[str, Any]:
+    """Run one delivered job and store its result. Returns a small summary for Celery's state."""
+    from celery.exceptions import SoftTimeLimitExceeded
+    from pydantic import ValidationError
+
+    from farm.spec import Job
+
+    settings = get_settings()
+    try:
+        job = Job.model_validate(job_doc)
+    except (ValidationError, TypeError) as e:
+        # Not a job we can store a result for: log and acknowledge (a malformed message never loops).
+        log.error("rejected a malformed job message: %s", str(e).splitlines()[0])
+        return {"job_id": None, "status": "rejected"}
+    store = worker_store()
+    cfg = _config
+    name = cfg.name if cfg else socket.gethostname()
+    jkey = store.key("job", job.job_id)
+    if store.has_result(job.job_id):
+        log.info("job %s already has a result: skipped (redelivery)", job.job_id)
+        return {"job_id": job.job_id, "status": "skipped"}
+    if store.r.hget(jkey, "state") == "cancelled":
+        return {"job_id": job.job_id, "status": "cancelled"}
+    attempt = int(store.r.hincrby(jkey, "attempts", 1))
+    if attempt > settings.max_attempts:
+        last = store.r.hget(jkey, "worker") or "?"
+        result = JobResult.failure(
+            job,
+            "failed",
+            f"quarantined after {settings.max_attempts} attempts: each delivery ended without a result "
+            f"(the job's process died; last worker {last})",
+            worker=name,
+            attempt=attempt,
+        )
+        _store_confirmed(store, result)
+        log.error("job %s quarantined after %d attempts", job.job_id, settings.max_attempts)
+        return {"job_id": job.job_id, "status": result.status}
+    store.set_job_state(job.job_id, "running", worker=name, attempt=attempt, started_at=time.time(), pid=os.getpid())
+
+    from farm.runner import run_job
+
+    try:
+        result = run_job(
+            job,
+            gpu_index=cfg.gpu_index if cfg else None,
+            on_progress=_progress_writer(store, job.job_id),
+            worker=name,
+            attempt=attempt,
+        )
+    except SoftTimeLimitExceeded:  # raised outside the phases (run_job catches it inside them)
+        result = JobResult.failure(job, "timeout", "soft time limit exceeded", worker=name, attempt=attempt)
+    if result.status == "failed" and result.error and "SoftTimeLimitExceeded" in result.error.splitlines()[0]:
+        # run_job sees Celery's soft-limit exception as a crash; it is the farm's time limit.
+        limit = getattr(request, "timelimit", None)
+        soft = limit[1] if isinstance(limit, list | tuple) and len(limit) > 1 else settings.task_soft_time_limit
+        phase = result.error.split(":", 1)[0]
+        result.status = "timeout"
+        result.error = f"{phase}: soft time limit of {soft} s exceeded; the job stopped and freed its memory"
+    _store_confirmed(store, result)
+    return {"job_id": job.job_id, "status": result.status}
+
+
+def store_hard_timeout(job_doc: Any, exc: BaseException) -> None:
+    """In the worker's parent, after a hard time limit killed the job's process: store `timeout`."""
+    from farm.spec import Job
+
+    try:
+        job = Job.model_validate(job_doc)
+        store = worker_store()
+        attempt = int(store.r.hget(store.key("job", job.job_id), "attempts") or 1)
+        name = _config.name if _config else socket.gethostname()
+        result = JobResult.failure(
+            job,
+            "timeout",
+            f"hard time limit exceeded ({exc}): the job's process was killed and replaced",
+            worker=name,
+            attempt=attempt,
+        )
+        store.put_result(result)
+        store.set_job_state(job.job_id, "done", status="timeout", worker=name)
+    except Exception as e:
+        log.error("could not store the hard timeout of a job: %s", e)
+
+
+# -- start-up -------------------------------------------------------------------------------------
+def run_worker(config: WorkerConfig, loglevel: str = "info") -> None:
+    """Run a Celery worker for `config` in this process until it is stopped (blocks)."""
+    from celery import signals
+
+    from farm.queue import get_app
+
+    global _config
+    _config = config
+    settings = get_settings()
+    app = get_app()  # ConfigError for bad limits, BrokerError without a Redis URL
+    # Import torch and the engine here, once, so that forked job processes start warm. Importing
+    # torch does not initialise CUDA; nothing in this process ever calls into CUDA.
+    import farm.runner  # noqa: F401
+
+    beat: dict[str, Heartbeat] = {}
+
+    def _ready(**_: Any) -> None:
+        hb = Heartbeat(config, worker_store(), settings)
+        hb.start()
+        beat["hb"] = hb
+        log.info("worker %s serving %s", config.name, ",".join(config.queues))
+
+    def _received(**_: Any) -> None:
+        if "hb" in beat:
+            beat["hb"].wake.set()
+
+    def _shutdown(**_: Any) -> None:
+        if "hb" in beat:
+            beat.pop("hb").stop()
+
+    signals.worker_ready.connect(_ready, weak=False)
+    signals.task_received.connect(_received, weak=False)
+    signals.worker_shutdown.connect(_shutdown, weak=False)
+    argv = [
+        "worker",
+        "-n",
+        f"{config.name}@{config.host}",
+        "-Q",
+        ",".join(config.queues),
+        "-c",
+        str(config.concurrency),
+        "-P",
+        "prefork",
+        "-O",
+        "fair",
+        "--loglevel",
+        loglevel.upper(),
+        "--without-gossip",
+        "--without-mingle",
+        "--without-heartbeat",
+    ]
+    if config.max_tasks_per_child:
+        argv += ["--max-tasks-per-child", str(config.max_tasks_per_child)]
+    app.worker_main(argv)
