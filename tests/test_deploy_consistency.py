@@ -10,6 +10,7 @@ build FARM_REDIS_URL. The example settings files must also load as valid Setting
 from __future__ import annotations
 
 import functools
+import json
 import os
 import re
 import shlex
@@ -158,10 +159,45 @@ def _help_env() -> dict[str, str]:
     return env
 
 
+@dataclass(frozen=True)
+class Help:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+# One interpreter prints every `--help` (the CLI's import costs seconds; the test budget is tight):
+# it calls the console script's own `main()` with each argv, as `farm <sub> --help` would.
+_HELP_BATCH = """
+import contextlib, io, json, sys
+from farm.cli.main import main
+out = {}
+for name in json.loads(sys.argv[1]):
+    buf, err = io.StringIO(), io.StringIO()
+    sys.argv = ["farm", *([name] if name else []), "--help"]
+    with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(err):
+        try:
+            main()
+            code = 0
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else int(e.code is not None)
+    out[name] = [code, buf.getvalue(), err.getvalue()]
+sys.__stdout__.write(json.dumps(out))
+"""
+
+
 @functools.cache
-def _help(*args: str) -> subprocess.CompletedProcess[str]:
-    cmd = [sys.executable, "-m", "farm.cli.main", *args, "--help"]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=_help_env(), cwd=ROOT)
+def _helps() -> dict[str, Help]:
+    """`farm --help` and `farm <sub> --help` for every subcommand the files use."""
+    names = sorted({"", "worker"} | {c.subcommand for c in ALL_COMMANDS})
+    cmd = [sys.executable, "-c", _HELP_BATCH, json.dumps(names)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=_help_env(), cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    return {name: Help(*v) for name, v in json.loads(proc.stdout).items()}
+
+
+def _help(subcommand: str = "") -> Help:
+    return _helps()[subcommand]
 
 
 @functools.lru_cache(maxsize=1)
@@ -194,6 +230,12 @@ def test_the_extraction_finds_the_commands_of_every_kind_of_file() -> None:
 def test_the_help_parser_sees_the_real_commands() -> None:
     assert {"worker", "workers", "run"} <= _subcommands()
     assert "--device" in _help("worker").stdout
+    # The batch prints what the real command prints (but for the program's name on the usage line).
+    cmd = [sys.executable, "-m", "farm.cli.main", "worker", "--help"]
+    real = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=_help_env(), cwd=ROOT)
+    assert real.returncode == 0, real.stderr
+    lines = [ln.rstrip() for ln in real.stdout.replace("python -m farm.cli.main", "farm").splitlines()]
+    assert lines == [ln.rstrip() for ln in _help("worker").stdout.splitlines()]
 
 
 def _unknown_options(command: FarmCommand) -> list[str]:
