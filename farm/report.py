@@ -187,23 +187,46 @@ def build_report(
     """Rows, speedups (with bootstrap CIs) and flags for records; baselines come from records + pool."""
     seen = {r.job_id for r in records}
     matcher = BaselineMatcher([*records, *(p for p in pool if p.job_id not in seen)], baseline)
+    bases = [matcher.find(rec) for rec in records]
+    # Sort the records once (not the rows): specs by size, the baseline first, then by place.
+    order = sorted(
+        range(len(records)),
+        key=lambda i: (
+            records[i].params,
+            records[i].tokens,
+            records[i].spec_hash,
+            bases[i] is not records[i],
+            records[i].device,
+            records[i].machine_tag or "",
+            records[i].run_id,
+        ),
+    )
+    buckets: dict[str, dict[str, list[Row]]] = {}  # spec hash -> phase -> rows
+    titles: dict[str, str] = {}
     rows: list[Row] = []
     pairs: list[tuple[list[float], list[float]]] = []
     pair_rows: list[Row] = []
-    for rec in records:
-        base = matcher.find(rec)
+    for i in order:
+        rec, base = records[i], bases[i]
+        by_phase = buckets.get(rec.spec_hash)
+        if by_phase is None:
+            by_phase = buckets[rec.spec_hash] = {}
+            titles[rec.spec_hash] = group_title(rec)
         if not rec.phases:
-            rows.append(Row(rec, None, base, flags=_own_flags(rec, None)))
+            row = Row(rec, None, base, flags=_own_flags(rec, None))
+            rows.append(row)
+            by_phase.setdefault("-", []).append(row)
             continue
         vflag = _version_flag(rec, base) if base is not None and base is not rec else None
-        for ph in rec.phases.values():
+        for name, ph in rec.phases.items():
             row = Row(rec, ph, base, is_baseline=base is rec, flags=_own_flags(rec, ph))
             rows.append(row)
+            by_phase.setdefault(name, []).append(row)
             if base is None or row.is_baseline:
                 continue
             if vflag:
                 row.flags.append(vflag)
-            bph = base.phases.get(ph.name)
+            bph = base.phases.get(name)
             if bph is None or bph.status != "ok" or ph.status != "ok":
                 if bph is not None and bph.status != "ok" and ph.status == "ok":
                     row.flags.append(Flag("baseline", f"baseline ({base.series}) is {bph.status}: no speedup"))
@@ -214,24 +237,10 @@ def build_report(
             pair_rows.append(row)
     for row, ratio in zip(pair_rows, ratio_cis(pairs), strict=True):
         row.speedup = ratio
-    by_hash: dict[str, Group] = {}
-    for row in sorted(
-        rows,
-        key=lambda r: (
-            r.record.params,
-            r.record.batch * r.record.seq,
-            r.record.spec_hash,
-            PHASE_ORDER.get(r.phase_name, 9),
-            not r.is_baseline,
-            r.record.device,
-            r.record.machine_tag or "",
-            r.record.run_id,
-        ),
-    ):
-        g = by_hash.get(row.record.spec_hash)
-        if g is None:
-            g = by_hash[row.record.spec_hash] = Group(row.record.spec_hash, group_title(row.record), [])
-        g.rows.append(row)
+    groups = []
+    for spec_hash, by_phase in buckets.items():
+        names = sorted(by_phase, key=lambda n: PHASE_ORDER.get(n, 9))
+        groups.append(Group(spec_hash, titles[spec_hash], [r for n in names for r in by_phase[n]]))
     notes = [n for n in (_mixed(records, "farm_version", "farm"), _mixed(records, "torch_version", "torch")) if n]
     missing = sum(1 for r in rows if r.baseline is None)
     if missing:
@@ -239,7 +248,7 @@ def build_report(
     sel = selection or Selection()
     return Report(
         title=title or f"farm report: {sel.describe()}",
-        groups=list(by_hash.values()),
+        groups=groups,
         records=list(records),
         baseline=baseline,
         selection=sel,

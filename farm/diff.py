@@ -1,0 +1,114 @@
+"""`farm diff A B`: what differs between the environments of two results, so a changed number can be
+explained (hardware, driver, library versions, precision settings, threads, spec, peak used).
+
+Each result is flattened to `section / key -> value` text; the diff lists the keys whose values
+differ (or every key with `show_all`). Never imports torch.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from rich.table import Table
+
+from farm.result import JobResult
+
+SOFTWARE = {"torch_version", "cuda_version", "cudnn_version", "python", "farm_version", "git_commit", "os"}
+SECTIONS = ("hardware", "software", "precision", "job", "spec", "peak")
+
+
+def _text(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, list | tuple):
+        return " ".join(str(x) for x in v) or "-"
+    if isinstance(v, dict):
+        return json.dumps(v, sort_keys=True)
+    return str(v)
+
+
+def environment(res: JobResult) -> dict[tuple[str, str], str]:
+    """The result's environment as (section, key) -> text."""
+    env: dict[tuple[str, str], str] = {}
+    if res.machine is not None:
+        for k, v in res.machine.model_dump(mode="json").items():
+            if k == "gpus":
+                env["hardware", "gpu count"] = str(len(v))
+                for g in v:
+                    for gk in ("name", "memory_bytes", "driver", "uuid"):
+                        sect = "software" if gk == "driver" else "hardware"
+                        env[sect, f"gpu[{g['index']}].{gk}"] = _text(g.get(gk))
+            else:
+                env["software" if k in SOFTWARE else "hardware", k] = _text(v)
+    env["software", "result farm_version"] = res.farm_version
+    for k, v in sorted(res.precision.items()):
+        env["precision", k] = _text(v)
+    env["job", "device"] = res.device
+    env["job", "torch_device"] = _text(res.torch_device)
+    env["job", "threads"] = _text(res.threads)
+    env["job", "worker"] = _text(res.worker)
+    env["job", "status"] = res.status
+    env["job", "run_id"] = res.run_id
+    spec = res.spec.model_dump(mode="json", exclude={"devices"})
+    spec["model"] = res.spec.shape.model_dump(mode="json")
+    for k, v in spec.items():
+        if isinstance(v, dict) and k == "model":
+            for mk, mv in v.items():
+                env["spec", f"model.{mk}"] = _text(mv)
+        else:
+            env["spec", k] = _text(v)
+    env["spec", "spec_hash"] = res.spec_hash
+    for name, p in res.phases.items():
+        env["peak", f"{name}.peak_source"] = _text(p.peak_source)
+        env["peak", f"{name}.peak_flops"] = _text(p.peak_flops)
+        env["peak", f"{name}.memory_kind"] = _text(p.memory_kind)
+    return env
+
+
+@dataclass
+class EnvDiff:
+    a: str  # job ids
+    b: str
+    rows: list[tuple[str, str, str, str]]  # section, key, value in A, value in B
+    same: int  # keys with equal values (not listed unless show_all)
+
+
+def environment_diff(a: JobResult, b: JobResult, show_all: bool = False) -> EnvDiff:
+    """The environment keys that differ between two results (all keys with `show_all`)."""
+    ea, eb = environment(a), environment(b)
+    keys = list(dict.fromkeys([*ea, *eb]))
+    keys.sort(key=lambda k: SECTIONS.index(k[0]))
+    rows, same = [], 0
+    for k in keys:
+        va, vb = ea.get(k, "(absent)"), eb.get(k, "(absent)")
+        if va == vb:
+            same += 1
+            if not show_all:
+                continue
+        rows.append((k[0], k[1], va, vb))
+    return EnvDiff(a.job_id, b.job_id, rows, same)
+
+
+def diff_table(d: EnvDiff) -> Table:
+    t = Table(title=f"environment: {d.a} vs {d.b} ({len(d.rows)} listed, {d.same} equal)", header_style="bold")
+    for col in ("section", "key", d.a, d.b):
+        t.add_column(col, overflow="fold")
+    for section, key, va, vb in d.rows:
+        style = "yellow" if va != vb else None
+        t.add_row(section, key, va, vb, style=style)
+    return t
+
+
+def diff_markdown(d: EnvDiff) -> str:
+    esc = lambda s: s.replace("|", "\\|")  # noqa: E731
+    lines = [f"| section | key | {esc(d.a)} | {esc(d.b)} |", "|---|---|---|---|"]
+    lines += [f"| {s} | {esc(k)} | {esc(va)} | {esc(vb)} |" for s, k, va, vb in d.rows]
+    lines.append(f"\n{len(d.rows)} keys listed, {d.same} equal.")
+    return "\n".join(lines)
+
+
+def diff_json(d: EnvDiff) -> str:
+    rows = [{"section": s, "key": k, "a": va, "b": vb} for s, k, va, vb in d.rows]
+    return json.dumps({"a": d.a, "b": d.b, "equal": d.same, "differences": rows}, indent=1)
