@@ -14,9 +14,14 @@ import html
 import io
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from farm.regress import Point, SeriesKey, Verdict, build_series, detect
 from farm.result import JobResult
+
+if TYPE_CHECKING:
+    from farm.report import Report
+    from farm.store import ResultStore
 
 MAX_SERIES = 24
 TITLE = "History: time per night, regressions marked"
@@ -96,6 +101,22 @@ def history_section(
     elif len(keys) > max_series:
         parts.append(f"<p>{len(keys) - max_series} more series not shown.</p>")
     return TITLE, "\n".join(parts)
+
+
+def report_section(store: ResultStore, report: Report, max_series: int = MAX_SERIES) -> tuple[str, str] | None:
+    """The history section for `farm report`'s HTML (`render_html(report, extra_sections=[...])`).
+
+    Covers the (machine, device, spec) series of the report's results with their whole stored
+    history; None when no such series has two or more results (nothing to plot over time).
+    """
+    keys = {(r.machine_tag or "unknown", r.device, r.spec_hash) for r in report.records}
+    if not keys:
+        return None
+    history = store.query(spec_hashes=sorted({k[2] for k in keys}), devices=sorted({k[1] for k in keys}))
+    results = [r for r in history if (r.machine.machine_tag if r.machine else "unknown", r.device, r.spec_hash) in keys]
+    if not any(len(pts) >= 2 for pts in build_series(results).values()):
+        return None
+    return history_section(results, max_series=max_series)
 
 
 def write_page(path: str | Path, results: Iterable[JobResult], verdicts: Iterable[Verdict] | None = None) -> Path:

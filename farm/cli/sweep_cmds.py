@@ -228,7 +228,7 @@ def _verdict_table(verdicts: list, title: str) -> Table:
     style = {"regression": "bold red", "improvement": "green", "no-verdict": "dim"}
     for v in verdicts:
         t.add_row(
-            f"[{style.get(v.kind, '')}]{v.kind}[/]",
+            f"[{style[v.kind]}]{v.kind}[/]" if v.kind in style else v.kind,
             v.machine,
             v.device,
             v.model,
