@@ -1,0 +1,128 @@
+"""The report's table model and every text format: content and flags (no Redis, no torch)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+import pytest
+
+from farm import synthetic as syn
+from farm.compare import Baseline
+from farm.errors import SpecError
+from farm.records import records_from_results
+from farm.report import Report, Selection, build_report, parse_when
+from farm.reportfmt import render, to_markdown
+from farm.spec import BenchSpec
+
+CPU = {"init": [1.2], "forward": [0.50, 0.51, 0.49, 0.50, 0.52], "train": [1.60, 1.62, 1.58, 1.61, 1.59]}
+GPU = {"init": [1.5], "forward": [0.0050, 0.0051, 0.0049, 0.0050, 0.0050], "train": [0.020, 0.030, 0.021, 0.026, 0.019]}
+# 1e-6 s for a GPT-2 forward is far above an A100's peak: the seed's unsynchronised timer.
+IMPOSSIBLE = {"init": [1.5], "forward": [1e-6, 1.1e-6, 1e-6], "train": [0.03, 0.031, 0.029]}
+
+
+@pytest.fixture()
+def report() -> Report:
+    a100 = syn.machine("gpu2", gpu="NVIDIA A100-SXM4-40GB", torch_version="2.4.0")
+    results = [
+        syn.result("r1", 0, "cpu", CPU),
+        syn.result("r1", 1, "cuda", GPU),
+        syn.result("r1", 2, "cuda:a100", IMPOSSIBLE, fingerprint=a100),
+        syn.result("r1", 3, "cuda:l4", {}, status="oom", error="forward: out of memory (predicted 14.2 GiB)"),
+    ]
+    return build_report(records_from_results(results), selection=Selection(runs=("r1",)))
+
+
+def _row(report: Report, device: str, phase: str):
+    return next(r for r in report.rows if r.record.device == device and r.phase_name == phase)
+
+
+def test_rows_speedups_and_flags(report: Report) -> None:
+    assert len(report.groups) == 1 and len(report.rows) == 10
+    fwd = _row(report, "cuda", "forward")
+    assert fwd.baseline is not None and fwd.baseline.device == "cpu"
+    assert fwd.speedup is not None and fwd.speedup.value == pytest.approx(0.50 / 0.0050)
+    assert fwd.speedup.low <= fwd.speedup.value <= fwd.speedup.high
+    assert _row(report, "cpu", "forward").is_baseline
+    assert [f.kind for f in _row(report, "cuda", "train").flags] == ["noisy"]
+    bad = _row(report, "cuda:a100", "forward")
+    assert bad.speedup is None  # an impossible number is never reported as a speedup
+    assert {f.kind for f in bad.flags} == {"invalid", "versions"}
+    assert _row(report, "cuda:l4", "-").flags[0].kind == "oom"
+    assert any("mixed torch versions" in n for n in report.notes)
+    assert _row(report, "cuda", "init").speedup.low is None  # one repeat: no interval
+
+
+def test_markdown_has_table_speedups_and_every_flag(report: Report) -> None:
+    md = to_markdown(report)
+    assert "| run | machine | device | phase | median |" in md
+    assert "100× [" in md and "baseline" in md
+    for text in (
+        "INVALID",
+        "noisy",
+        "OOM",
+        "versions",
+        "out of memory (predicted 14.2 GiB)",
+        "above the device's peak",
+    ):
+        assert text in md
+    assert "mixed torch versions" in md
+
+
+def test_terminal_text_shows_flags(report: Report) -> None:
+    text = render(report, "terminal")
+    assert "gpt2 · batch 1 × seq 128" in text
+    for text_ in ("INVALID", "noisy", "OOM", "versions", "mixed torch versions", "speedup [95% CI]"):
+        assert text_ in text
+
+
+def test_csv_one_row_per_job_and_phase_with_flags(report: Report) -> None:
+    rows = list(csv.DictReader(io.StringIO(render(report, "csv"))))
+    assert len(rows) == 10
+    fwd = next(r for r in rows if r["device"] == "cuda" and r["phase"] == "forward")
+    assert float(fwd["speedup"]) == pytest.approx(100.0)
+    assert float(fwd["speedup_ci_low"]) <= 100.0 <= float(fwd["speedup_ci_high"])
+    assert float(fwd["median_s"]) == pytest.approx(0.005)
+    bad = next(r for r in rows if r["device"] == "cuda:a100" and r["phase"] == "forward")
+    assert bad["status"] == "invalid" and "invalid:" in bad["flags"] and "versions:" in bad["flags"]
+    assert next(r for r in rows if r["device"] == "cuda:l4")["status"] == "oom"
+    assert "noisy:" in next(r for r in rows if r["device"] == "cuda" and r["phase"] == "train")["flags"]
+
+
+def test_json_has_rows_notes_and_raw_times(report: Report) -> None:
+    doc = json.loads(render(report, "json"))
+    assert doc["results"] == 4 and len(doc["rows"]) == 10
+    assert any("mixed torch versions" in n for n in doc["notes"])
+    fwd = next(r for r in doc["rows"] if r["device"] == "cuda" and r["phase"] == "forward")
+    assert fwd["times_s"] == GPU["forward"] and fwd["baseline_job_id"] == "r1-000"
+    kinds = {f.split(":")[0] for r in doc["rows"] for f in r["flags"]}
+    assert {"invalid", "noisy", "oom", "versions"} <= kinds
+
+
+def test_groups_by_spec_and_baseline_run() -> None:
+    small = BenchSpec(model="gpt2-tiny", batch=1, seq=32)
+    results = [
+        syn.result("old", 0, "cuda", GPU, finished_at=None),
+        syn.result("new", 0, "cuda", {k: [t / 2 for t in v] for k, v in GPU.items()}),
+        syn.result("new", 1, "cpu", CPU, spec=small),
+    ]
+    rep = build_report(records_from_results(results), baseline=Baseline(run="old"))
+    assert [g.title.split(" ·")[0] for g in rep.groups] == ["gpt2-tiny", "gpt2"]
+    fwd = next(r for r in rep.rows if r.record.job_id == "new-000" and r.phase_name == "forward")
+    assert fwd.baseline is not None and fwd.baseline.job_id == "old-000"
+    assert fwd.speedup is not None and fwd.speedup.value == pytest.approx(2.0)
+    assert any("no baseline" in n for n in rep.notes)  # the tiny spec never ran in run "old"
+
+
+def test_parse_when() -> None:
+    assert parse_when("2026-11-01", "since").isoformat() == "2026-11-01T00:00:00+00:00"
+    assert parse_when(None, "since") is None
+    assert parse_when("7d", "since") is not None
+    with pytest.raises(SpecError, match="since"):
+        parse_when("last tuesday", "since")
+
+
+def test_unknown_format_is_refused(report: Report) -> None:
+    with pytest.raises(ValueError, match="allowed"):
+        render(report, "pdf")

@@ -1,0 +1,122 @@
+"""`farm report` and `farm compare` against a real redis-server: selectors, baselines, files, exits.
+
+Also: building a report never imports torch (checked in a fresh interpreter).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from farm import synthetic as syn
+from farm.cli.main import app
+from farm.settings import get_settings
+from farm.store import ResultStore
+
+CPU = {"init": [1.2], "forward": [0.50, 0.51, 0.49, 0.50, 0.52], "train": [1.60, 1.62, 1.58, 1.61, 1.59]}
+GPU = {"init": [1.5], "forward": [0.0050, 0.0051, 0.0049, 0.0050, 0.0050], "train": [0.020, 0.021, 0.019, 0.02, 0.02]}
+
+
+@pytest.fixture()
+def stored(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[ResultStore]:
+    """Run r1: a CPU and an H100 job; run r2 a day later: the same, the GPU twice as fast."""
+    monkeypatch.setenv("FARM_REDIS_URL", redis_url)
+    get_settings.cache_clear()
+    store = ResultStore.from_url(redis_url)
+    gpu = syn.machine("gpu1", gpu="NVIDIA H100 80GB HBM3")
+    faster = {k: [t / 2 for t in v] for k, v in GPU.items()}
+    results = [
+        syn.result("r1", 0, "cpu", CPU),
+        syn.result("r1", 1, "cuda", GPU, fingerprint=gpu),
+        syn.result("r2", 0, "cpu", CPU, finished_at=None),
+        syn.result("r2", 1, "cuda", faster, fingerprint=gpu),
+    ]
+    results[2].finished_at = results[3].finished_at = results[0].finished_at.replace(day=2)
+    for r in results:
+        assert store.put_result(r)
+    yield store
+
+
+def cli(*args: str) -> tuple[int, str]:
+    res = CliRunner().invoke(app, list(args))
+    if res.exception and not isinstance(res.exception, SystemExit):
+        raise res.exception
+    return res.exit_code, res.output
+
+
+def test_report_csv_and_html_files(stored: ResultStore, tmp_path: Path) -> None:
+    code, text = cli("report", "r1", "--format", "csv")
+    assert code == 0, text
+    rows = list(csv.DictReader(io.StringIO(text)))
+    assert len(rows) == 6 and {r["run_id"] for r in rows} == {"r1"}
+    fwd = next(r for r in rows if r["device"] == "cuda" and r["phase"] == "forward")
+    assert float(fwd["speedup"]) == pytest.approx(100.0)
+    out = tmp_path / "r.html"
+    code, text = cli("report", "r1", "-o", str(out))  # the format follows the suffix
+    assert code == 0, text
+    html = out.read_text()
+    assert html.startswith("<!DOCTYPE html>") and "<table" in html and "data:image/png;base64," in html
+    assert "http://" not in html and "https://" not in html  # nothing to fetch
+
+
+def test_report_terminal_and_latest(stored: ResultStore) -> None:
+    stored.create_run("r2", None, [])
+    code, text = cli("report", "latest")
+    assert code == 0, text
+    assert "r2" in text and "100×" not in text and "200×" in text
+
+
+def test_compare_device_selector_fetches_the_left_out_cpu_baseline(stored: ResultStore) -> None:
+    code, text = cli("compare", "--device", "cuda", "--format", "json")
+    assert code == 0, text
+    doc = json.loads(text)
+    assert doc["results"] == 2 and {r["device"] for r in doc["rows"]} == {"cuda"}
+    speedups = {(r["run_id"], r["phase"]): r["speedup"] for r in doc["rows"]}
+    assert speedups["r1", "forward"] == pytest.approx(100.0)
+    assert speedups["r2", "forward"] == pytest.approx(200.0)
+
+
+def test_compare_against_another_run_and_date_range(stored: ResultStore) -> None:
+    code, text = cli("compare", "--run", "r2", "--baseline", "run=r1", "--format", "json")
+    assert code == 0, text
+    rows = {(r["device"], r["phase"]): r for r in json.loads(text)["rows"]}
+    assert rows["cuda", "train"]["speedup"] == pytest.approx(2.0)
+    assert rows["cuda", "train"]["baseline_job_id"] == "r1-001"
+    assert rows["cpu", "train"]["speedup"] == pytest.approx(1.0)
+    code, text = cli("compare", "--since", "2026-11-02", "--format", "json")
+    assert code == 0 and {r["run_id"] for r in json.loads(text)["rows"]} == {"r2"}
+
+
+def test_errors_become_exit_codes(stored: ResultStore) -> None:
+    assert cli("report", "nope")[0] == 4
+    assert cli("report", "r1", "--format", "pdf")[0] == 2
+    assert cli("compare", "--baseline", "gpu=x")[0] == 2
+    assert cli("compare", "--since", "yesterday-ish")[0] == 2
+
+
+def test_reports_never_import_torch(tmp_path: Path) -> None:
+    code = """
+import sys
+from farm import synthetic as syn
+from farm.records import records_from_results
+from farm.report import build_report
+import farm.compare, farm.plots, farm.htmlreport, farm.diff, farm.importer, farm.reportfmt
+t = {"forward": [0.5, 0.51, 0.49], "train": [1.6, 1.61, 1.59]}
+g = {"forward": [0.005, 0.0051, 0.0049], "train": [0.02, 0.021, 0.019]}
+rep = build_report(records_from_results([syn.result("r", 0, "cpu", t), syn.result("r", 1, "cuda", g)]))
+html = farm.htmlreport.render_html(rep)
+assert "<img" in html and len(rep.rows) == 4
+assert "torch" not in sys.modules, sorted(m for m in sys.modules if m.startswith("torch"))
+print("ok")
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "ok"
