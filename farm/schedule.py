@@ -18,6 +18,11 @@ process fire at a time (a second one waits as a standby). Each firing sends the 
 sweep as one run with the run id `farm.sweep.nightly_run_id` (the sweep's name and the night, or
 the interval's start), so a night that is fired twice (a manual `schedule run`, a beat restart)
 still runs once: `controller.submit` creates nothing for an existing run id.
+
+Notification: with `FARM_WEBHOOK_URL` set, each firing also judges the schedule's earlier runs
+that have finished since (`farm.regress.check_run`, once per run) and POSTs their regressions,
+so a nightly schedule reports last night's regressions when it fires tonight (or run
+`farm check RUN` / `farm regressions` from cron or CI for an immediate verdict).
 """
 
 from __future__ import annotations
@@ -251,7 +256,7 @@ class ScheduleBook:
             RedBeatSchedulerEntry.from_key(self.app.redbeat_conf.key_prefix + name, app=self.app).delete()
         except KeyError:
             pass
-        self.r.delete(self.key(name), self.key(name, "fires"))
+        self.r.delete(self.key(name), self.key(name, "fires"), self.key(name, "judged"))
         self.r.srem(f"{self.p}:schedules", name)
 
     def last_tick(self, name: str) -> datetime | None:
@@ -312,6 +317,9 @@ def fire(
         unserved=list(sub.unserved),
     )
     book.record(firing)
+    from farm.webhook import notify_finished
+
+    notify_finished(book, name, settings)
     return firing
 
 

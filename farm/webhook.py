@@ -19,8 +19,13 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from farm.regress import Verdict
+
+if TYPE_CHECKING:
+    from farm.schedule import ScheduleBook
+    from farm.settings import Settings
 
 
 @dataclass(frozen=True)
@@ -78,3 +83,29 @@ def notify(url: str | None, verdicts: Iterable[Verdict], timeout: float = 5.0) -
         ok, detail = post_json(url, message(v), timeout)
         out.append(Delivery(v.job_id, v.phase, ok, detail))
     return out
+
+
+def notify_finished(book: ScheduleBook, name: str, settings: Settings) -> list[str]:
+    """Judge the schedule's earlier runs that have finished and were not judged yet; POST their
+    regressions to `FARM_WEBHOOK_URL`. Each run is judged once (a Redis set); returns their ids."""
+    if not settings.webhook_url:
+        return []
+    from farm.controller import store_for
+    from farm.regress import check_run
+
+    store = store_for(settings)
+    judged = []
+    for f in book.fires(name, limit=10):
+        run_id = f["run_id"]
+        if not f["created"] or book.r.sismember(book.key(name, "judged"), run_id):
+            continue
+        jobs = store.get_run(run_id)["jobs"]
+        if not jobs or not all(store.has_result(j) for j in jobs):
+            continue  # still running: a later firing judges it
+        if not book.r.sadd(book.key(name, "judged"), run_id):
+            continue  # another worker got there first
+        results = store.get_results(jobs)
+        history = store.query(spec_hashes=sorted({r.spec_hash for r in results}))
+        notify(settings.webhook_url, check_run(history, run_id))
+        judged.append(run_id)
+    return judged

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from test_regress import webhook_server  # noqa: F401 (fixture)
 from typer.testing import CliRunner
 
 from farm.cli.main import app
@@ -147,3 +148,35 @@ def test_sweep_reports_skipped_points_and_strict_refuses(farm_env: str, tmp_path
     from farm.controller import store_for
 
     assert store_for().list_runs() == []
+
+
+def test_a_firing_reports_the_previous_nights_regressions_once(
+    farm_env: str,
+    webhook_server: tuple[str, list[dict]],  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from test_regress import night_result
+
+    from farm.controller import store_for
+    from farm.spec import Job
+
+    url, received = webhook_server
+    monkeypatch.setenv("FARM_WEBHOOK_URL", url)
+    get_settings.cache_clear()
+    store = store_for()
+    one = parse_sweep({k: v for k, v in SWEEP.items() if k != "grid"} | {"batch": 1})
+    spec = one.specs[0]
+    for i in range(10):  # ten earlier nights on box7 at 1.0 s
+        store.put_result(night_result(i, [1.0, 1.01, 0.99, 1.0, 1.02], spec=spec))
+    ScheduleBook().add("nightly", one, cron="0 2 * * *")
+    first = fire("nightly", when=datetime(2026, 11, 12, 2, tzinfo=UTC))
+    assert received == []  # its job has no result yet: nothing to judge
+    (job_id,) = store.get_run(first.run_id)["jobs"]
+    slow = night_result(11, [1.3, 1.31, 1.29, 1.3, 1.32], spec=spec)  # tonight: 30% slower
+    job = Job.model_validate_json(store.r.hget(store.key("job", job_id), "job"))
+    store.put_result(slow.model_copy(update={"job_id": job.job_id, "run_id": job.run_id}))
+    fire("nightly", when=datetime(2026, 11, 13, 2, tzinfo=UTC))
+    fire("nightly", when=datetime(2026, 11, 14, 2, tzinfo=UTC))
+    assert len(received) == 1  # judged once, reported once
+    assert received[0]["body"]["verdict"]["run_id"] == first.run_id
+    assert received[0]["body"]["event"] == "farm.regression"

@@ -222,6 +222,8 @@ def beat(
 
 
 def _verdict_table(verdicts: list, title: str) -> Table:
+    from farm.cli.render import fmt_seconds
+
     t = Table(title=title)
     for col in ("kind", "machine", "device", "model", "spec", "phase", "new", "baseline", "change", "z", "p", "conf."):
         t.add_column(col)
@@ -234,12 +236,12 @@ def _verdict_table(verdicts: list, title: str) -> Table:
             v.model,
             v.spec_hash,
             v.phase,
-            f"{v.new_s:.4g} s",
-            f"{v.baseline_s:.4g} s" if v.baseline_s is not None else "-",
+            fmt_seconds(v.new_s),
+            fmt_seconds(v.baseline_s),
             f"{v.change:+.1%}" if v.change is not None else "-",
             f"{v.robust_z:.1f}" if v.robust_z is not None else "-",
             f"{v.p_value:.2g}" if v.p_value is not None else "-",
-            f"{v.confidence:.1%}" if v.confidence is not None else "-",
+            f"{v.confidence:.2%}" if v.confidence is not None else "-",
         )
     return t
 
@@ -298,7 +300,8 @@ def check(
     if json_out:
         print(json.dumps({"run_id": run_id, "verdicts": [v.model_dump(mode="json") for v in verdicts]}, indent=2))
     else:
-        out.print(_verdict_table(verdicts, f"run {run_id}: {len(run['jobs'])} jobs"))
+        jobs = f"{len(run['jobs'])} jobs, " if run["jobs"] else ""
+        out.print(_verdict_table(verdicts, f"run {run_id}: {jobs}{len(verdicts)} phase results judged"))
     _notify(verdicts, notify)
     regressed = [v for v in verdicts if v.kind == "regression"]
     if regressed:
