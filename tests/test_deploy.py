@@ -382,3 +382,33 @@ def test_systemd_units_run_as_the_farm_user_and_restart() -> None:
     worker = (SYSTEMD / "farm-worker@.service").read_text()
     assert re.search(r"^ExecStart=\S+/farm worker --device cuda --gpu %i --concurrency 1$", worker, re.M)
     assert "KillMode=mixed" in worker  # SIGTERM to the main process only: a warm shutdown
+
+
+# -- the images' entry point, run here ---------------------------------------------------------------
+
+
+def _entrypoint(args: list[str], env: dict[str, str], tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    # A stand-in `farm` that prints its argv: what matters here is what the entry point execs.
+    fake = tmp_path / "bin" / "farm"
+    fake.parent.mkdir(exist_ok=True)
+    fake.write_text('#!/bin/sh\necho "farm $*"\n')
+    fake.chmod(0o755)
+    cmd = ["bash", str(ROOT / "workers" / "entrypoint.sh"), *args]
+    env = {"PATH": f"{fake.parent}:/usr/bin:/bin", **env}
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=env)
+
+
+def test_entrypoint_refuses_to_start_without_a_redis_url(tmp_path: Path) -> None:
+    proc = _entrypoint(["--device", "cpu"], {}, tmp_path)
+    assert proc.returncode == 64
+    assert "set FARM_REDIS_URL" in proc.stderr and not proc.stdout
+
+
+def test_entrypoint_passes_options_to_farm_worker_and_runs_other_commands_as_given(tmp_path: Path) -> None:
+    env = {"FARM_REDIS_URL": "redis://:pw@redis:6379/0"}
+    proc = _entrypoint(["--device", "cuda", "--concurrency", "1"], env, tmp_path)
+    assert (proc.returncode, proc.stdout) == (0, "farm worker --device cuda --concurrency 1\n"), proc.stderr
+    assert _entrypoint([], env, tmp_path).stdout == "farm worker\n"
+    assert _entrypoint(["farm", "beat"], env, tmp_path).stdout == "farm beat\n"
+    proc = _entrypoint(["bash", "-c", 'echo "ran with $FARM_REDIS_URL"'], env, tmp_path)
+    assert (proc.returncode, proc.stdout) == (0, "ran with redis://:pw@redis:6379/0\n")
