@@ -52,7 +52,7 @@ nasty_text = st.one_of(
             "cpu;rm -rf /",
             "cuda:*",
             "cuda:H100",
-            "cuda:h100\n",
+            "cuda:h100 ",
             "cpu:box 7",
             "farm:result:x",
             "${HOME}",
