@@ -71,11 +71,13 @@ class WorkerProcess:
         raise TimeoutError(f"worker {self.name} not ready after {timeout} s:\n{self.log()[-3000:]}")
 
     def _family(self) -> list[psutil.Process]:
-        try:
-            p = psutil.Process(self.pid)
-            return [p, *p.children(recursive=True)]
-        except psutil.Error:
-            return []
+        """Every process of the worker's session (it is a session leader): orphans included."""
+        family = []
+        for p in psutil.process_iter():
+            with contextlib.suppress(psutil.Error, OSError):
+                if os.getsid(p.pid) == self.pid:
+                    family.append(p)
+        return family
 
     def kill9(self) -> None:
         """Crash the worker's main process (its pool children are left to notice)."""
@@ -103,6 +105,19 @@ class WorkerProcess:
         psutil.wait_procs(family, timeout=5)
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(5)
+
+
+def stop_all(workers: list[WorkerProcess], timeout: float = 30.0) -> None:
+    """Stop several workers at once (their warm shutdowns overlap), leaving no process behind."""
+    for w in workers:
+        if w.proc.poll() is None:
+            w.terminate()
+    deadline = time.monotonic() + timeout
+    for w in workers:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            w.proc.wait(max(0.1, deadline - time.monotonic()))
+    for w in workers:
+        w.stop(timeout=1)
 
 
 def start_worker(

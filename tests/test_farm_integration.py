@@ -7,22 +7,29 @@ CUDA), worker B consumes only `cpu.box2`. Jobs are gpt2-tiny, batch 1 x seq 32, 
 
 from __future__ import annotations
 
+import contextlib
+import csv
+import io
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
 import redis
-from farmproc import WorkerProcess, start_worker
+from farmproc import WorkerProcess, start_worker, stop_all
 
 from farm.redisproc import RedisProcess
 
 pytestmark = pytest.mark.integration
 
-TINY = ["--model", "gpt2-tiny", "--batch", "1", "--seq", "32", "--repeats", "2", "--warmup", "0"]
+# One thread: on a shared 2-core machine, OpenMP threads of several processes fight each other.
+TINY = ["--model", "gpt2-tiny", "--batch", "1", "--seq", "32", "--repeats", "2", "--warmup", "0", "--threads", "1"]
 
 
 def farm_env(url: str | None, **extra: str) -> dict[str, str]:
@@ -39,43 +46,72 @@ def farm(*args: str, env: dict[str, str], timeout: float = 240) -> subprocess.Co
     )
 
 
+@dataclass
+class Out:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
 class Farm:
-    def __init__(self, redis_proc: RedisProcess, a: WorkerProcess, b: WorkerProcess, cuda: WorkerProcess) -> None:
+    def __init__(self, redis_proc: RedisProcess, workers: dict[str, WorkerProcess]) -> None:
         self.redis = redis_proc
         self.url = redis_proc.url
-        self.a, self.b, self.cuda = a, b, cuda
+        self.workers = workers
         self.env = farm_env(self.url)
         self.r = redis.Redis.from_url(self.url, decode_responses=True)
 
-    def cli(self, *args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+    def cli_proc(self, *args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+        """The real console script in a subprocess."""
         return farm(*args, env=self.env, timeout=timeout)
+
+    def cli(self, *args: str) -> Out:
+        """The same CLI in this process (Typer's runner): saves a Python start-up per call."""
+        from typer.testing import CliRunner
+
+        from farm.cli.main import app
+        from farm.settings import get_settings
+
+        get_settings.cache_clear()
+        res = CliRunner().invoke(app, list(args), env={"FARM_REDIS_URL": self.url})
+        get_settings.cache_clear()
+        if res.exception is not None and not isinstance(res.exception, SystemExit):
+            raise res.exception
+        return Out(res.exit_code, res.stdout, res.stderr)
 
 
 @pytest.fixture(scope="module")
 def live_farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Farm]:
     rp = RedisProcess(tmp_path_factory.mktemp("redis")).start()
-    workers: list[WorkerProcess] = []
+    workers: dict[str, WorkerProcess] = {}
     try:
-        env = {"FARM_HOME": str(tmp_path_factory.mktemp("home"))}
-        workers.append(start_worker(rp.url, queues=["cpu"], name="worker-a", env=env))
-        workers.append(start_worker(rp.url, queues=["cpu.box2"], name="worker-b", env=env))
-        workers.append(start_worker(rp.url, device="cuda", queues=["cuda.nogpu"], name="worker-nogpu", env=env))
-        for w in workers:
+        # The session's farm home (as conftest sets it): the CPU peak calibration is cached there.
+        env = {"FARM_HOME": str(tmp_path_factory.getbasetemp() / "farm-home")}
+        short = {**env, "FARM_HEARTBEAT_INTERVAL": "0.5", "FARM_HEARTBEAT_TTL": "2"}
+        plan = [
+            ("worker-a", "cpu", ["cpu"], env),
+            ("worker-b", "cpu", ["cpu.box2"], env),
+            ("worker-nogpu", "cuda", ["cuda.nogpu"], env),
+            ("worker-doomed", "cpu", ["cpu.doomed"], short),
+        ]
+        # Started together (each imports torch), then waited for.
+        for name, device, queues, wenv in plan:
+            workers[name] = start_worker(rp.url, device=device, queues=queues, name=name, env=wenv)
+        for w in workers.values():
             w.wait_ready()
-        yield Farm(rp, *workers)
+        yield Farm(rp, workers)
     finally:
-        for w in workers:
-            w.stop()
+        stop_all(list(workers.values()))
         rp.kill9()
 
 
-def results_of(proc: subprocess.CompletedProcess[str]) -> dict[str, Any]:
+def results_of(proc: Out | subprocess.CompletedProcess[str]) -> dict[str, Any]:
     assert proc.stdout.strip(), proc.stderr
     return json.loads(proc.stdout)
 
 
 def test_submit_wait_json_cpu_ok_with_three_phases(live_farm: Farm) -> None:
-    p = live_farm.cli("submit", *TINY, "--phases", "all", "--devices", "cpu", "--wait", "--json")
+    p = live_farm.cli_proc("submit", *TINY, "--phases", "all", "--devices", "cpu", "--wait", "--json")
     assert p.returncode == 0, p.stderr
     doc = results_of(p)
     assert len(doc["results"]) == 1
@@ -87,3 +123,113 @@ def test_submit_wait_json_cpu_ok_with_three_phases(live_farm: Farm) -> None:
     key = f"farm:result:{res['job_id']}"
     assert json.loads(live_farm.r.get(key))["run_id"] == doc["run_id"]
     assert live_farm.r.ttl(key) == -1
+
+
+def test_two_workers_receive_only_their_own_jobs(live_farm: Farm) -> None:
+    p = live_farm.cli("submit", *TINY, "--phases", "init", "--devices", "cpu,cpu:box2", "--wait", "--json")
+    assert p.returncode == 0, p.stderr
+    by_device = {r["device"]: r for r in results_of(p)["results"]}
+    assert by_device["cpu"]["worker"] == "worker-a"
+    assert by_device["cpu:box2"]["worker"] == "worker-b"
+    assert all(r["status"] == "ok" for r in by_device.values())
+
+
+def test_cuda_job_without_a_cuda_worker_is_reported_unserved(live_farm: Farm) -> None:
+    p = live_farm.cli("submit", *TINY, "--phases", "init", "--devices", "cpu,cuda", "--wait", "--json")
+    assert p.returncode == 5, p.stderr  # unserved jobs left
+    assert "no live worker serves queue 'cuda'" in p.stderr
+    doc = results_of(p)
+    assert [r["device"] for r in doc["results"]] == ["cpu"]
+    # The cuda job stays queued (its message waits in Redis) and status says unserved.
+    assert live_farm.r.llen("cuda") == 1
+    st = live_farm.cli("status", doc["run_id"])
+    assert st.returncode == 0, st.stderr
+    assert "unserved" in st.stdout and "1 done" in st.stdout
+    # --skip-unserved cancels such jobs instead, and the run succeeds.
+    p = live_farm.cli("submit", *TINY, "--phases", "init", "--devices", "cpu,cuda", "--wait", "--skip-unserved")
+    assert p.returncode == 0, p.stderr
+    assert "cancelled 1 unserved job(s)" in p.stderr
+
+
+def test_cuda_tagged_worker_without_cuda_stores_a_clear_failure(live_farm: Farm) -> None:
+    p = live_farm.cli("submit", *TINY, "--phases", "init", "--devices", "cuda:nogpu", "--wait", "--json")
+    assert p.returncode == 1, p.stderr  # the job ran and failed
+    (res,) = results_of(p)["results"]
+    assert res["status"] == "failed"
+    assert res["worker"] == "worker-nogpu"
+    assert "no CUDA device" in res["error"]
+    # Stored once and acknowledged: nothing left on the queue to retry.
+    assert live_farm.r.llen("cuda.nogpu") == 0
+    assert live_farm.r.hget(f"farm:job:{res['job_id']}", "attempts") == "1"
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["--batch", "0"], ["--devices", "tpu"], ["--seq", "5000"]],
+)
+def test_bad_specs_enqueue_nothing(live_farm: Farm, args: list[str]) -> None:
+    runs_before = live_farm.r.zcard("farm:runs")
+    p = live_farm.cli("submit", "--model", "gpt2-tiny", *args)
+    assert p.returncode == 2, p.stderr
+    assert "error:" in p.stderr and "Traceback" not in p.stderr
+    assert live_farm.r.zcard("farm:runs") == runs_before
+    assert all(live_farm.r.llen(q) == 0 for q in ("cpu", "cpu.box2", "cuda.nogpu"))
+
+
+def test_results_json_and_csv(live_farm: Farm) -> None:
+    p = live_farm.cli("submit", *TINY, "--phases", "forward,train", "--devices", "cpu", "--wait", "--json")
+    assert p.returncode == 0, p.stderr
+    run_id = results_of(p)["run_id"]
+    j = live_farm.cli("results", run_id, "--json")
+    assert j.returncode == 0, j.stderr
+    (res,) = json.loads(j.stdout)
+    assert res["run_id"] == run_id and set(res["phases"]) == {"forward", "train"}
+    c = live_farm.cli("results", run_id, "--csv")
+    assert c.returncode == 0, c.stderr
+    rows = list(csv.DictReader(io.StringIO(c.stdout)))
+    assert [r["phase"] for r in rows] == ["forward", "train"]
+    assert all(r["status"] == "ok" and float(r["median_s"]) > 0 for r in rows)
+    missing = live_farm.cli("results", "no-such-run", "--json")
+    assert missing.returncode == 4
+
+
+def test_cancel_marks_queued_jobs_cancelled(live_farm: Farm) -> None:
+    p = live_farm.cli("submit", *TINY, "--devices", "cpu:nobody", "--json")
+    assert p.returncode == 0, p.stderr
+    run_id = json.loads(p.stdout)["run_id"]
+    c = live_farm.cli("cancel", run_id)
+    assert c.returncode == 0, c.stderr
+    assert "cancelled 1 job(s)" in c.stdout
+    (res,) = json.loads(live_farm.cli("results", run_id, "--json").stdout)
+    assert res["status"] == "cancelled"
+    st = live_farm.cli("status", run_id)
+    assert "cancelled" in st.stdout
+
+
+def test_workers_lists_tags_and_health_check(live_farm: Farm) -> None:
+    p = live_farm.cli("workers", "--json")
+    assert p.returncode == 0, p.stderr
+    live = {w["name"]: w for w in json.loads(p.stdout)}
+    assert {"worker-a", "worker-b", "worker-nogpu"} <= set(live)
+    assert live["worker-a"]["tags"] == ["cpu"]
+    assert live["worker-b"]["queues"] == ["cpu.box2", "control"]
+    assert live["worker-nogpu"]["device"] == "cuda"
+    host = live["worker-a"]["host"]
+    assert live_farm.cli("workers", "--check-host", host).returncode == 0
+    assert live_farm.cli("workers", "--check-host", "no-such-host").returncode == 1
+
+
+def test_heartbeat_expires_after_worker_is_killed(live_farm: Farm) -> None:
+    w = live_farm.workers["worker-doomed"]  # heartbeat every 0.5 s with a 2 s TTL
+    assert 0 < live_farm.r.ttl("farm:worker:worker-doomed") <= 2
+    children = w.child_pids()
+    w.kill9()
+    for pid in children:  # the pool child would exit on its own; do not leave it behind
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while live_farm.r.exists("farm:worker:worker-doomed") and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not live_farm.r.exists("farm:worker:worker-doomed")
+    p = live_farm.cli("workers", "--json")
+    assert "worker-doomed" not in {w["name"] for w in json.loads(p.stdout)}
