@@ -13,8 +13,10 @@ from __future__ import annotations
 import io
 from collections.abc import Sequence
 
+from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter
 
 from farm.report import Group, Report, Row
 
@@ -41,6 +43,15 @@ def _colour(row: Row) -> str:
     return KIND_COLOURS.get(row.record.device.split(":", 1)[0], "#777777")
 
 
+def _log_x(ax: Axes, values: Sequence[float]) -> None:
+    """Log x axis spanning the values with room for labels: bars start at the left edge."""
+    ax.set_xscale("log")
+    if values:
+        lo, hi = min(values), max(values)
+        ax.set_xlim(lo / 4, hi * 12)
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
 def _phases(rows: Sequence[Row]) -> list[str]:
     return list(dict.fromkeys(r.phase_name for r in rows if r.phase is not None))
 
@@ -53,7 +64,7 @@ def time_bars_png(group: Group) -> bytes | None:
     with_run = len({r.record.run_id for r in group.rows}) > 1
     per_phase = {p: [r for r in group.rows if r.phase_name == p][:MAX_BARS] for p in phases}
     height = max(len(v) for v in per_phase.values())
-    fig = Figure(figsize=(4.2 * len(phases), 0.9 + 0.42 * height))
+    fig = Figure(figsize=(4.2 * len(phases), 1.2 + 0.42 * height), layout="constrained")
     axes = fig.subplots(1, len(phases), squeeze=False)[0]
     for ax, phase in zip(axes, phases, strict=True):
         rows = per_phase[phase]
@@ -80,11 +91,10 @@ def time_bars_png(group: Group) -> bytes | None:
                 xytext=(2, 0),
                 textcoords="offset points",
             )
-        ax.set_xscale("log")
+        _log_x(ax, [r.phase.median_s for r in rows if r.phase and r.phase.median_s])
         ax.set_yticks(ys, [row_label(r, with_run) for r in rows], fontsize=7)
         ax.set_title(phase, fontsize=10)
         ax.set_xlabel("median time, s (log; bars: 95% CI)", fontsize=8)
-        ax.margins(x=0.35)
     fig.suptitle(group.title, fontsize=9)
     return _png(fig)
 
@@ -95,24 +105,23 @@ def speedup_png(group: Group) -> bytes | None:
     if not rows:
         return None
     with_run = len({r.record.run_id for r in rows}) > 1
-    fig = Figure(figsize=(7, 0.9 + 0.4 * len(rows)))
+    fig = Figure(figsize=(7, 1.2 + 0.4 * len(rows)), layout="constrained")
     ax = fig.subplots()
     ys = list(range(len(rows)))[::-1]
     for y, row in zip(ys, rows, strict=True):
         s = row.speedup
         assert s is not None
-        ax.barh(y, s.value, color=_colour(row), edgecolor="black", lw=0.4)
+        ax.barh(y, s.value - 1.0, left=1.0, color=_colour(row), edgecolor="black", lw=0.4)  # from 1: no change
         if s.low is not None and s.high is not None:
             ax.errorbar(s.value, y, xerr=[[s.value - s.low], [s.high - s.value]], fmt="none", ecolor="black", capsize=3)
         ax.annotate(
             f" {s.value:.3g}×", (s.value, y), va="center", fontsize=7, xytext=(2, 0), textcoords="offset points"
         )
     ax.axvline(1.0, color="grey", ls="--", lw=1)
-    ax.set_xscale("log")
+    _log_x(ax, [v for r in rows if r.speedup for v in (r.speedup.value, r.speedup.low, r.speedup.high, 1.0) if v])
     ax.set_yticks(ys, [f"{r.phase_name}: {row_label(r, with_run)}" for r in rows], fontsize=7)
     base = rows[0].baseline.series if rows[0].baseline else "baseline"
     ax.set_xlabel(f"speedup vs {base} (log; bars: bootstrap 95% CI)", fontsize=8)
-    ax.margins(x=0.3)
     ax.set_title(group.title, fontsize=9)
     return _png(fig)
 
@@ -134,7 +143,7 @@ def scaling_png(report: Report) -> bytes | None:
         return None
     rows = [r for r in report.rows if r.phase is not None and r.status == "ok" and r.phase.median_s]
     phases = _phases(rows)
-    fig = Figure(figsize=(4.2 * len(phases), 3.6))
+    fig = Figure(figsize=(4.2 * len(phases), 3.8), layout="constrained")
     axes = fig.subplots(1, len(phases), squeeze=False)[0]
     for ax, phase in zip(axes, phases, strict=True):
         lines: dict[str, list[Row]] = {}
