@@ -76,6 +76,26 @@ def _follow(run_id: str, json_out: bool, timeout: float | None) -> None:
         raise typer.Exit(EXIT_JOB_FAILED)
 
 
+def _local_points(specs: list) -> list:
+    """Embedded farm: keep the devices this machine has (as `farm submit` does); drop empty points."""
+    from farm.embedded import local_only
+
+    kept, dropped = [], set()
+    for spec in specs:
+        try:
+            local, skipped = local_only(spec)
+        except SpecError:
+            dropped.update(spec.devices)
+            continue
+        dropped.update(skipped)
+        kept.append(local)
+    for d in sorted(dropped):
+        err.print(f"[yellow]warning:[/] skipping device {d!r}: this machine has none (embedded farm)")
+    if not kept:
+        raise SpecError("devices", "no point of the sweep has a device this machine has, and no FARM_REDIS_URL is set")
+    return kept
+
+
 @app.command()
 @handles_errors
 def sweep(
@@ -111,10 +131,18 @@ def sweep(
                 json.dumps({"name": sw.name, "jobs": sw.job_count(), "points": len(sw.points), "skipped": sw.problems})
             )
         return
+    from farm import embedded
     from farm.controller import submit
     from farm.sweep import resolve_wildcards
 
-    specs, notes = resolve_wildcards(sw.specs)
+    specs = sw.specs
+    settings = get_settings()
+    if embedded.is_embedded(settings):
+        specs = _local_points(specs)
+        if not embedded.running_url(settings):
+            err.print("starting the embedded farm (redis-server and local workers; `farm down` stops them)")
+        embedded.resolve_redis_url(settings, start=True)
+    specs, notes = resolve_wildcards(specs)
     for line in notes:
         err.print(f"[yellow]skipped[/] {line}", highlight=False)
     run_id = nightly_run_id(sw.name, _parse_date(date, "date")) if nightly else None
