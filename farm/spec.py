@@ -34,6 +34,13 @@ DEVICE_TAG_RE = re.compile(rf"^(?P<kind>{'|'.join(DEVICE_KINDS)})(?::(?P<narrow>
 SAFE_TEXT_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 
+def _reject_bool(v: Any) -> Any:
+    """pydantic's lax mode reads `true` as 1: a YAML `batch: true` is a wrong type, not a batch of one."""
+    if isinstance(v, bool):
+        raise ValueError(f"Input should be a valid integer, got a boolean ({str(v).lower()})")
+    return v
+
+
 class ModelShape(BaseModel):
     """The shape of a GPT-2 family model (the config handed to every module of `farm.model`)."""
 
@@ -45,6 +52,11 @@ class ModelShape(BaseModel):
     block_size: int = Field(default=1024, gt=0, le=1 << 20)  # context length
     vocab_size: int = Field(default=50257, gt=0, le=1 << 22)
     name: str = "custom"
+
+    @field_validator("n_layer", "n_head", "n_embd", "block_size", "vocab_size", mode="before")
+    @classmethod
+    def _no_bool(cls, v: Any) -> Any:
+        return _reject_bool(v)
 
     @model_validator(mode="after")
     def _heads_divide_width(self) -> ModelShape:
@@ -132,13 +144,18 @@ class BenchSpec(BaseModel):
                 raise ValueError(e.message) from None
         return v
 
+    @field_validator("batch", "seq", "repeats", "warmup", "threads", "seed", mode="before")
+    @classmethod
+    def _ints_not_bools(cls, v: Any) -> Any:
+        return _reject_bool(v)
+
     @field_validator("phases", mode="before")
     @classmethod
     def _phases(cls, v: Any) -> Any:
         if isinstance(v, str):
             v = [p.strip() for p in v.split(",") if p.strip()]
         if isinstance(v, list | tuple):
-            if list(v) == ["all"]:
+            if "all" in v:
                 return PHASES
             bad = [p for p in v if p not in PHASES]
             if bad:
