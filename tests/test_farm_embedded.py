@@ -1,0 +1,103 @@
+"""The embedded default: `farm up`, `farm submit --wait`, `farm down` in a fresh HOME with no
+FARM_* settings; afterwards no process of ours is left and nothing else was touched."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+TINY = ["--model", "gpt2-tiny", "--batch", "1", "--seq", "32", "--repeats", "2", "--warmup", "0", "--threads", "1"]
+
+
+def bare_env(home: Path) -> dict[str, str]:
+    """The environment of a fresh user: no FARM_* settings, no XDG overrides, HOME in a temp dir."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FARM_", "XDG_"))}
+    return {**env, "HOME": str(home)}
+
+
+def farm(*args: str, env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "farm.cli.main", *args], env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def ours(home: Path) -> list[psutil.Process]:
+    """Processes started for this HOME: redis-server (its --dir) and workers (their FARM_HOME)."""
+    found = []
+    for p in psutil.process_iter():
+        try:
+            if str(home) in " ".join(p.cmdline()) or str(home) in p.environ().get("FARM_HOME", ""):
+                found.append(p)
+        except psutil.Error:
+            continue
+    return found
+
+
+def test_up_submit_down_in_a_fresh_home(tmp_path: Path) -> None:
+    env = bare_env(tmp_path)
+    bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        up = farm("up", env=env)
+        assert up.returncode == 0, up.stderr + up.stdout
+        state_file = tmp_path / ".local" / "share" / "farm" / "embedded.json"
+        state = json.loads(state_file.read_text())
+        pids = [state["redis"]["pid"], *[w["pid"] for w in state["workers"]]]
+        assert all(psutil.pid_exists(p) for p in pids)
+        family = [c.pid for w in state["workers"] for c in psutil.Process(w["pid"]).children(recursive=True)]
+
+        # The README's first command, on a machine without CUDA: cuda is skipped with a warning.
+        p = farm("submit", *TINY, "--phases", "all", "--devices", "cpu,cuda", "--wait", "--json", env=env)
+        assert p.returncode == 0, p.stderr
+        assert "skipping device 'cuda'" in p.stderr
+        (res,) = json.loads(p.stdout)["results"]
+        assert res["status"] == "ok" and list(res["phases"]) == ["init", "forward", "train"]
+
+        again = farm("up", env=env)  # idempotent: the same Redis
+        assert again.returncode == 0 and json.loads(state_file.read_text())["redis"]["pid"] == pids[0]
+
+        down = farm("down", env=env)
+        assert down.returncode == 0, down.stderr
+        assert "stopped redis-server" in down.stdout
+        deadline = time.monotonic() + 30
+        while any(psutil.pid_exists(p) for p in pids + family) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not [p for p in pids + family if psutil.pid_exists(p)]
+        assert ours(tmp_path) == []
+        assert not state_file.exists()
+        assert bystander.poll() is None  # nothing else was touched
+        assert "no embedded farm is running" in farm("down", env=env).stdout
+        # With nothing running, a command that needs Redis says what to do (exit 3).
+        st = farm("status", env=env)
+        assert st.returncode == 3 and "farm up" in st.stderr
+    finally:
+        for p in ours(tmp_path):
+            p.kill()
+        bystander.kill()
+        bystander.wait()
+
+
+def test_down_never_signals_a_process_it_did_not_start(tmp_path: Path) -> None:
+    from farm import embedded
+    from farm.settings import Settings
+
+    settings = Settings(home=tmp_path)
+    stranger = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        # A stale state file naming a live pid that is not ours (pid reuse): wrong start time.
+        fake = {"pid": stranger.pid, "create_time": 1.0, "name": "worker", "device": "cpu", "gpu": None, "log": ""}
+        state = {"url": "redis://127.0.0.1:1/0", "redis": {**fake}, "workers": [fake], "started_at": 0}
+        (tmp_path / "embedded.json").write_text(json.dumps(state))
+        assert embedded.down(settings) == []
+        assert stranger.poll() is None
+    finally:
+        stranger.kill()
+        stranger.wait()
