@@ -220,8 +220,14 @@ class BaselineMatcher:
         good = [c for c in cands if self._ok(rec, c)]
         if not good:
             return None
-        # Prefer a measurement that succeeded, then the same narrowed tag, then the newest.
-        return max(good, key=lambda c: (c.status in ("ok",), c.device == rec.device, c.finished_at, c.job_id))
+        ok = [c for c in good if c.status == "ok"] or good  # a measurement that succeeded first
+        if self.b.device is not None:
+            # One baseline for all: the tag named exactly (`cpu` before `cpu:box7`), else the first tag.
+            exact = [c for c in ok if c.device == self.b.device]
+            ok = exact or [c for c in ok if c.device == min(x.device for x in ok)]
+        else:
+            ok = [c for c in ok if c.device == rec.device] or ok  # like with like: the same narrowed tag
+        return max(ok, key=lambda c: (c.finished_at, c.job_id))  # the newest
 
     def find(self, rec: Record) -> Record | None:
         """The record's baseline (itself when it satisfies the baseline), or None."""

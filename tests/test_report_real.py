@@ -1,0 +1,31 @@
+"""A report over real results: gpt2-tiny timed on this machine's CPU by the core engine."""
+
+from __future__ import annotations
+
+import pytest
+
+from farm.records import records_from_results
+from farm.report import build_report
+from farm.reportfmt import render
+from farm.spec import BenchSpec
+
+pytest.importorskip("torch")
+
+
+def test_report_over_a_real_run() -> None:
+    from farm.runner import run_job
+
+    spec = BenchSpec(model="gpt2-tiny", batch=1, seq=32, repeats=2, warmup=1, devices=("cpu", "cpu:again"))
+    results = [run_job(job) for job in spec.expand("real")]
+    assert [r.status for r in results] == ["ok", "ok"], [r.error for r in results]
+    report = build_report(records_from_results(results))
+    assert len(report.rows) == 6
+    fwd = next(r for r in report.rows if r.record.device == "cpu:again" and r.phase_name == "forward")
+    assert fwd.baseline is not None and fwd.baseline.device == "cpu"
+    assert fwd.speedup is not None and fwd.speedup.low is not None and fwd.speedup.value > 0
+    p = fwd.phase
+    assert p is not None and p.n == 2 and p.tokens_per_s and p.achieved_flops and p.mfu and p.peak_memory_bytes
+    md = render(report, "markdown")
+    assert "gpt2-tiny · batch 1 × seq 32 · float32" in md and "baseline" in md and "×" in md
+    html = render(report, "html")
+    assert "<table" in html and "data:image/png;base64," in html
