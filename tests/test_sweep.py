@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from farm.errors import SpecError
 from farm.sweep import load_sweep, nightly_run_id, parse_bytes, parse_sweep
@@ -132,3 +134,27 @@ def test_nightly_run_id_is_a_stable_key_per_night_or_interval() -> None:
     assert nightly_run_id("s", a, every_s=10) == "s-20261128T020000"
     assert nightly_run_id("s", a.replace(second=9), every_s=10) == "s-20261128T020000"
     assert nightly_run_id("s", a.replace(second=10), every_s=10) == "s-20261128T020010"
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    batches=st.lists(st.integers(min_value=-2, max_value=64), min_size=1, max_size=4, unique=True),
+    seqs=st.lists(st.integers(min_value=1, max_value=2048), min_size=1, max_size=3, unique=True),
+    dtypes=st.lists(st.sampled_from(["float32", "bfloat16", "float16", "float8"]), min_size=1, max_size=4, unique=True),
+)
+def test_every_grid_point_is_either_a_valid_spec_or_a_reported_skip(
+    batches: list[int], seqs: list[int], dtypes: list[str]
+) -> None:
+    doc = {"model": "gpt2-tiny", "phases": ["forward"], "grid": {"batch": batches, "seq": seqs, "dtype": dtypes}}
+    try:
+        s = parse_sweep(doc)
+    except SpecError as e:
+        assert "no valid point" in str(e)  # refused whole, never half-way
+        return
+    assert len(s.points) == len(batches) * len(seqs) * len(dtypes)
+    assert len(s.specs) + len(s.skipped) == len(s.points)
+    for p in s.points:
+        valid = p.params["batch"] > 0 and p.params["seq"] <= 1024 and p.params["dtype"] != "float8"
+        assert p.ok == valid, (p.params, p.error)
+        if p.spec is not None:
+            assert (p.spec.batch, p.spec.seq, p.spec.dtype) == (p.params["batch"], p.params["seq"], p.params["dtype"])
