@@ -83,3 +83,16 @@ def test_history_page(stored: ResultStore, tmp_path: Path) -> None:
     assert doc.count("<img") == 2 and "data:image/png;base64," in doc
     assert doc.index("box7") < doc.index("box8")  # the series with a regression comes first
     assert "1 regressions" in doc
+
+
+def test_history_section_goes_into_the_html_report_through_its_hook(stored: ResultStore) -> None:
+    from farm.history import TITLE, report_section
+    from farm.htmlreport import render_html
+    from farm.report import Selection, select
+
+    report = select(stored, Selection(runs=("n014",)))
+    section = report_section(stored, report)
+    assert section is not None and section[0] == TITLE
+    assert section[1].count("<img") == 2  # both series of run n014, each with its 15 nights
+    page = render_html(report, extra_sections=[section])
+    assert TITLE in page and "box7 cpu" in page

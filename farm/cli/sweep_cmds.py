@@ -285,7 +285,9 @@ def _notify(verdicts: list, notify: bool) -> None:
 @app.command()
 @handles_errors
 def regressions(
-    since: str | None = typer.Option(None, "--since", help="Judge every result since this date, not the newest."),
+    since: str | None = typer.Option(
+        None, "--since", help="Judge every result since then (ISO date/time, UTC, or 12h, 7d), not only the newest."
+    ),
     json_out: bool = typer.Option(False, "--json", help="Print the verdicts as JSON."),
     show_all: bool = typer.Option(False, "--all", help="Also list unchanged series and those without a verdict."),
     notify: bool = typer.Option(True, "--notify/--no-notify", help="POST each regression to FARM_WEBHOOK_URL."),
@@ -296,7 +298,9 @@ def regressions(
     from farm.regress import changes, detect
 
     results = store_for().query()
-    verdicts = detect(results, since=_parse_date(since, "since"))
+    from farm.report import parse_when
+
+    verdicts = detect(results, since=parse_when(since, "since"))
     shown = verdicts if show_all else changes(verdicts)
     if json_out:
         print(json.dumps([v.model_dump(mode="json") for v in shown], indent=2))
