@@ -75,7 +75,13 @@ def measured_phase(
     achieved = flops / med if flops and med > 0 else None
     status: Status = "ok"
     reason = None
-    if peak is not None and min_flops and stats.min_s > 0:
+    if min_flops and stats.min_s <= 0:
+        # No clock moves while FLOPs are done: the reading was taken before the device finished.
+        status = "invalid"
+        reason = (
+            f"{name}: a repeat took {stats.min_s} s for {min_flops:.3g} FLOPs; the timer did not wait for the device"
+        )
+    elif peak is not None and min_flops:
         fastest = min_flops / stats.min_s
         if fastest > peak.flops * peak.tolerance:
             status = "invalid"
