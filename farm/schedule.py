@@ -4,10 +4,10 @@ Keys (prefix `farm`, `Settings.key_prefix`), all on the broker's Redis:
 
 | key | type | holds |
 | --- | --- | --- |
-| `farm:schedule:<name>` | hash | name, cron or every_s, sweep (the sweep document as JSON), sweep_name, |
-|  |  | source (the file it came from), created_at, updated_at |
+| `farm:schedule:<name>` | hash | name, cron or every_s, sweep (JSON), sweep_name, source file, created/updated_at |
 | `farm:schedules` | set | schedule names |
-| `farm:schedule:<name>:fires` | list | the newest 200 firings (JSON: at, run_id, created, jobs, skipped) |
+| `farm:schedule:<name>:fires` | list | the newest 200 firings (JSON: at, run_id, created, jobs, skipped, error) |
+| `farm:schedule:<name>:judged` | set | run ids whose regressions were already reported to the webhook |
 | `farm:redbeat:<name>` | hash | the celery-redbeat entry that makes `farm beat` fire it |
 
 The sweep's content is stored, not its path: editing the file changes nothing until
@@ -19,14 +19,13 @@ sweep as one run with the run id `farm.sweep.nightly_run_id` (the sweep's name a
 the interval's start), so a night that is fired twice (a manual `schedule run`, a beat restart)
 still runs once: `controller.submit` creates nothing for an existing run id.
 
-Notification: with `FARM_WEBHOOK_URL` set, each firing also judges the schedule's earlier runs
-that have finished since (`farm.regress.check_run`, once per run) and POSTs their regressions,
-so a nightly schedule reports last night's regressions when it fires tonight (or run
-`farm check RUN` / `farm regressions` from cron or CI for an immediate verdict).
+With `FARM_WEBHOOK_URL`, a firing also reports the schedule's finished earlier runs'
+regressions (`farm.webhook.notify_finished`); docs/sweeps.md has the details.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from dataclasses import dataclass
@@ -36,7 +35,7 @@ from typing import Any
 from celery import Celery, shared_task
 from celery.schedules import crontab, schedule
 
-from farm.errors import NotFoundError, SpecError
+from farm.errors import FarmError, NotFoundError, SpecError
 from farm.settings import Settings, get_settings
 from farm.sweep import NAME_RE, Sweep, nightly_run_id, parse_sweep, resolve_wildcards
 
@@ -83,6 +82,7 @@ class Firing:
     jobs: int
     skipped: list[str]
     unserved: list[str]
+    error: str = ""  # why nothing was submitted (the stored sweep no longer validates, Redis down)
 
 
 def parse_cron(expr: str, app: Celery | None = None) -> crontab:
@@ -323,10 +323,21 @@ def fire(
     return firing
 
 
+def fire_from_beat(name: str) -> dict[str, Any]:
+    """The body of `farm.fire_schedule`: fire; a firing that cannot submit is recorded with its
+    error (`farm schedule list` shows it), then raised so that the worker logs it too."""
+    try:
+        return fire(name, from_beat=True).__dict__
+    except FarmError as e:
+        with contextlib.suppress(FarmError, OSError):
+            ScheduleBook().record(Firing(name, "", False, 0, [], [], error=str(e)))
+        raise
+
+
 @shared_task(name=TASK_NAME, ignore_result=True)
 def fire_schedule(name: str) -> dict[str, Any]:
     """Celery task sent by `farm beat` (queue `control`): fire the named schedule."""
-    return fire(name, from_beat=True).__dict__
+    return fire_from_beat(name)
 
 
 def run_beat(settings: Settings | None = None, *, max_interval: float = 30.0, loglevel: str = "info") -> None:

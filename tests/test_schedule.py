@@ -180,3 +180,17 @@ def test_a_firing_reports_the_previous_nights_regressions_once(
     assert len(received) == 1  # judged once, reported once
     assert received[0]["body"]["verdict"]["run_id"] == first.run_id
     assert received[0]["body"]["event"] == "farm.regression"
+
+
+def test_a_firing_that_cannot_submit_is_recorded_with_its_error(farm_env: str) -> None:
+    from farm.schedule import fire_from_beat
+
+    book = ScheduleBook()
+    book.add("broken", parse_sweep(SWEEP), cron="0 2 * * *")
+    book.r.hset(book.key("broken"), "sweep", json.dumps({"name": "x", "grid": {"batch": [0]}}))  # as if edited badly
+    with pytest.raises(SpecError, match="no valid point"):
+        fire_from_beat("broken")
+    (last,) = book.fires("broken")
+    assert "no valid point" in last["error"] and last["run_id"] == ""
+    code, text = cli("schedule", "list")
+    assert code == 0 and "failed" in text

@@ -16,6 +16,7 @@ from farm.errors import SpecError
 from farm.settings import get_settings
 
 if TYPE_CHECKING:
+    from farm.spec import BenchSpec
     from farm.sweep import Sweep
 
 schedule_app = typer.Typer(help="Nightly (cron) or interval schedules of sweeps, fired by `farm beat`.")
@@ -76,7 +77,7 @@ def _follow(run_id: str, json_out: bool, timeout: float | None) -> None:
         raise typer.Exit(EXIT_JOB_FAILED)
 
 
-def _local_points(specs: list) -> list:
+def _local_points(specs: list[BenchSpec]) -> list[BenchSpec]:
     """Embedded farm: keep the devices this machine has (as `farm submit` does); drop empty points."""
     from farm.embedded import local_only
 
@@ -198,7 +199,11 @@ def schedule_list(json_out: bool = typer.Option(False, "--json", help="Print JSO
     for s, last in rows:
         # redbeat's estimate can land a fraction of a second early: show it to the nearest second.
         nxt = f"{(s.next_at + timedelta(seconds=0.5)).astimezone(UTC):%Y-%m-%d %H:%M:%S}" if s.next_at else "-"
-        last_run = f"{last['run_id']}{'' if last['created'] else ' (existing)'}" if last else "-"
+        last_run = "-"
+        if last and last.get("error"):
+            last_run = f"[red]failed[/]: {last['error'][:60]}"
+        elif last:
+            last_run = f"{last['run_id']}{'' if last['created'] else ' (existing)'}"
         t.add_row(s.name, s.when, s.sweep_name, s.source, nxt, last_run)
     out.print(t)
 
