@@ -149,17 +149,29 @@ def _read_hf_config(path: Path) -> ModelShape:
     cfg_file = path / "config.json"
     if not cfg_file.is_file():
         raise CheckpointError(f"{path}: no config.json (expected a Hugging Face GPT-2 directory)")
-    cfg = json.loads(cfg_file.read_text())
+    try:
+        cfg = json.loads(cfg_file.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise CheckpointError(f"{path}: config.json is not readable JSON ({e})") from None
+    if not isinstance(cfg, dict):
+        raise CheckpointError(f"{path}: config.json must hold an object, got {type(cfg).__name__}")
     n_embd = cfg.get("n_embd", 768)
     if cfg.get("n_inner") not in (None, 4 * n_embd):
         raise CheckpointError(f"{path}: n_inner={cfg['n_inner']} is not supported (only 4 * n_embd)")
     if cfg.get("activation_function", "gelu_new") not in ("gelu_new", "gelu_pytorch_tanh"):
         raise CheckpointError(f"{path}: activation {cfg['activation_function']!r} is not tanh-GELU")
+    try:
+        return _shape_from_config(cfg, path)
+    except ValueError as e:  # pydantic's ValidationError: a shape the model cannot have
+        raise CheckpointError(f"{path}: config.json does not describe a GPT-2 shape: {e}") from None
+
+
+def _shape_from_config(cfg: dict, path: Path) -> ModelShape:
     return ModelShape(
         name=cfg.get("_name_or_path") or path.name or "checkpoint",
         n_layer=cfg.get("n_layer", 12),
         n_head=cfg.get("n_head", 12),
-        n_embd=n_embd,
+        n_embd=cfg.get("n_embd", 768),
         block_size=cfg.get("n_positions", cfg.get("n_ctx", 1024)),
         vocab_size=cfg.get("vocab_size", 50257),
     )
@@ -170,14 +182,19 @@ def from_hf_checkpoint(path: str | Path, device: torch.device | str = "cpu", dty
     pytorch_model.bin) into our model on `device`. Nothing is downloaded."""
     path = Path(path)
     cfg = _read_hf_config(path)
-    if (path / "model.safetensors").is_file():
-        from safetensors.torch import load_file
+    try:
+        if (path / "model.safetensors").is_file():
+            from safetensors.torch import load_file
 
-        hf_sd = load_file(str(path / "model.safetensors"))
-    elif (path / "pytorch_model.bin").is_file():
-        hf_sd = torch.load(path / "pytorch_model.bin", map_location="cpu", weights_only=True)
-    else:
-        raise CheckpointError(f"{path}: neither model.safetensors nor pytorch_model.bin is there")
+            hf_sd = load_file(str(path / "model.safetensors"))
+        elif (path / "pytorch_model.bin").is_file():
+            hf_sd = torch.load(path / "pytorch_model.bin", map_location="cpu", weights_only=True)
+        else:
+            raise CheckpointError(f"{path}: neither model.safetensors nor pytorch_model.bin is there")
+    except CheckpointError:
+        raise
+    except Exception as e:  # safetensors' and pickle's errors for a corrupt or truncated file
+        raise CheckpointError(f"{path}: weights file cannot be read ({type(e).__name__}: {e})") from None
     model = GPT(cfg, device="meta", dtype=dtype)
     sd = hf_state_dict(hf_sd)
     missing = set(model.state_dict()) - set(sd) - {"lm_head.weight"}
@@ -186,6 +203,10 @@ def from_hf_checkpoint(path: str | Path, device: torch.device | str = "cpu", dty
         raise CheckpointError(
             f"{path}: weights do not match GPT-2 (missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})"
         )
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    wrong = [f"{k} {tuple(t.shape)} != {shapes[k]}" for k, t in sd.items() if tuple(t.shape) != shapes[k]]
+    if wrong:
+        raise CheckpointError(f"{path}: weights do not match config.json ({'; '.join(wrong[:3])})")
     model.load_state_dict(sd, strict=False, assign=True)
     model.lm_head.weight = model.wte.weight
     return model.to(device=device, dtype=dtype or torch.float32)

@@ -131,15 +131,18 @@ def enqueue(app: Celery, job: Any, settings: Settings) -> None:
     """Send one `Job` to its queue; its job id is the Celery task id (dedup, revoke, tracing)."""
     from kombu.exceptions import OperationalError
 
-    soft, hard = job_time_limits(job.spec.time_limit_s, settings)
+    # Without a limit in the spec the worker's own settings apply (it knows its visibility timeout).
+    limits: dict[str, float] = {}
+    if job.spec.time_limit_s is not None:
+        soft, hard = job_time_limits(job.spec.time_limit_s, settings)
+        limits = {"soft_time_limit": soft, "time_limit": hard}
     try:
         app.send_task(
             TASK_NAME,
             args=[job.model_dump(mode="json")],
             task_id=job.job_id,
             queue=job.queue,
-            soft_time_limit=soft,
-            time_limit=hard,
+            **limits,
             retry=True,
             retry_policy={"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5},
         )

@@ -282,7 +282,9 @@ def execute_job(job_doc: dict[str, Any], request: Any = None) -> dict[str, Any]:
     if result.status == "failed" and result.error and "SoftTimeLimitExceeded" in result.error.splitlines()[0]:
         # run_job sees Celery's soft-limit exception as a crash; it is the farm's time limit.
         limit = getattr(request, "timelimit", None)
-        soft = limit[1] if isinstance(limit, list | tuple) and len(limit) > 1 else settings.task_soft_time_limit
+        soft = settings.task_soft_time_limit
+        if isinstance(limit, list | tuple) and len(limit) > 1 and limit[1] is not None:
+            soft = limit[1]
         phase = result.error.split(":", 1)[0]
         result.status = "timeout"
         result.error = f"{phase}: soft time limit of {soft} s exceeded; the job stopped and freed its memory"
