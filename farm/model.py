@@ -19,7 +19,7 @@ from torch import nn
 from farm.errors import CheckpointError
 from farm.spec import ModelShape, resolve_model
 
-__all__ = ["GPT", "build_model", "from_hf_checkpoint", "hf_state_dict"]
+__all__ = ["GPT", "build_model", "from_hf_checkpoint", "hf_state_dict", "lm_head_loss"]
 
 
 class CausalSelfAttention(nn.Module):
@@ -64,6 +64,94 @@ class Block(nn.Module):
         return x + self.mlp(self.ln_2(x))
 
 
+# Rows of the (rows, vocab) logits block the fused LM-head loss handles at a time: 256 x 50257 float32
+# is 51 MB, so the whole 1 x 1024 step needs 4 blocks instead of 3-4 fresh (1024, 50257) tensors.
+LOSS_CHUNK_ROWS = 256
+
+
+class _LMHeadCrossEntropy(torch.autograd.Function):
+    """Mean cross-entropy of `h @ w.T` against `targets`, with its gradients computed chunk by chunk.
+
+    The unfused path materialises the full (N, V) logits, their log-softmax (saved for backward)
+    and, in backward, a (N, V) gradient: three or four fresh 206 MB tensors at N = 1024, V = 50257,
+    each page-faulted in by the OS and streamed through memory several times. Here each block of
+    rows is computed once into one reused scratch buffer: logits -> logsumexp -> softmax in place
+    -> minus one-hot = dloss/dlogits -> the two gradient matmuls. Every FLOP of the unfused path is
+    still done (the same three matmuls per block); the backward only scales the stored gradients.
+    Targets equal to `ignore_index` count for nothing, as in F.cross_entropy.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: torch.autograd.function.FunctionCtx,
+        h: torch.Tensor,  # (N, C) final hidden states
+        w: torch.Tensor,  # (V, C) LM head (tied embedding)
+        targets: torch.Tensor,  # (N,) token ids
+        mm_dtype: torch.dtype,  # dtype of the matmuls (autocast's, else the weights')
+        chunk: int,
+        ignore_index: int,
+    ) -> torch.Tensor:
+        N, V = h.shape[0], w.shape[0]
+        hm, wm = h.to(mm_dtype), w.to(mm_dtype)
+        need_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
+        grad_h = torch.empty_like(h) if need_grad else None
+        # float32 accumulator for the (V, C) head gradient, whatever the matmul dtype.
+        grad_w = torch.zeros(w.shape, dtype=torch.float32, device=w.device) if need_grad else None
+        buf = torch.empty(min(chunk, N), V, dtype=mm_dtype, device=h.device)  # reused scratch block
+        loss_sum = torch.zeros((), dtype=torch.float32, device=h.device)
+        valid = targets != ignore_index  # (N,)
+        safe_t = torch.where(valid, targets, 0)
+        for s in range(0, N, chunk):
+            e = min(s + chunk, N)
+            logits = torch.mm(hm[s:e], wm.t(), out=buf[: e - s])  # (n, V)
+            lg = logits if mm_dtype == torch.float32 else logits.float()
+            lse = torch.logsumexp(lg, dim=1)  # (n,)
+            tgt = lg.gather(1, safe_t[s:e, None]).squeeze(1)  # (n,) logit of the target
+            v = valid[s:e]
+            loss_sum += ((lse - tgt) * v).sum()
+            if not need_grad:
+                continue
+            # dloss_sum/dlogits = softmax - onehot (rows of ignored targets: zero)
+            lg.sub_(lse[:, None]).exp_()
+            rows = torch.arange(e - s, device=h.device)
+            lg[rows, safe_t[s:e]] -= 1.0
+            lg.mul_(v[:, None].to(lg.dtype))
+            g = lg if lg.dtype == mm_dtype else lg.to(mm_dtype)
+            if grad_h.dtype == mm_dtype:
+                torch.mm(g, wm, out=grad_h[s:e])  # (n, C)
+            else:
+                grad_h[s:e] = torch.mm(g, wm)
+            if mm_dtype == torch.float32:
+                grad_w.addmm_(g.t(), hm[s:e])  # (V, C) += (V, n) @ (n, C)
+            else:
+                grad_w += torch.mm(g.t(), hm[s:e]).float()
+        count = valid.sum().clamp(min=1).to(torch.float32)
+        if need_grad:
+            ctx.save_for_backward(grad_h, grad_w, count)
+            ctx.w_dtype = w.dtype
+        return loss_sum / count
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad_out: torch.Tensor):  # type: ignore[override]
+        grad_h, grad_w, count = ctx.saved_tensors
+        scale = grad_out / count  # d(mean)/d(sum) times the incoming gradient
+        return (grad_h * scale.to(grad_h.dtype), (grad_w * scale).to(ctx.w_dtype), None, None, None, None)
+
+
+def lm_head_loss(
+    h: torch.Tensor, w: torch.Tensor, targets: torch.Tensor, chunk: int = LOSS_CHUNK_ROWS, ignore_index: int = -100
+) -> torch.Tensor:
+    """F.cross_entropy(h @ w.T, targets) (mean over non-ignored targets) without full logits.
+
+    h: (N, C), w: (V, C), targets: (N,). Under autocast the matmuls run in autocast's dtype and the
+    softmax in float32, as autocast does for linear + cross_entropy.
+    """
+    dev = h.device.type
+    mm_dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else w.dtype
+    with torch.autocast(dev, enabled=False):
+        return _LMHeadCrossEntropy.apply(h, w, targets, mm_dtype, chunk, ignore_index)
+
+
 class GPT(nn.Module):
     """A GPT-2 family language model. `forward(idx, targets=None) -> (logits, loss)`."""
 
@@ -103,8 +191,13 @@ class GPT(nn.Module):
                 p.normal_(0.0, std_proj if name.endswith("c_proj.weight") else 0.02)
 
     def forward(
-        self, idx: torch.Tensor, targets: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        self, idx: torch.Tensor, targets: torch.Tensor | None = None, return_logits: bool = True
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Logits (B, T, vocab) and, with `targets` (B, T), the mean next-token cross-entropy.
+
+        With targets and `return_logits=False` the loss goes through `lm_head_loss` (same value,
+        same work, no full logits kept: what the train phase uses) and the logits are None.
+        """
         T = idx.shape[1]  # idx: (B, T) token ids
         if self.config.block_size < T:
             raise ValueError(f"sequence of {T} tokens is above the context ({self.config.block_size})")
@@ -112,7 +205,10 @@ class GPT(nn.Module):
         x = self.wte(idx) + self.wpe(pos)  # (B, T, C)
         for block in self.h:
             x = block(x)
-        logits = self.lm_head(self.ln_f(x))  # (B, T, vocab)
+        x = self.ln_f(x)
+        if targets is not None and not return_logits:
+            return None, lm_head_loss(x.reshape(-1, x.size(-1)), self.lm_head.weight, targets.reshape(-1))
+        logits = self.lm_head(x)  # (B, T, vocab)
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1))

@@ -1,0 +1,94 @@
+"""The LM head + cross-entropy of a training step, alone: unfused (full logits, F.cross_entropy) against
+farm.model.lm_head_loss (chunked, gradients computed block by block), forward + backward, interleaved.
+
+    python benchmarks/lm_head_loss.py                 # N = 1024 rows, C = 768, V = 50257, 2 threads
+    python benchmarks/lm_head_loss.py --chunks 128,256,512,1024
+
+Both do the same three matmuls (6·N·C·V FLOPs); the difference is memory traffic and fresh
+page-faulted allocations of (N, V) float32 tensors. Prints medians, the ratio to the unfused path
+and the largest difference of loss and gradients.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch
+import torch.nn.functional as F
+
+from farm.model import lm_head_loss
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rows", type=int, default=1024)
+    ap.add_argument("--embd", type=int, default=768)
+    ap.add_argument("--vocab", type=int, default=50257)
+    ap.add_argument("--chunks", default="128,256,512")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    N, C, V = args.rows, args.embd, args.vocab
+    h = (torch.randn(N, C) * 0.5).requires_grad_()
+    w = (torch.randn(V, C) * 0.02).requires_grad_()
+    t = torch.randint(0, V, (N,))
+
+    def unfused() -> torch.Tensor:
+        loss = F.cross_entropy(F.linear(h, w), t)
+        loss.backward()
+        return loss
+
+    fns: dict[str, Callable[[], torch.Tensor]] = {"unfused": unfused}
+    for c in [int(x) for x in args.chunks.split(",") if x]:
+
+        def fused(c: int = c) -> torch.Tensor:
+            loss = lm_head_loss(h, w, t, chunk=c)
+            loss.backward()
+            return loss
+
+        fns[f"chunk {c}"] = fused
+
+    ref_loss = unfused().detach()
+    ref_gh, ref_gw = h.grad.clone(), w.grad.clone()
+    diffs = {}
+    for name, fn in fns.items():
+        h.grad = w.grad = None
+        loss = fn()
+        diffs[name] = max(
+            (loss - ref_loss).abs().item(), (h.grad - ref_gh).abs().max().item(), (w.grad - ref_gw).abs().max().item()
+        )
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    faults: dict[str, list[int]] = {k: [] for k in fns}
+    for i in range(args.repeats):
+        for name in list(fns) if i % 2 == 0 else list(fns)[::-1]:
+            h.grad = w.grad = None
+            f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+            t0 = time.perf_counter()
+            fns[name]()
+            times[name].append(time.perf_counter() - t0)
+            faults[name].append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
+    flops = 6 * N * C * V
+    base = statistics.median(times["unfused"])
+    print(f"# LM head + cross-entropy fwd+bwd, N={N} C={C} V={V}, {args.threads} threads, {args.repeats} repeats")
+    print(f"{'variant':12s} {'median s':>9s} {'GFLOP/s':>8s} {'/unfused':>9s} {'page faults':>12s} {'max |diff|':>11s}")
+    for name, ts in times.items():
+        med = statistics.median(ts)
+        print(
+            f"{name:12s} {med:9.3f} {flops / med / 1e9:8.1f} {med / base:9.3f} "
+            f"{int(statistics.median(faults[name])):12d} {diffs[name]:11.2e}"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
