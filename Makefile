@@ -27,9 +27,11 @@ system-deps:
 	  else echo "note: not root; install redis-server chromium shellcheck with apt-get for the full suite"; fi; \
 	fi
 
+# The embedded farm (no FARM_* settings): a private redis-server and local workers start, cuda is
+# skipped with a warning on a machine without a GPU, and `farm down` runs whatever the result.
 demo: setup
-	$(FARM) submit --model gpt2 --phases all --devices cpu,cuda --batch 1 --seq 256 --wait
-	$(FARM) down
+	$(FARM) submit --model gpt2 --phases all --devices cpu,cuda --batch 1 --seq 256 --wait; \
+	  rc=$$?; $(FARM) down; exit $$rc
 
 lint: setup
 	$(VENV)/bin/ruff check .
