@@ -32,12 +32,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import redis
 from celery import Celery, shared_task
-from celery.schedules import crontab, schedule
+from celery.schedules import schedule
 
-from farm.errors import FarmError, NotFoundError, SpecError
-from farm.settings import Settings, get_settings
-from farm.sweep import NAME_RE, Sweep, nightly_run_id, parse_sweep, resolve_wildcards
+from farm.errors import BrokerError, FarmError, NotFoundError, SpecError
+from farm.settings import Settings, get_settings, mask_url
+from farm.sweep import NAME_RE, Sweep, daily_at_most, nightly_run_id, parse_cron, parse_sweep, resolve_wildcards
 
 TASK_NAME = "farm.fire_schedule"
 CONTROL_QUEUE = "control"
@@ -85,24 +86,6 @@ class Firing:
     error: str = ""  # why nothing was submitted (the stored sweep no longer validates, Redis down)
 
 
-def parse_cron(expr: str, app: Celery | None = None) -> crontab:
-    """A 5-field cron expression (minute hour day-of-month month day-of-week, UTC) as a crontab."""
-    fields = expr.split()
-    if len(fields) != 5:
-        raise SpecError("cron", f"{expr!r} must have 5 fields: minute hour day-of-month month day-of-week")
-    minute, hour, dom, month, dow = fields
-    try:
-        return crontab(minute=minute, hour=hour, day_of_month=dom, month_of_year=month, day_of_week=dow, app=app)
-    except (ValueError, TypeError) as e:
-        raise SpecError("cron", f"{expr!r} is not a valid cron expression: {e}") from None
-
-
-def daily_at_most(expr: str) -> bool:
-    """True when a cron fires at most once a day (one minute, one hour): its runs are keyed by date."""
-    minute, hour = expr.split()[:2]
-    return minute.isdigit() and hour.isdigit()
-
-
 # -- Redis and redbeat ------------------------------------------------------------------------
 def redis_url(settings: Settings) -> str:
     from farm.embedded import resolve_redis_url
@@ -110,12 +93,13 @@ def redis_url(settings: Settings) -> str:
     return resolve_redis_url(settings)
 
 
-def configure_redbeat(app: Celery, settings: Settings, url: str | None = None) -> Celery:
-    """Point celery-redbeat at the farm's Redis, under the farm's key prefix."""
+def configure_redbeat(app: Celery, settings: Settings, url: str | None = None, retry: bool = False) -> Celery:
+    """Point celery-redbeat at the farm's Redis, under the farm's key prefix; `retry`: ride out a
+    Redis restart (beat) instead of failing at once (commands)."""
     app.conf.update(
         redbeat_redis_url=url or redis_url(settings),
         redbeat_key_prefix=f"{settings.key_prefix}:redbeat:",
-        redbeat_redis_options={"retry_period": 60},
+        redbeat_redis_options={"retry_period": -1} if retry else {},
         beat_scheduler="redbeat.RedBeatScheduler",
     )
     from redbeat.schedulers import ensure_conf
@@ -142,6 +126,10 @@ class ScheduleBook:
         self.settings = settings or get_settings()
         self.app = _admin_app(self.settings)
         self.r = connect(self.app.conf.redbeat_redis_url)
+        try:
+            self.r.ping()
+        except redis.RedisError as e:
+            raise BrokerError(f"cannot reach Redis at {mask_url(self.app.conf.redbeat_redis_url)}: {e}") from None
         self.p = self.settings.key_prefix
 
     def key(self, name: str, *rest: str) -> str:
@@ -349,6 +337,6 @@ def run_beat(settings: Settings | None = None, *, max_interval: float = 30.0, lo
     from farm.queue import get_app
 
     settings = settings or get_settings()
-    app = configure_redbeat(get_app(), settings)
+    app = configure_redbeat(get_app(), settings, retry=True)
     app.conf.update(beat_max_loop_interval=max_interval, redbeat_lock_timeout=max(5 * max_interval, 10))
     app.Beat(max_interval=max_interval, scheduler="redbeat.RedBeatScheduler", loglevel=loglevel).run()

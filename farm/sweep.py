@@ -25,8 +25,8 @@ Nothing fails half-way: a sweep is either refused before submission or submitted
 
 Nightly idempotence: a scheduled (or `--nightly`) firing uses the run id
 `<name>-<YYYYMMDD>` (UTC date), or `<name>-<YYYYMMDDTHHMMSS>` for an interval schedule
-(the start of the interval), so the same night submitted twice creates one run.
-This module never imports torch.
+(the start of the interval), so the same night submitted twice creates one run. Cron
+expressions (`parse_cron`, 5 fields, UTC) are parsed here too. This module never imports torch.
 """
 
 from __future__ import annotations
@@ -251,3 +251,23 @@ def nightly_run_id(name: str, when: datetime | None = None, every_s: float | Non
         start = int(when.timestamp() // every_s * every_s)
         return f"{name}-{datetime.fromtimestamp(start, UTC):%Y%m%dT%H%M%S}"
     return f"{name}-{when:%Y%m%d}"
+
+
+def parse_cron(expr: str, app: Any = None) -> Any:
+    """A 5-field cron expression (minute hour day-of-month month day-of-week, UTC) as a crontab."""
+    fields = expr.split()
+    if len(fields) != 5:
+        raise SpecError("cron", f"{expr!r} must have 5 fields: minute hour day-of-month month day-of-week")
+    from celery.schedules import crontab
+
+    minute, hour, dom, month, dow = fields
+    try:
+        return crontab(minute=minute, hour=hour, day_of_month=dom, month_of_year=month, day_of_week=dow, app=app)
+    except (ValueError, TypeError) as e:
+        raise SpecError("cron", f"{expr!r} is not a valid cron expression: {e}") from None
+
+
+def daily_at_most(expr: str) -> bool:
+    """True when a cron fires at most once a day (one minute, one hour): its runs are keyed by date."""
+    minute, hour = expr.split()[:2]
+    return minute.isdigit() and hour.isdigit()

@@ -194,3 +194,13 @@ def test_a_firing_that_cannot_submit_is_recorded_with_its_error(farm_env: str) -
     assert "no valid point" in last["error"] and last["run_id"] == ""
     code, text = cli("schedule", "list")
     assert code == 0 and "failed" in text
+
+
+def test_redis_down_is_exit_3(monkeypatch: pytest.MonkeyPatch, sweep_file: Path) -> None:
+    from farm.redisproc import free_port
+
+    monkeypatch.setenv("FARM_REDIS_URL", f"redis://127.0.0.1:{free_port()}/0")
+    get_settings.cache_clear()
+    for args in (("list",), ("add", "x", "--every", "60", "--sweep", str(sweep_file)), ("run", "x")):
+        code, text = cli("schedule", *args)
+        assert code == 3 and "cannot reach Redis" in text, text
