@@ -132,6 +132,10 @@ def test_cron_helpers() -> None:
 def test_sweep_dry_run_submits_nothing(farm_env: str, sweep_file: Path) -> None:
     code, text = cli("sweep", str(sweep_file), "--dry-run")
     assert code == 0 and "2 of 2 points, 2 jobs" in text
+    code, text = cli("sweep", str(sweep_file), "--dry-run", "--json")
+    doc = json.loads(text)
+    assert code == 0 and doc["jobs"] == 2 and [p["params"] for p in doc["points"]] == [{"batch": 1}, {"batch": 2}]
+    assert all(p["ok"] and p["devices"] == ["cpu"] and p["predicted_bytes"] > 0 for p in doc["points"])
     from farm.controller import store_for
 
     assert store_for().list_runs() == []
@@ -143,6 +147,10 @@ def test_sweep_reports_skipped_points_and_strict_refuses(farm_env: str, tmp_path
     p.write_text(yaml.safe_dump({**base, "grid": {"seq": [16, 4096]}}))
     code, text = cli("sweep", str(p), "--dry-run")
     assert code == 0 and "skipped" in text and "above the model's context" in text
+    big = tmp_path / "big.yaml"
+    big.write_text(yaml.safe_dump({"model": "gpt2-large", "devices": ["cpu", "cuda:t4"], "grid": {"batch": [1, 32]}}))
+    code, text = cli("sweep", str(big), "--dry-run")
+    assert code == 0 and "dropped cuda:t4" in text  # only the device it cannot fit on
     code, text = cli("sweep", str(p), "--strict")
     assert code == 2 and "--strict" in text
     from farm.controller import store_for

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from farm.cli.app import app, err, out
@@ -41,7 +42,7 @@ def _load(file: Path, max_memory: str | None, strict: bool) -> Sweep:
 
     sweep = load_sweep(file, max_memory=parse_bytes(max_memory) if max_memory else None, strict=strict)
     for line in sweep.problems:
-        err.print(f"[yellow]skipped[/] {line}", highlight=False)
+        err.print(f"[yellow]skipped[/] {escape(line)}", highlight=False)
     return sweep
 
 
@@ -103,7 +104,7 @@ def sweep(
     file: Annotated[Path, typer.Argument(help="Sweep file (YAML/JSON): spec fields, `grid:`, `name:`.")],
     wait: bool = typer.Option(False, "--wait", help="Follow the run until every job has a result."),
     json_out: bool = typer.Option(False, "--json", help="With --wait: print {run_id, results} as JSON."),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Validate and show the points; submit nothing."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Show the points (--json: as JSON); submit nothing."),
     strict: Strict = False,
     max_memory: MaxMemory = None,
     nightly: bool = typer.Option(False, "--nightly", help="Run id <name>-<YYYYMMDD>: a night runs once."),
@@ -116,21 +117,24 @@ def sweep(
 
     sw = _load(file, max_memory, strict)
     if dry_run:
+        if json_out:
+            points = [{"index": p.index, "params": p.params, "ok": p.ok, "error": p.error, "dropped": p.dropped,
+                       "devices": list(p.spec.devices) if p.spec else [], "predicted_bytes": p.predicted_bytes}
+                      for p in sw.points]  # fmt: skip
+            print(json.dumps({"name": sw.name, "jobs": sw.job_count(), "points": points}, indent=2))
+            return
         wild = " (a wildcard tag counted once)" if any(d.endswith(":*") for s in sw.specs for d in s.devices) else ""
         t = Table(title=f"sweep {sw.name}: {len(sw.specs)} of {len(sw.points)} points, {sw.job_count()} jobs{wild}")
         for col in ["#", *sw.grid, "devices", "predicted peak", "status"]:
             t.add_column(col)
         for p in sw.points:
-            status = "[green]ok[/]" if p.ok else f"[red]skipped[/]: {p.error}"
+            status = "[green]ok[/]" if p.ok else f"[red]skipped[/]: {escape(p.error or '')}"
             if p.dropped:
-                status += f" ([yellow]dropped[/] {'; '.join(d.split(':')[0] for d in p.dropped)})"
+                status += f" ([yellow]dropped[/] {escape(', '.join(d.split(': ')[0] for d in p.dropped))})"
             devices = ",".join(p.spec.devices) if p.spec else "-"
-            t.add_row(str(p.index), *(str(v) for v in p.params.values()), devices, fmt_bytes(p.predicted_bytes), status)
+            params = (escape(str(v)) for v in p.params.values())
+            t.add_row(str(p.index), *params, devices, fmt_bytes(p.predicted_bytes), status)
         out.print(t)
-        if json_out:
-            print(
-                json.dumps({"name": sw.name, "jobs": sw.job_count(), "points": len(sw.points), "skipped": sw.problems})
-            )
         return
     from farm import embedded
     from farm.controller import submit
@@ -145,7 +149,7 @@ def sweep(
         embedded.resolve_redis_url(settings, start=True)
     specs, notes = resolve_wildcards(specs)
     for line in notes:
-        err.print(f"[yellow]skipped[/] {line}", highlight=False)
+        err.print(f"[yellow]skipped[/] {escape(line)}", highlight=False)
     run_id = nightly_run_id(sw.name, _parse_date(date, "date")) if nightly else None
     sub = submit(specs, run_id=run_id, name=sw.name, tags={"sweep": sw.name})
     verb = "submitted" if sub.created else "already exists (nothing enqueued)"
@@ -233,7 +237,7 @@ def schedule_run(
     verb = "submitted" if f.created else "already exists (nothing enqueued; --fresh for a new run)"
     err.print(f"run {f.run_id} {verb}: {f.jobs} jobs", highlight=False)
     for line in f.skipped:
-        err.print(f"[yellow]skipped[/] {line}", highlight=False)
+        err.print(f"[yellow]skipped[/] {escape(line)}", highlight=False)
     if f.unserved:
         err.print(f"[yellow]warning[/]: no live worker serves {', '.join(f.unserved)}")
     if wait:
