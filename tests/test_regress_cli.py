@@ -47,6 +47,8 @@ def test_regressions_lists_the_injected_slowdown_only(stored: ResultStore) -> No
     assert 0.12 < v["change"] < 0.28 and v["confidence"] > 0.99
     code, text = cli("regressions", "--all", "--no-notify")
     assert code == 0 and "1 regressions in 2 judged" in text and "unchanged" in text
+    code, text = cli("regressions", "--all", "--no-notify", "--machine", "box8", "--json")
+    assert code == 0 and [(v["machine"], v["kind"]) for v in json.loads(text)] == [("box8", "unchanged")]
 
 
 def test_regressions_since_judges_every_night_in_the_window(stored: ResultStore) -> None:

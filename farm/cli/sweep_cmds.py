@@ -49,7 +49,7 @@ def _load(file: Path, max_memory: str | None, strict: bool) -> Sweep:
 def _follow(run_id: str, json_out: bool, timeout: float | None) -> None:
     """Wait for a run; print its results (table or JSON); exit 1 on a failed job, 5 when unserved."""
     from farm.cli.render import results_table
-    from farm.controller import wait
+    from farm.controller import job_views, store_for, wait
 
     last: list[str] = []
 
@@ -64,8 +64,6 @@ def _follow(run_id: str, json_out: bool, timeout: float | None) -> None:
             err.print(f"{run_id}: {line}", highlight=False)
 
     results = wait(run_id, timeout=timeout, on_update=progress)
-    from farm.controller import job_views, store_for
-
     views = job_views(run_id, store_for())
     if json_out:
         print(json.dumps({"run_id": run_id, "results": [r.model_dump(mode="json") for r in results]}, indent=2))
@@ -301,14 +299,15 @@ def regressions(
     show_all: bool = typer.Option(False, "--all", help="Also list unchanged series and those without a verdict."),
     notify: bool = typer.Option(True, "--notify/--no-notify", help="POST each regression to FARM_WEBHOOK_URL."),
     html: Path | None = typer.Option(None, "--html", help="Also write a history page (per-night plots)."),
+    machine: list[str] | None = typer.Option(None, "--machine", help="Only this machine tag (repeatable)."),
+    device: list[str] | None = typer.Option(None, "--device", help="Only this device tag (repeatable)."),
 ) -> None:
     """Regressions and improvements: each series' newest result against its history."""
     from farm.controller import store_for
     from farm.regress import changes, detect
-
-    results = store_for().query()
     from farm.report import parse_when
 
+    results = store_for().query(machines=machine or (), devices=device or ())
     verdicts = detect(results, since=parse_when(since, "since"))
     shown = verdicts if show_all else changes(verdicts)
     if json_out:
