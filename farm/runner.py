@@ -8,19 +8,21 @@ or a crash all come back as a result with their status and error, so nothing is 
 from __future__ import annotations
 
 import gc
+import re
 import time
 import traceback
 from collections.abc import Callable
+from pathlib import Path
 
 import psutil
 import torch
 
-from farm.errors import DeviceUnavailableError, JobTimeout, MemoryPredictionError
+from farm.errors import CheckpointError, DeviceUnavailableError, JobTimeout, MemoryPredictionError, SpecError
 from farm.flops import predict_peak
 from farm.hardware import Peak, cpu_peak, fingerprint, gpu_peak, gpu_tag
 from farm.phases import PHASE_RUNNERS, JobContext, ProgressFn, precision_settings
 from farm.result import JobResult, utcnow
-from farm.spec import BenchSpec, Job, parse_device_tag
+from farm.spec import PRESETS, BenchSpec, Job, parse_device_tag, parse_spec
 from farm.timing import Timer, synchronizer
 
 MEMORY_HEADROOM = 0.95  # refuse a job predicted to use more than this share of free memory
@@ -63,6 +65,27 @@ def resolve_device(tag: str, gpu_index: int | None = None) -> torch.device:
     return torch.device("cuda", index)
 
 
+def checkpoint_spec(spec: BenchSpec) -> BenchSpec:
+    """A spec whose model is its checkpoint's own shape (from config.json), so that FLOPs, MFU, the
+    memory prediction and the context check count the weights that will run, not the preset named
+    beside them (by default gpt2). A shape equal to a preset keeps the preset's name.
+
+    Raises CheckpointError for an unreadable directory and SpecError when seq exceeds its context.
+    """
+    if not spec.checkpoint:
+        return spec
+    from farm.model import _read_hf_config
+
+    shape = _read_hf_config(Path(spec.checkpoint))
+    dims = shape.model_dump(exclude={"name"})
+    if dims == spec.shape.model_dump(exclude={"name"}):
+        return spec
+    preset = next((n for n, p in PRESETS.items() if p.model_dump(exclude={"name"}) == dims), None)
+    name = re.sub(r"[^A-Za-z0-9_.-]", "-", Path(spec.checkpoint).name)[:64].strip("-.") or "checkpoint"
+    model: str | dict = preset or {**dims, "name": name}
+    return parse_spec({**spec.model_dump(mode="json"), "model": model})
+
+
 def available_memory(device: torch.device) -> int:
     """Free bytes on the device now (CUDA: free device memory; CPU: available RAM)."""
     if device.type == "cuda":
@@ -80,7 +103,7 @@ def check_fits(spec: BenchSpec, device: torch.device) -> None:
     if pred.total > avail * MEMORY_HEADROOM:
         raise MemoryPredictionError(
             "batch",
-            f"{spec.model_name} {spec.phases and pred.phase} at batch {spec.batch} x seq {spec.seq} "
+            f"{spec.model_name} {pred.phase} at batch {spec.batch} x seq {spec.seq} "
             f"({spec.dtype}) is predicted to need {pred.describe()}, but {device} has "
             f"{avail / (1 << 30):.2f} GiB free; use a smaller batch, seq or model",
             predicted_bytes=pred.total,
@@ -126,6 +149,10 @@ def run_job(
     check_memory: bool = True,
 ) -> JobResult:
     """Run every phase of a job on this machine. Always returns a result; never raises for the job."""
+    try:
+        job = job.model_copy(update={"spec": checkpoint_spec(job.spec)})
+    except (CheckpointError, SpecError) as e:
+        return JobResult.failure(job, "failed", str(e), worker=worker, attempt=attempt)
     spec = job.spec
     result = JobResult.for_job(job, worker=worker, attempt=attempt)
     try:
@@ -177,7 +204,7 @@ def run_job(
 
 def prepare_local(spec: BenchSpec) -> list[Job]:
     """Expand a spec for this machine and check every job before any runs (typed errors)."""
-    jobs = spec.expand()
+    jobs = checkpoint_spec(spec).expand()
     for job in jobs:
         device = resolve_device(job.device)
         check_fits(job.spec, device)
