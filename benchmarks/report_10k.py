@@ -12,6 +12,7 @@ which validates every `JobResult`). Prints a Markdown table (median of 3, second
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import random
 import statistics
@@ -19,6 +20,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -34,8 +36,12 @@ from farm.store import ResultStore
 SPECS = [BenchSpec(model=m, batch=b, seq=128) for m in ("gpt2-tiny", "gpt2", "gpt2-medium") for b in (1, 4)]
 
 
-def fill(store: ResultStore, n: int, seed: int = 0) -> None:
-    """n results: n/2 runs of one spec, each a CPU job and an H100 job."""
+def fill(store: ResultStore, n: int, seed: int = 0, variants: int = 20) -> None:
+    """n results: n/2 runs of one spec, each a CPU job and an H100 job.
+
+    Each spec has `variants` sets of random times per device (built with `measured_phase`);
+    runs reuse them under their own run and job ids, which keeps the set-up short.
+    """
     rng = random.Random(seed)
     cpu_fp = synthetic.machine("cpu-box")
     gpu_fp = synthetic.machine("gpu-box", gpu="NVIDIA H100 80GB HBM3")
@@ -43,23 +49,39 @@ def fill(store: ResultStore, n: int, seed: int = 0) -> None:
     def times(m: float, k: int = 5) -> list[float]:
         return [m * rng.lognormvariate(0, 0.03) for _ in range(k)]
 
-    for i in range(n // 2):
-        spec = SPECS[i % len(SPECS)]
+    templates = []
+    for spec in SPECS:
         scale = spec.batch * (1 + 10 * (spec.model_name != "gpt2-tiny"))
+        for _ in range(variants):
+            cpu = {"init": [0.5 * scale**0.3], "forward": times(0.05 * scale), "train": times(0.15 * scale)}
+            gpu = {"init": [1.5], "forward": times(0.002 * scale**0.5), "train": times(0.006 * scale**0.5)}
+            templates.append(
+                (
+                    synthetic.result("t", 0, "cpu", cpu, spec=spec, fingerprint=cpu_fp),
+                    synthetic.result("t", 1, "cuda", gpu, spec=spec, fingerprint=gpu_fp),
+                )
+            )
+    for i in range(n // 2):
         run = f"bench{i:05d}"
-        cpu = {"init": [0.5 * scale**0.3], "forward": times(0.05 * scale), "train": times(0.15 * scale)}
-        gpu = {"init": [1.5], "forward": times(0.002 * scale**0.5), "train": times(0.006 * scale**0.5)}
-        store.put_result(synthetic.result(run, 0, "cpu", cpu, spec=spec, fingerprint=cpu_fp))
-        store.put_result(synthetic.result(run, 1, "cuda", gpu, spec=spec, fingerprint=gpu_fp))
+        for k, res in enumerate(templates[i % len(templates)]):
+            when = res.finished_at + timedelta(seconds=i)  # type: ignore[operator]
+            store.put_result(res.model_copy(update={"run_id": run, "job_id": f"{run}-{k:03d}", "finished_at": when}))
 
 
-def timed(fn: Callable[[], object], repeats: int = 3) -> tuple[float, object]:
-    out, ts = None, []
+def redis_cpu(store: ResultStore) -> float:
+    info = store.r.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
+def timed(store: ResultStore, fn: Callable[[], object], repeats: int = 3) -> tuple[float, float, object]:
+    """Median wall seconds and median CPU seconds (this process + redis-server) of `repeats` calls."""
+    out, walls, cpus = None, [], []
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        c0, r0, t0 = time.process_time(), redis_cpu(store), time.perf_counter()
         out = fn()
-        ts.append(time.perf_counter() - t0)
-    return statistics.median(ts), out
+        walls.append(time.perf_counter() - t0)
+        cpus.append(time.process_time() - c0 + redis_cpu(store) - r0)
+    return statistics.median(walls), statistics.median(cpus), out
 
 
 def main() -> None:
@@ -74,32 +96,32 @@ def main() -> None:
             fill(store, args.results)
             print(f"stored {args.results} results in {time.perf_counter() - t0:.1f} s (setup, not timed below)")
             sel = Selection()
-            t_ids, ids = timed(lambda: sel.query_ids(store))
-            t_load, records = timed(lambda: load_records(store, ids))  # type: ignore[arg-type]
-            t_build, report = timed(lambda: build_report(records))  # type: ignore[arg-type]
-            t_total, report = timed(lambda: select(store, sel))
-            t_md, _ = timed(lambda: to_markdown(report))  # type: ignore[arg-type]
-            t_csv, _ = timed(lambda: to_csv(report))  # type: ignore[arg-type]
-            t_json, _ = timed(lambda: to_json(report))  # type: ignore[arg-type]
-            t_pyd, _ = timed(lambda: store.query(), repeats=1)
+            steps: list[tuple[str, float, float]] = []
+            wall, cpu, ids = timed(store, lambda: sel.query_ids(store))
+            steps.append(("query: index ids (ZRANGEBYSCORE)", wall, cpu))
+            wall, cpu, records = timed(store, lambda: load_records(store, ids))  # type: ignore[arg-type]
+            steps.append(("fetch + parse records (MGET + pydantic-core from_json)", wall, cpu))
+            wall, cpu, report = timed(store, lambda: build_report(records))  # type: ignore[arg-type]
+            steps.append(("build report (baselines, bootstrap CIs, flags)", wall, cpu))
+            wall, cpu, report = timed(store, lambda: select(store, sel))
+            steps.append(("**all of it: `farm.report.select` (query + fetch + build)**", wall, cpu))
+            for label, fn in (("Markdown", to_markdown), ("CSV", to_csv), ("JSON", to_json)):
+                wall, cpu, _ = timed(store, lambda fn=fn: fn(report))  # type: ignore[misc]
+                steps.append((f"render {label}", wall, cpu))
+            wall, cpu, _ = timed(store, lambda: store.query(), repeats=1)
+            steps.append(("reference: `ResultStore.query` (pydantic-validated JobResults), 1 call", wall, cpu))
         finally:
             proc.kill9()
     rows = len(report.rows)  # type: ignore[attr-defined]
     cis = sum(1 for r in report.rows if r.speedup and r.speedup.low is not None)  # type: ignore[attr-defined]
-    print(f"\n{platform.processor() or platform.machine()}, Python {platform.python_version()}, median of 3 runs\n")
-    print(f"| step ({len(records)} results, {rows} rows, {cis} bootstrap CIs) | seconds |")  # type: ignore[arg-type]
-    print("|---|---|")
-    for label, t in [
-        ("query: index ids (ZRANGEBYSCORE)", t_ids),
-        ("fetch + parse records (MGET + pydantic-core from_json)", t_load),
-        ("build report (baselines, bootstrap CIs, flags)", t_build),
-        ("**query + fetch + build (`farm.report.select`)**", t_total),
-        ("render Markdown", t_md),
-        ("render CSV", t_csv),
-        ("render JSON", t_json),
-        ("reference: `ResultStore.query` (pydantic-validated JobResults), 1 run", t_pyd),
-    ]:
-        print(f"| {label} | {t:.3f} |")
+    load = os.getloadavg()[0]
+    print(f"\n{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, load average {load:.1f}")
+    print(f"{len(records)} results, {rows} rows, {cis} bootstrap CIs; median of 3 calls")  # type: ignore[arg-type]
+    print("(CPU = this process + redis-server: what the step costs when the machine is not shared)\n")
+    print("| step | wall s | CPU s |")
+    print("|---|---|---|")
+    for label, wall, cpu in steps:
+        print(f"| {label} | {wall:.3f} | {cpu:.3f} |")
 
 
 if __name__ == "__main__":

@@ -70,7 +70,8 @@ def speedup_text(row: Row) -> str:
 
 
 def flag_labels(row: Row) -> str:
-    return ", ".join(f.kind.upper() if f.kind in SEVERE else f.kind for f in row.flags)
+    kinds = dict.fromkeys(f.kind for f in row.flags)  # one label per kind; the full texts are listed apart
+    return ", ".join(k.upper() if k in SEVERE else k for k in kinds)
 
 
 def cells(row: Row) -> list[str]:

@@ -1,0 +1,85 @@
+"""The README's report example: real measurements on this machine, reported by `farm report`.
+
+What runs: gpt2-tiny and gpt2 (124M), batch 1 x seq 128, float32, all phases (init, forward,
+train), 5 repeats after 1 warm-up, on this machine's CPU twice: as device tag `cpu:t1` with torch
+limited to 1 thread and as `cpu:t2` with 2 threads (the spec leaves `threads` unset, so both jobs
+share one spec hash and compare; each result records the threads it used). One run, 4 jobs, run
+in this process by `farm.runner.run_job`, stored in a private redis-server; then the real CLI:
+
+    farm report RUN --baseline device=cpu:t1 --format markdown -o docs/report-example.md
+    farm report RUN --baseline device=cpu:t1 --format csv -o docs/img/report-example.csv
+    farm report RUN --baseline device=cpu:t1 -o docs/img/report-example.html
+
+and the time-by-device plot of gpt2 is saved as docs/img/report-example.png. The CPU peak
+calibration (for MFU and the plausibility check) is measured fresh, in a private FARM_HOME.
+
+    .venv/bin/python benchmarks/report_example.py
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def main() -> None:
+    # A fresh CPU peak calibration (1 and 2 threads) measured in this run, not an old cached one.
+    os.environ["FARM_HOME"] = tempfile.mkdtemp(prefix="farm-example-")
+    import torch
+
+    from farm.compare import Baseline
+    from farm.plots import time_bars_png
+    from farm.records import records_from_results
+    from farm.redisproc import RedisProcess
+    from farm.report import build_report
+    from farm.runner import run_job
+    from farm.spec import BenchSpec, new_run_id
+    from farm.store import ResultStore
+
+    run_id = new_run_id()
+    results = []
+    print(f"load average before: {os.getloadavg()}", file=sys.stderr)
+    for m, model in enumerate(("gpt2-tiny", "gpt2")):
+        spec = BenchSpec(model=model, batch=1, seq=128, repeats=5, warmup=1, devices=("cpu:t1", "cpu:t2"))
+        for k, (job, threads) in enumerate(zip(spec.expand(run_id), (1, 2), strict=True)):
+            job = job.model_copy(update={"job_id": f"{run_id}-{2 * m + k:03d}"})  # one run, unique job ids
+            torch.set_num_threads(threads)
+            res = run_job(job)
+            print(f"{model} {job.device} ({threads} threads): {res.status}", file=sys.stderr)
+            results.append(res)
+    docs, img = ROOT / "docs", ROOT / "docs" / "img"
+    img.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        proc = RedisProcess(Path(tmp) / "redis").start()
+        try:
+            store = ResultStore.from_url(proc.url)
+            store.create_run(run_id, None, [], name="report example")
+            for r in results:
+                store.put_result(r)
+            env = {**os.environ, "FARM_REDIS_URL": proc.url}
+            farm = [sys.executable, "-m", "farm.cli.main", "report", run_id, "--baseline", "device=cpu:t1"]
+            for fmt, out in (
+                ("markdown", docs / "report-example.md"),
+                ("csv", img / "report-example.csv"),
+                ("html", img / "report-example.html"),
+            ):
+                subprocess.run([*farm, "--format", fmt, "-o", str(out)], env=env, check=True)
+        finally:
+            proc.kill9()
+    report = build_report(records_from_results(results), baseline=Baseline(device="cpu:t1"))
+    gpt2 = next(g for g in report.groups if g.title.startswith("gpt2 "))
+    png = time_bars_png(gpt2)
+    assert png is not None
+    (img / "report-example.png").write_bytes(png)
+    print(f"load average after: {os.getloadavg()}", file=sys.stderr)
+    print(f"run {run_id}: wrote docs/report-example.md, docs/img/report-example.{{png,csv,html}}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
