@@ -85,7 +85,7 @@ def time_bars_png(group: Group) -> bytes | None:
             tag = " INVALID" if invalid else (" noisy" if p.noisy else "")
             ax.annotate(
                 f" {p.median_s:.3g} s{tag}",
-                (p.median_s, y),
+                (max(p.median_s, p.ci_high_s or 0.0) if err else p.median_s, y),  # right of the whisker
                 va="center",
                 fontsize=7,
                 xytext=(2, 0),
@@ -115,7 +115,12 @@ def speedup_png(group: Group) -> bytes | None:
         if s.low is not None and s.high is not None:
             ax.errorbar(s.value, y, xerr=[[s.value - s.low], [s.high - s.value]], fmt="none", ecolor="black", capsize=3)
         ax.annotate(
-            f" {s.value:.3g}×", (s.value, y), va="center", fontsize=7, xytext=(2, 0), textcoords="offset points"
+            f" {s.value:.3g}×",
+            (max(s.value, s.high or 0.0), y),
+            va="center",
+            fontsize=7,
+            xytext=(2, 0),
+            textcoords="offset points",
         )
     ax.axvline(1.0, color="grey", ls="--", lw=1)
     _log_x(ax, [v for r in rows if r.speedup for v in (r.speedup.value, r.speedup.low, r.speedup.high, 1.0) if v])

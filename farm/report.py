@@ -156,7 +156,7 @@ def _own_flags(rec: Record, ph: PhaseRecord | None) -> list[Flag]:
         err = (ph and ph.error) or rec.error or ""
         flags.append(Flag(status, err.strip().splitlines()[0] if err.strip() else status))
     if ph and ph.noisy and ph.iqr_ratio is not None:
-        flags.append(Flag("noisy", f"IQR/median {ph.iqr_ratio:.0%} (above 10%)"))
+        flags.append(Flag("noisy", f"IQR/median {ph.iqr_ratio:.1%} (above 10%)"))
     return flags
 
 
@@ -232,7 +232,7 @@ def build_report(
                     row.flags.append(Flag("baseline", f"baseline ({base.series}) is {bph.status}: no speedup"))
                 continue
             if bph.noisy:
-                row.flags.append(Flag("noisy", f"baseline noisy: IQR/median {bph.iqr_ratio or 0:.0%}"))
+                row.flags.append(Flag("noisy", f"baseline noisy: IQR/median {bph.iqr_ratio or 0:.1%}"))
             pairs.append((bph.times, ph.times))
             pair_rows.append(row)
     for row, ratio in zip(pair_rows, ratio_cis(pairs), strict=True):
