@@ -64,7 +64,7 @@ class FarmTask(Task):
 
 
 def _register_tasks(app: Celery) -> None:
-    @app.task(name=TASK_NAME, bind=True, base=FarmTask)
+    @app.task(name=TASK_NAME, bind=True, base=FarmTask, shared=False)
     def run_job(self: Task, job: dict[str, Any]) -> dict[str, Any]:
         """Validate the job again, run it with the core engine, store its result (then ack)."""
         from farm.worker import execute_job

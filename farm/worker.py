@@ -315,6 +315,24 @@ def store_hard_timeout(job_doc: Any, exc: BaseException) -> None:
 
 
 # -- start-up -------------------------------------------------------------------------------------
+def _check_credentials() -> None:
+    """Refuse at once when Redis rejects the credentials; a Redis that is down is waited for."""
+    import redis
+
+    from farm.errors import BrokerError
+
+    try:
+        worker_store().r.ping()
+    except redis.AuthenticationError as e:
+        raise BrokerError(f"Redis refused the credentials: {e}") from None
+    except redis.ResponseError as e:
+        if "NOAUTH" in str(e) or "WRONGPASS" in str(e):
+            raise BrokerError(f"Redis refused the credentials: {e}") from None
+        raise
+    except redis.RedisError as e:
+        log.warning("Redis is not reachable yet (%s): the worker keeps retrying", e)
+
+
 def run_worker(config: WorkerConfig, loglevel: str = "info") -> None:
     """Run a Celery worker for `config` in this process until it is stopped (blocks)."""
     from celery import signals
@@ -325,6 +343,7 @@ def run_worker(config: WorkerConfig, loglevel: str = "info") -> None:
     _config = config
     settings = get_settings()
     app = get_app()  # ConfigError for bad limits, BrokerError without a Redis URL
+    _check_credentials()
     # Import torch and the engine here, once, so that forked job processes start warm. Importing
     # torch does not initialise CUDA; nothing in this process ever calls into CUDA.
     import farm.runner  # noqa: F401

@@ -206,6 +206,18 @@ def test_cancel_marks_queued_jobs_cancelled(live_farm: Farm) -> None:
     assert "cancelled" in st.stdout
 
 
+def test_submit_without_wait_prints_the_run_id_and_status_watch_follows_it(live_farm: Farm) -> None:
+    p = live_farm.cli("submit", *TINY, "--phases", "init", "--devices", "cpu:box2")
+    assert p.returncode == 0, p.stderr
+    run_id = p.stdout.strip()
+    assert live_farm.r.exists(f"farm:run:{run_id}")
+    w = live_farm.cli("status", run_id, "--watch")
+    assert w.returncode == 0, w.stderr
+    assert "1 done" in w.stdout and "worker-b" in w.stdout
+    latest = live_farm.cli("status")  # the latest run by default
+    assert run_id in latest.stdout
+
+
 def test_workers_lists_tags_and_health_check(live_farm: Farm) -> None:
     p = live_farm.cli("workers", "--json")
     assert p.returncode == 0, p.stderr

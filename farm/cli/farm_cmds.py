@@ -209,14 +209,13 @@ def workers(
         print(json.dumps(live, indent=2))
         return
     t = Table(title=f"{len(live)} live worker(s)", header_style="bold")
-    for col in ("name", "host", "device", "queues", "job", "last beat"):
+    for col in ("name", "host", "device", "tags", "queues", "job", "last beat"):
         t.add_column(col)
     now = time.time()
     for w in live:
         job = w["job"] or "idle"
-        t.add_row(
-            w["name"], w["host"], w["device"], ",".join(w["queues"]), job, f"{now - w['last_heartbeat']:.0f} s ago"
-        )
+        beat = f"{now - w['last_heartbeat']:.0f} s ago"
+        t.add_row(w["name"], w["host"], w["device"], ",".join(w["tags"]), ",".join(w["queues"]), job, beat)
     out.print(t)
 
 
