@@ -124,6 +124,8 @@ def test_example_files_are_valid() -> None:
     from farm.spec import load_spec_file, parse_spec
 
     assert parse_spec(load_spec_file(EXAMPLES / "spec.yaml")).model_name
+    smoke = load_sweep(EXAMPLES / "smoke-cpu.yaml")
+    assert smoke.name == "smoke-cpu" and smoke.job_count() == 2 and not smoke.problems
 
 
 def test_nightly_run_id_is_a_stable_key_per_night_or_interval() -> None:

@@ -70,7 +70,8 @@ def _follow(run_id: str, json_out: bool, timeout: float | None) -> None:
     else:
         out.print(results_table(results, title=f"run {run_id}"))
     if any(v.unserved for v in views):
-        err.print(f"[red]unserved[/] jobs left: no live worker serves {sorted({v.queue for v in views if v.unserved})}")
+        queues = ", ".join(sorted({v.queue for v in views if v.unserved}))
+        err.print(f"[red]unserved[/] jobs left: no live worker serves {escape(queues)}")
         raise typer.Exit(EXIT_UNSERVED)
     if any(r.status != "ok" for r in results):
         raise typer.Exit(EXIT_JOB_FAILED)
