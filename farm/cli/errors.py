@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import typer
+from rich.markup import escape
 
 from farm.cli.app import err
 from farm.errors import BrokerError, CheckpointError, ConfigError, FarmError, NotFoundError, SpecError
@@ -36,8 +37,11 @@ _EXIT_CODES: list[tuple[type[FarmError], int]] = [
 
 
 def fail(message: str, code: int) -> typer.Exit:
-    """Print a one-line error to stderr and return the Exit to raise."""
-    err.print(f"[bold red]error:[/] {message}", highlight=False, markup=True, soft_wrap=True)
+    """Print a one-line error to stderr and return the Exit to raise.
+
+    The message is text, never markup: a path or value such as `[draft].yaml` is printed as is.
+    """
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, markup=True, soft_wrap=True)
     return typer.Exit(code)
 
 
