@@ -64,9 +64,14 @@ class Block(nn.Module):
         return x + self.mlp(self.ln_2(x))
 
 
-# Rows of the (rows, vocab) logits block the fused LM-head loss handles at a time: 256 x 50257 float32
-# is 51 MB, so the whole 1 x 1024 step needs 4 blocks instead of 3-4 fresh (1024, 50257) tensors.
-LOSS_CHUNK_ROWS = 256
+# Rows of the (rows, vocab) logits block the fused LM-head loss handles at a time: 512 x 50257 float32
+# is 103 MB, so a 1 x 1024 step needs 2 blocks in one reused buffer instead of 3-4 fresh (1024, 50257)
+# tensors (on a 2-thread Xeon: 0.95x the unfused time, half the page faults; benchmarks/lm_head_loss.py).
+LOSS_CHUNK_ROWS = 512
+# Devices whose train step uses the fused loss. On an H200 it cut training memory by half (12.1 ->
+# 6.3 GiB for GPT-2 small 8 x 1024 fp32) but made the step 6-50% slower (many small launches, bf16 ->
+# fp32 round trips), so CUDA keeps the unfused path: speed is what the farm measures.
+FUSED_LOSS_DEVICES = ("cpu",)
 
 
 class _LMHeadCrossEntropy(torch.autograd.Function):
@@ -195,8 +200,9 @@ class GPT(nn.Module):
     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """Logits (B, T, vocab) and, with `targets` (B, T), the mean next-token cross-entropy.
 
-        With targets and `return_logits=False` the loss goes through `lm_head_loss` (same value,
-        same work, no full logits kept: what the train phase uses) and the logits are None.
+        With targets and `return_logits=False` the logits are None and, on a device in
+        `FUSED_LOSS_DEVICES`, the loss goes through `lm_head_loss` (same value, same work, no full
+        logits kept): what the train phase asks for.
         """
         T = idx.shape[1]  # idx: (B, T) token ids
         if self.config.block_size < T:
@@ -206,13 +212,13 @@ class GPT(nn.Module):
         for block in self.h:
             x = block(x)
         x = self.ln_f(x)
-        if targets is not None and not return_logits:
+        if targets is not None and not return_logits and x.device.type in FUSED_LOSS_DEVICES:
             return None, lm_head_loss(x.reshape(-1, x.size(-1)), self.lm_head.weight, targets.reshape(-1))
         logits = self.lm_head(x)  # (B, T, vocab)
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1))
-        return logits, loss
+        return (logits if return_logits else None), loss
 
     def num_parameters(self) -> int:
         """Unique parameters (the tied LM head is counted once)."""
