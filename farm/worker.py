@@ -130,7 +130,7 @@ class Heartbeat:
     """A thread of the worker's main process that keeps `farm:worker:<name>` alive with a TTL.
 
     The hash holds the config, the fingerprint and the jobs running now (read from Celery's
-    `active_requests` in this process); it expires `heartbeat_ttl` seconds after the worker dies.
+    `reserved_requests` in this process); it expires `heartbeat_ttl` seconds after the worker dies.
     """
 
     def __init__(self, config: WorkerConfig, store: ResultStore, settings: Settings) -> None:
@@ -144,12 +144,21 @@ class Heartbeat:
         self.fp = fingerprint(with_torch=False).model_dump_json()
         self._stop = threading.Event()
         self.wake = threading.Event()
+        self.received: set[str] = set()
         self._thread = threading.Thread(target=self._loop, name="farm-heartbeat", daemon=True)
 
     def current_jobs(self) -> list[str]:
+        """Jobs this worker holds now: received (prefetch is 1) or running."""
         from celery.worker import state
 
-        return sorted(r.id for r in list(state.active_requests))
+        ids = {r.id for r in list(state.reserved_requests)} | self.received
+        self.received = set()
+        return sorted(ids)
+
+    def note_received(self, job_id: str) -> None:
+        """Called on task_received (before Celery reserves it): show the job in the next beat, now."""
+        self.received.add(job_id)
+        self.wake.set()
 
     def beat(self) -> None:
         c = self.config
@@ -356,9 +365,9 @@ def run_worker(config: WorkerConfig, loglevel: str = "info") -> None:
         beat["hb"] = hb
         log.info("worker %s serving %s", config.name, ",".join(config.queues))
 
-    def _received(**_: Any) -> None:
-        if "hb" in beat:
-            beat["hb"].wake.set()
+    def _received(request: Any = None, **_: Any) -> None:
+        if "hb" in beat and request is not None:
+            beat["hb"].note_received(request.id)
 
     def _shutdown(**_: Any) -> None:
         if "hb" in beat:

@@ -207,10 +207,17 @@ def test_cancel_marks_queued_jobs_cancelled(live_farm: Farm) -> None:
 
 
 def test_submit_without_wait_prints_the_run_id_and_status_watch_follows_it(live_farm: Farm) -> None:
-    p = live_farm.cli("submit", *TINY, "--phases", "init", "--devices", "cpu:box2")
+    p = live_farm.cli("submit", *TINY, "--phases", "all", "--devices", "cpu:box2")
     assert p.returncode == 0, p.stderr
     run_id = p.stdout.strip()
     assert live_farm.r.exists(f"farm:run:{run_id}")
+    # While it is held, the worker's heartbeat names the job (it may already be done: then idle).
+    deadline = time.monotonic() + 60
+    seen = False
+    while not seen and time.monotonic() < deadline and not live_farm.r.exists(f"farm:result:{run_id}-000"):
+        seen = live_farm.r.hget("farm:worker:worker-b", "job") == f"{run_id}-000"
+        time.sleep(0.05)
+    assert seen
     w = live_farm.cli("status", run_id, "--watch")
     assert w.returncode == 0, w.stderr
     assert "1 done" in w.stdout and "worker-b" in w.stdout
