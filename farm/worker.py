@@ -151,7 +151,14 @@ class Heartbeat:
         """Jobs this worker holds now: received (prefetch is 1) or running."""
         from celery.worker import state
 
-        ids = {r.id for r in list(state.reserved_requests)} | self.received
+        ids: set[str] = set()
+        for _ in range(3):  # the set belongs to Celery's main thread: retry if it changes mid-copy
+            try:
+                ids = {r.id for r in list(state.reserved_requests)}
+                break
+            except RuntimeError:
+                time.sleep(0.01)
+        ids |= self.received
         self.received = set()
         return sorted(ids)
 
