@@ -19,6 +19,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import redis
+
 from farm.errors import ConfigError
 from farm.hardware import machine_tag, nvml_gpus
 from farm.result import JobResult
@@ -258,16 +260,24 @@ def execute_job(job_doc: dict[str, Any], request: Any = None) -> dict[str, Any]:
         # Not a job we can store a result for: log and acknowledge (a malformed message never loops).
         log.error("rejected a malformed job message: %s", str(e).splitlines()[0])
         return {"job_id": None, "status": "rejected"}
-    store = worker_store()
     cfg = _config
     name = cfg.name if cfg else socket.gethostname()
-    jkey = store.key("job", job.job_id)
-    if store.has_result(job.job_id):
-        log.info("job %s already has a result: skipped (redelivery)", job.job_id)
-        return {"job_id": job.job_id, "status": "skipped"}
-    if store.r.hget(jkey, "state") == "cancelled":
-        return {"job_id": job.job_id, "status": "cancelled"}
-    attempt = int(store.r.hincrby(jkey, "attempts", 1))
+    try:
+        store = worker_store()
+        jkey = store.key("job", job.job_id)
+        if store.has_result(job.job_id):
+            log.info("job %s already has a result: skipped (redelivery)", job.job_id)
+            return {"job_id": job.job_id, "status": "skipped"}
+        if store.r.hget(jkey, "state") == "cancelled":
+            return {"job_id": job.job_id, "status": "cancelled"}
+        attempt = int(store.r.hincrby(jkey, "attempts", 1))
+    except redis.RedisError as e:
+        # The results store is away: never run a job whose result could not be kept; requeue it.
+        from celery.exceptions import Reject
+
+        log.warning("results store unreachable before job %s (%s): requeued", job.job_id, e)
+        time.sleep(2.0)  # no hot loop of deliveries while Redis is down
+        raise Reject(f"results store unreachable: {e}", requeue=True) from e
     if attempt > settings.max_attempts:
         last = store.r.hget(jkey, "worker") or "?"
         result = JobResult.failure(
