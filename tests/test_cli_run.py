@@ -78,6 +78,15 @@ def _assert_refused(result, field: str, words: str, nothing_runs: list[object]) 
     assert nothing_runs == []
 
 
+def test_run_offers_the_issue_options() -> None:
+    result = runner.invoke(app, ["run", "--help"], env={"COLUMNS": "200", "NO_COLOR": "1", "TERM": "dumb"})
+    assert result.exit_code == 0
+    for opt in ("--model", "--phases", "--devices", "--batch", "--seq", "--repeats", "--warmup", "--dtype"):
+        assert opt in result.stdout
+    for opt in ("--threads", "--compile", "--seed", "--json", "--checkpoint", "--time-limit"):
+        assert opt in result.stdout
+
+
 @pytest.mark.parametrize(("args", "field", "words"), BAD_OPTIONS)
 def test_bad_option(args: list[str], field: str, words: str, nothing_runs: list[object]) -> None:
     _assert_refused(runner.invoke(app, ["run", *args]), field, words, nothing_runs)
@@ -111,9 +120,16 @@ def test_error_text_is_printed_literally(tmp_path: Path, nothing_runs: list[obje
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
-def test_cuda_without_cuda(nothing_runs: list[object]) -> None:
-    result = runner.invoke(app, ["run", *TINY_FAST, "--devices", "cpu,cuda"])
+@pytest.mark.parametrize("devices", ["cpu,cuda", "cuda:0", "cuda:h100"])
+def test_cuda_without_cuda(devices: str, nothing_runs: list[object]) -> None:
+    result = runner.invoke(app, ["run", *TINY_FAST, "--devices", devices])
     _assert_refused(result, "devices", "no CUDA device", nothing_runs)
+
+
+@pytest.mark.skipif(torch.backends.mps.is_available(), reason="this machine has MPS")
+def test_mps_without_mps(nothing_runs: list[object]) -> None:
+    result = runner.invoke(app, ["run", *TINY_FAST, "--devices", "mps"])
+    _assert_refused(result, "devices", "no MPS device", nothing_runs)
 
 
 def test_job_predicted_not_to_fit(nothing_runs: list[object]) -> None:
