@@ -56,11 +56,13 @@ class FarmTask(Task):
     the job's process: the job is then stored as `timeout` before the message is acknowledged."""
 
     def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
-        if isinstance(exc, TimeLimitExceeded):
-            from farm.worker import store_hard_timeout
+        from farm.worker import store_crash, store_hard_timeout
 
-            job = args[0] if args else kwargs.get("job")
+        job = args[0] if args else kwargs.get("job")
+        if isinstance(exc, TimeLimitExceeded):
             store_hard_timeout(job, exc)
+        else:  # a bug outside run_job: the message is acknowledged, so keep a `failed` result
+            store_crash(job, exc)
 
 
 def _register_tasks(app: Celery) -> None:

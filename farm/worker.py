@@ -318,8 +318,8 @@ def execute_job(job_doc: dict[str, Any], request: Any = None) -> dict[str, Any]:
     return {"job_id": job.job_id, "status": result.status}
 
 
-def store_hard_timeout(job_doc: Any, exc: BaseException) -> None:
-    """In the worker's parent, after a hard time limit killed the job's process: store `timeout`."""
+def _store_outcome(job_doc: Any, status: str, error: str) -> None:
+    """Store a result for a job that ended outside run_job (never raises: called from hooks)."""
     from farm.spec import Job
 
     try:
@@ -327,17 +327,21 @@ def store_hard_timeout(job_doc: Any, exc: BaseException) -> None:
         store = worker_store()
         attempt = int(store.r.hget(store.key("job", job.job_id), "attempts") or 1)
         name = _config.name if _config else socket.gethostname()
-        result = JobResult.failure(
-            job,
-            "timeout",
-            f"hard time limit exceeded ({exc}): the job's process was killed and replaced",
-            worker=name,
-            attempt=attempt,
-        )
-        store.put_result(result)
-        store.set_job_state(job.job_id, "done", status="timeout", worker=name)
+        result = JobResult.failure(job, status, error, worker=name, attempt=attempt)  # type: ignore[arg-type]
+        store.put_result(result)  # NX: a result already stored wins
+        store.set_job_state(job.job_id, "done", status=status, worker=name)
     except Exception as e:
-        log.error("could not store the hard timeout of a job: %s", e)
+        log.error("could not store the %s of a job: %s", status, e)
+
+
+def store_hard_timeout(job_doc: Any, exc: BaseException) -> None:
+    """In the worker's parent, after a hard time limit killed the job's process: store `timeout`."""
+    _store_outcome(job_doc, "timeout", f"hard time limit exceeded ({exc}): the job's process was killed and replaced")
+
+
+def store_crash(job_doc: Any, exc: BaseException) -> None:
+    """The task itself raised (a farm bug, not the job): store `failed` rather than lose the job."""
+    _store_outcome(job_doc, "failed", f"worker error outside the job: {type(exc).__name__}: {exc}")
 
 
 # -- start-up -------------------------------------------------------------------------------------
