@@ -234,7 +234,8 @@ class BaselineMatcher:
         b = self.b
         if b.run or not b.machine:
             run = b.run or rec.run_id
-            key = (rec.spec_hash, "run", run, rec.device)
+            # With device= the pick does not depend on the result: one lookup per spec and run.
+            key = (rec.spec_hash, "run", run, "" if b.device else rec.device)
             if key not in self._cache:
                 self._cache[key] = self._pick(rec, self.by_run.get((rec.spec_hash, run), []))
             return self._cache[key]

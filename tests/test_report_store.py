@@ -120,3 +120,18 @@ print("ok")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "ok"
+
+
+def test_report_summaries_are_cached_and_dropped_when_the_result_changes(stored: ResultStore) -> None:
+    from farm.records import load_records, records_from_results
+
+    ids = stored.query_ids(runs=["r1"])
+    first = load_records(stored, ids)  # reads the results, writes the summaries
+    assert all(stored.r.exists(stored.key("summary", j)) for j in ids)
+    again = load_records(stored, ids)  # reads the summaries
+    assert again == first == records_from_results([stored.get_result(j) for j in ids])
+    changed = stored.get_result(ids[0])
+    changed.warnings.append("re-stored with a different length")
+    stored.put_result(changed, overwrite=True)
+    (rec,) = load_records(stored, ids[:1])
+    assert rec.warnings == ["re-stored with a different length"]  # the stale summary was not used
