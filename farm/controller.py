@@ -14,11 +14,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from farm.errors import JobTimeout, NotFoundError, SpecError
+import redis
+
+from farm.errors import BrokerError, JobTimeout, NotFoundError, SpecError
 from farm.result import JobResult
 from farm.settings import Settings, get_settings
 from farm.spec import BenchSpec, Job, parse_device_tag, queue_for
 from farm.store import ResultStore
+
+REDIS_LOST_S = 30.0  # how long `wait` rides out a Redis that went away before it gives up
 
 
 @dataclass
@@ -240,8 +244,18 @@ def wait(
     """
     store = store_for(settings)
     deadline = None if timeout is None else time.monotonic() + timeout
+    lost_since: float | None = None
     while True:
-        views = job_views(run_id, store)
+        try:
+            views = job_views(run_id, store)
+            lost_since = None
+        except redis.ConnectionError as e:
+            # Redis restarting (its data is on disk): keep following for a while, then say so.
+            lost_since = lost_since or time.monotonic()
+            if time.monotonic() - lost_since > REDIS_LOST_S:
+                raise BrokerError(f"lost Redis while following run {run_id}: {e}") from None
+            time.sleep(1.0)
+            continue
         if on_update is not None:
             on_update(views)
         pending = [v for v in views if not v.finished]

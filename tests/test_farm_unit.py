@@ -179,3 +179,22 @@ def test_hard_time_limit_in_the_parent_stores_timeout(job_store: ResultStore) ->
     )
     res = job_store.get_result(job.job_id)
     assert res.status == "timeout" and "hard time limit" in (res.error or "")
+
+
+def test_cli_against_a_password_protected_redis(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from farm.cli.main import app
+    from farm.redisproc import RedisProcess
+
+    rp = RedisProcess(tmp_path / "redis", password="s3cret-pw").start()
+    try:
+        for url, code in ((rp.url.replace(":s3cret-pw@", ""), 3), (rp.url, 0)):
+            monkeypatch.setenv("FARM_REDIS_URL", url)
+            get_settings.cache_clear()
+            res = CliRunner().invoke(app, ["workers", "--json"])
+            assert res.exit_code == code, res.output
+            assert "s3cret-pw" not in res.output + res.stderr
+        assert json.loads(res.stdout) == []
+    finally:
+        rp.kill9()

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import socket
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
@@ -19,7 +20,28 @@ from farm.cli.app import app, err, out
 from farm.cli.errors import EXIT_JOB_FAILED, EXIT_UNSERVED, handles_errors
 from farm.cli.render import breakdown_lines, results_json, results_table
 from farm.controller import JobView
+from farm.errors import BrokerError
 from farm.result import JobResult
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def redis_errors(fn: F) -> F:
+    """Redis failing under a command (connection lost, credentials refused) is a BrokerError (exit 3)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        import redis
+        from kombu.exceptions import OperationalError
+
+        try:
+            return fn(*args, **kwargs)
+        except redis.AuthenticationError as e:
+            raise BrokerError(f"Redis refused the credentials: {e}") from None
+        except (redis.RedisError, OperationalError) as e:
+            raise BrokerError(f"Redis failed under the command: {e}") from None
+
+    return wrapper  # type: ignore[return-value]
 
 
 def _progress(transient: bool) -> Progress:
@@ -55,6 +77,7 @@ def _tracker(progress: Progress) -> Callable[[list[JobView]], None]:
 
 @app.command()
 @handles_errors
+@redis_errors
 def submit(
     spec_file: o.SpecFile = None,
     model: o.Model = None,
@@ -172,6 +195,7 @@ def _status_table(run_id: str, views: list[JobView]) -> Table:
 
 @app.command()
 @handles_errors
+@redis_errors
 def status(
     run: str | None = typer.Argument(None, help="Run id (default: the latest run)."),
     watch: bool = typer.Option(False, "--watch", help="Follow the run with progress bars until it ends."),
@@ -189,6 +213,7 @@ def status(
 
 @app.command()
 @handles_errors
+@redis_errors
 def workers(
     json_out: bool = typer.Option(False, "--json", help="Print the live workers as JSON."),
     check_host: str | None = typer.Option(
@@ -287,6 +312,7 @@ def results_csv(results: list[JobResult]) -> str:
 
 @app.command()
 @handles_errors
+@redis_errors
 def results(
     run: str = typer.Argument(..., help="Run id."),
     json_out: bool = typer.Option(False, "--json", help="Print a JSON list of job results."),
@@ -308,6 +334,7 @@ def results(
 
 @app.command()
 @handles_errors
+@redis_errors
 def cancel(run: str = typer.Argument(..., help="Run id.")) -> None:
     """Cancel a run's queued jobs: revoked and stored as `cancelled` (running jobs finish)."""
     from farm import controller
@@ -338,6 +365,7 @@ def worker(
 
 @app.command()
 @handles_errors
+@redis_errors
 def up() -> None:
     """Start the embedded farm here: a private redis-server and local workers (CPU, one per GPU)."""
     from farm import embedded
@@ -351,6 +379,7 @@ def up() -> None:
 
 @app.command()
 @handles_errors
+@redis_errors
 def down() -> None:
     """Stop the embedded farm: exactly the redis-server and workers that `farm up` started."""
     from farm import embedded
