@@ -193,3 +193,15 @@ def test_a_failed_job_exits_1_with_its_result() -> None:
     assert result.exit_code == 1
     data = json.loads(result.stdout)
     assert data[0]["status"] == "timeout" and "time limit" in data[0]["error"]
+
+
+@pytest.mark.parametrize("key", ["a\nb", "\x1b[2Jclear", "tab\there"])
+def test_control_characters_in_a_spec_are_shown_escaped(tmp_path: Path, key: str, nothing_runs: list[object]) -> None:
+    path = tmp_path / "spec.json"
+    path.write_text(json.dumps({key: 1}))
+    result = runner.invoke(app, ["run", str(path)])
+    assert result.exit_code == 2
+    err = result.stderr.strip()
+    assert "\n" not in err and "\x1b" not in err and "\t" not in err
+    assert repr(key)[1:-1] in err  # shown, escaped
+    assert nothing_runs == []

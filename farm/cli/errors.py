@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -25,6 +26,7 @@ from farm.errors import BrokerError, CheckpointError, ConfigError, FarmError, No
 EXIT_OK, EXIT_JOB_FAILED, EXIT_BAD_INPUT, EXIT_BROKER, EXIT_NOT_FOUND, EXIT_UNSERVED = 0, 1, 2, 3, 4, 5
 
 F = TypeVar("F", bound=Callable[..., Any])
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 _EXIT_CODES: list[tuple[type[FarmError], int]] = [
     (SpecError, EXIT_BAD_INPUT),
@@ -40,8 +42,11 @@ def fail(message: str, code: int) -> typer.Exit:
     """Print a one-line error to stderr and return the Exit to raise.
 
     The message is text, never markup: a path or value such as `[draft].yaml` is printed as is.
+    Control characters (a newline or an escape sequence in a spec file's key, say) are shown
+    escaped, so the message stays one line and cannot drive the terminal.
     """
-    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, markup=True, soft_wrap=True)
+    text = _CONTROL.sub(lambda m: repr(m[0])[1:-1], message)
+    err.print(f"[bold red]error:[/] {escape(text)}", highlight=False, markup=True, soft_wrap=True)
     return typer.Exit(code)
 
 
