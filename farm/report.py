@@ -169,6 +169,24 @@ def _version_flag(rec: Record, base: Record) -> Flag | None:
     return Flag("versions", "differs from baseline: " + "; ".join(diffs)) if diffs else None
 
 
+def _minority_flag(rec: Record, usual: tuple[str | None, str | None]) -> Flag | None:
+    """A flag when the report mixes versions and this record is not on the most common ones."""
+    diffs = []
+    if usual[0] is not None and rec.farm_version != usual[0]:
+        diffs.append(f"farm {rec.farm_version}")
+    if usual[1] is not None and rec.torch_version != usual[1]:
+        diffs.append(f"torch {rec.torch_version}")
+    if not diffs:
+        return None
+    return Flag("versions", f"{', '.join(diffs)}, unlike most results here (farm {usual[0]}, torch {usual[1]})")
+
+
+def _usual(records: Sequence[Record], attr: str) -> str | None:
+    """The most common value of a version attribute when the records mix several, else None."""
+    counts = Counter(getattr(r, attr) for r in records)
+    return counts.most_common(1)[0][0] if len(counts) > 1 else None
+
+
 def _mixed(records: Sequence[Record], attr: str, label: str) -> str | None:
     counts = Counter(getattr(r, attr) or "unknown" for r in records)
     if len(counts) < 2:
@@ -201,6 +219,10 @@ def build_report(
             records[i].run_id,
         ),
     )
+    usual = (_usual(records, "farm_version"), _usual(records, "torch_version"))
+    if usual[0] is not None or usual[1] is not None:
+        usual = (usual[0] or records[0].farm_version, usual[1] or records[0].torch_version)
+    mixed = usual != (None, None)
     buckets: dict[str, dict[str, list[Row]]] = {}  # spec hash -> phase -> rows
     titles: dict[str, str] = {}
     rows: list[Row] = []
@@ -212,20 +234,22 @@ def build_report(
         if by_phase is None:
             by_phase = buckets[rec.spec_hash] = {}
             titles[rec.spec_hash] = group_title(rec)
+        vflag = _version_flag(rec, base) if base is not None and base is not rec else None
+        if vflag is None and mixed:
+            vflag = _minority_flag(rec, usual)
         if not rec.phases:
-            row = Row(rec, None, base, flags=_own_flags(rec, None))
+            row = Row(rec, None, base, flags=_own_flags(rec, None) + ([vflag] if vflag else []))
             rows.append(row)
             by_phase.setdefault("-", []).append(row)
             continue
-        vflag = _version_flag(rec, base) if base is not None and base is not rec else None
         for name, ph in rec.phases.items():
             row = Row(rec, ph, base, is_baseline=base is rec, flags=_own_flags(rec, ph))
+            if vflag:
+                row.flags.append(vflag)
             rows.append(row)
             by_phase.setdefault(name, []).append(row)
             if base is None or row.is_baseline:
                 continue
-            if vflag:
-                row.flags.append(vflag)
             bph = base.phases.get(name)
             if bph is None or bph.status != "ok" or ph.status != "ok":
                 if bph is not None and bph.status != "ok" and ph.status == "ok":

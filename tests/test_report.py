@@ -126,3 +126,16 @@ def test_parse_when() -> None:
 def test_unknown_format_is_refused(report: Report) -> None:
     with pytest.raises(ValueError, match="allowed"):
         render(report, "pdf")
+
+
+def test_mixed_versions_flag_rows_without_a_baseline_relation_in_csv() -> None:
+    old = syn.machine("box1", torch_version="2.3.0", farm_version="0.0.9")
+    results = [syn.result(f"n{i}", 0, "cpu", CPU) for i in range(2)] + [
+        syn.result("n9", 0, "cpu", CPU, fingerprint=old)
+    ]
+    rep = build_report(records_from_results(results))
+    rows = list(csv.DictReader(io.StringIO(render(rep, "csv"))))
+    odd = [r for r in rows if r["run_id"] == "n9"]
+    assert odd and all("versions: farm 0.0.9, torch 2.3.0, unlike most results here" in r["flags"] for r in odd)
+    assert all("versions" not in r["flags"] for r in rows if r["run_id"] != "n9")
+    assert any("mixed farm versions" in n for n in rep.notes)
