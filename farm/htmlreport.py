@@ -53,10 +53,13 @@ def _row_html(row: Row) -> str:
     tds = []
     for i, (col, text) in enumerate(zip(COLUMNS, cells(row), strict=True)):
         if col == "flags":
+            texts: dict[str, list[str]] = {}  # one badge per kind, every text in its tooltip
+            for f in row.flags:
+                texts.setdefault(f.kind, []).append(f.text)
             spans = "".join(
-                f'<span class="flag flag-{escape(f.kind)}" title="{escape(f.text)}">'
-                f"{escape(f.kind.upper() if f.kind in SEVERE else f.kind)}</span>"
-                for f in row.flags
+                f'<span class="flag flag-{escape(k)}" title="{escape("; ".join(v))}">'
+                f"{escape(k.upper() if k in SEVERE else k)}</span>"
+                for k, v in texts.items()
             )
             tds.append(f"<td>{spans or 'ok'}</td>")
         else:
