@@ -91,8 +91,8 @@ def live_farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Farm]:
         plan = [
             ("worker-a", "cpu", ["cpu"], env),
             ("worker-b", "cpu", ["cpu.box2"], env),
-            ("worker-nogpu", "cuda", ["cuda.nogpu"], env),
-            ("worker-doomed", "cpu", ["cpu.doomed"], short),
+            # Short heartbeat: the last test kills this one and watches its heartbeat expire.
+            ("worker-nogpu", "cuda", ["cuda.nogpu"], short),
         ]
         # Started together (each imports torch), then waited for.
         for name, device, queues, wenv in plan:
@@ -239,16 +239,16 @@ def test_workers_lists_tags_and_health_check(live_farm: Farm) -> None:
 
 
 def test_heartbeat_expires_after_worker_is_killed(live_farm: Farm) -> None:
-    w = live_farm.workers["worker-doomed"]  # heartbeat every 0.5 s with a 2 s TTL
-    assert 0 < live_farm.r.ttl("farm:worker:worker-doomed") <= 2
+    w = live_farm.workers["worker-nogpu"]  # heartbeat every 0.5 s with a 2 s TTL; the last test
+    assert 0 < live_farm.r.ttl("farm:worker:worker-nogpu") <= 2
     children = w.child_pids()
     w.kill9()
     for pid in children:  # the pool child would exit on its own; do not leave it behind
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
     deadline = time.monotonic() + 30
-    while live_farm.r.exists("farm:worker:worker-doomed") and time.monotonic() < deadline:
+    while live_farm.r.exists("farm:worker:worker-nogpu") and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert not live_farm.r.exists("farm:worker:worker-doomed")
+    assert not live_farm.r.exists("farm:worker:worker-nogpu")
     p = live_farm.cli("workers", "--json")
-    assert "worker-doomed" not in {w["name"] for w in json.loads(p.stdout)}
+    assert "worker-nogpu" not in {w["name"] for w in json.loads(p.stdout)}
