@@ -8,6 +8,7 @@ no job state, no message.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -120,3 +121,25 @@ def test_submit_redis_down(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
     assert result.exit_code == 3, result.output
     assert "Traceback" not in result.output
     assert len([ln for ln in result.stderr.split("\n") if ln.strip()]) == 1
+
+
+@SUBMIT_FUZZ
+@given(st.one_of(st.text(max_size=140), st.sampled_from(["..", "../x", "a/b", "run:1", "r*", "ok.run-1", "x" * 125])))
+def test_submit_run_ids(farm_redis: redis.Redis, run_id: str) -> None:
+    """A caller-chosen run id (sweeps: nightly ids) becomes keys: refused unless safe, nothing written then."""
+    from pydantic import ValidationError
+
+    from farm.controller import submit
+    from farm.spec import parse_spec
+
+    spec = parse_spec({"model": "gpt2-tiny", "seq": 8})
+    try:
+        sub = submit(spec, run_id=run_id, settings=get_settings())
+    except (SpecError, ValidationError):
+        TALLY["run id rejected"] += 1
+        assert farm_redis.dbsize() == 0
+        return
+    TALLY["run id accepted"] += 1
+    assert re.match(r"^[A-Za-z0-9_.-]{1,96}$", sub.run_id)
+    assert all(re.match(r"^[A-Za-z0-9_.-]+$", k.split(":", 2)[-1]) for k in farm_redis.scan_iter("farm:*"))
+    farm_redis.flushall()
