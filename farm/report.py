@@ -18,7 +18,7 @@ from datetime import UTC, datetime, timedelta
 
 from farm.compare import DEFAULT_BASELINE, Baseline, BaselineMatcher, Ratio, ratio_cis
 from farm.errors import NotFoundError, SpecError
-from farm.records import PhaseRecord, Record, load_records
+from farm.records import PhaseRecord, Record, load_records, paused_gc
 from farm.spec import ALIASES, PHASES
 from farm.store import ResultStore
 
@@ -203,6 +203,17 @@ def build_report(
     title: str | None = None,
 ) -> Report:
     """Rows, speedups (with bootstrap CIs) and flags for records; baselines come from records + pool."""
+    with paused_gc():
+        return _build(records, baseline, pool, selection, title)
+
+
+def _build(
+    records: Sequence[Record],
+    baseline: Baseline,
+    pool: Iterable[Record],
+    selection: Selection | None,
+    title: str | None,
+) -> Report:
     seen = {r.job_id for r in records}
     matcher = BaselineMatcher([*records, *(p for p in pool if p.job_id not in seen)], baseline)
     bases = [matcher.find(rec) for rec in records]
@@ -283,6 +294,11 @@ def build_report(
 
 def select(store: ResultStore, selection: Selection, baseline: Baseline = DEFAULT_BASELINE) -> Report:
     """Query the store, fetch the baselines the selection left out, and build the report."""
+    with paused_gc():
+        return _select(store, selection, baseline)
+
+
+def _select(store: ResultStore, selection: Selection, baseline: Baseline) -> Report:
     records = load_records(store, selection.query_ids(store))
     if not records:
         raise NotFoundError(f"no stored results match {selection.describe()}")
