@@ -172,6 +172,14 @@ def test_cuda_tagged_worker_without_cuda_stores_a_clear_failure(live_farm: Farm)
     assert live_farm.r.hget(f"farm:job:{res['job_id']}", "attempts") == "1"
 
 
+def test_wildcard_fans_out_to_every_tag_a_live_worker_serves(live_farm: Farm) -> None:
+    p = live_farm.cli("submit", *TINY, "--phases", "init", "--devices", "cuda:*,cpu:*", "--wait", "--json")
+    results = results_of(p)["results"]
+    # worker-nogpu serves cuda.nogpu, worker-b cpu.box2: one job each (worker-a only serves `cpu`).
+    assert sorted(r["device"] for r in results) == ["cpu:box2", "cuda:nogpu"]
+    assert p.returncode == 1  # the cuda:nogpu job ran on a machine without CUDA and failed
+
+
 @pytest.mark.parametrize(
     "args",
     [["--batch", "0"], ["--devices", "tpu"], ["--seq", "5000"]],
