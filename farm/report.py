@@ -61,6 +61,20 @@ class Selection:
         return " ".join(parts) or "all results"
 
     def query_ids(self, store: ResultStore) -> list[str]:
+        """Matching job ids, oldest first (`ResultStore.query_ids`).
+
+        One index (everything, or one value of one selector) is read directly without scores: Redis
+        already orders it by (finish time, job id), the store's order, and 10,000 ids then cost a
+        quarter of the time.
+        """
+        groups = [("run", self.runs), ("machine", self.machines), ("device", self.devices)]
+        groups += [("model", tuple(ALIASES.get(m, m) for m in self.models)), ("spec", self.spec_hashes)]
+        used = [(kind, vals) for kind, vals in groups if vals]
+        if not used or (len(used) == 1 and len(used[0][1]) == 1):
+            key = store.key("idx", "all") if not used else store.key("idx", used[0][0], used[0][1][0])
+            lo = self.since.timestamp() if self.since else "-inf"
+            hi = self.until.timestamp() if self.until else "+inf"
+            return list(store.r.zrangebyscore(key, lo, hi))
         return store.query_ids(
             runs=self.runs,
             machines=self.machines,

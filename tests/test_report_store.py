@@ -135,3 +135,20 @@ def test_report_summaries_are_cached_and_dropped_when_the_result_changes(stored:
     stored.put_result(changed, overwrite=True)
     (rec,) = load_records(stored, ids[:1])
     assert rec.warnings == ["re-stored with a different length"]  # the stale summary was not used
+
+
+def test_selection_reads_single_indexes_in_the_store_order(stored: ResultStore) -> None:
+    from datetime import UTC, datetime
+
+    from farm.report import Selection
+
+    day2 = datetime(2026, 11, 2, tzinfo=UTC)
+    for sel, kw in [
+        (Selection(), {}),
+        (Selection(runs=("r2",)), {"runs": ["r2"]}),
+        (Selection(since=day2), {"since": day2}),
+        (Selection(devices=("cuda",), until=day2), {"devices": ["cuda"], "until": day2}),
+        (Selection(runs=("r1", "r2"), devices=("cpu",)), {"runs": ["r1", "r2"], "devices": ["cpu"]}),
+    ]:
+        assert sel.query_ids(stored) == stored.query_ids(**kw)
+    assert len(Selection().query_ids(stored)) == 4
