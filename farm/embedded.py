@@ -179,10 +179,11 @@ def up(settings: Settings | None = None, *, wait_s: float = WORKER_READY_S) -> d
     with _locked(settings):
         state = read_state(settings)
         if state and running_url(settings):
-            alive = [w for w in state["workers"] if _ours(w, "worker") is not None]
-            if len(alive) == len(state["workers"]):
-                return state
-        if state:  # stale or half-dead: stop what is ours, start afresh on the same data
+            dead = [w for w in state["workers"] if _ours(w, "worker") is None]
+            if dead:  # Redis runs: replace only the dead workers, leave running jobs alone
+                _replace_workers(settings, state, dead, wait_s)
+            return state
+        if state:  # Redis gone: stop what is still ours, start afresh on the same data
             _stop_all(state)
         redis = RedisProcess(home(settings) / "redis").start()
         assert redis.pid is not None
@@ -202,6 +203,19 @@ def up(settings: Settings | None = None, *, wait_s: float = WORKER_READY_S) -> d
             _write_state(settings, state)
         _wait_workers(url, settings, state["workers"], wait_s)
         return state
+
+
+def _replace_workers(settings: Settings, state: dict[str, Any], dead: list[dict[str, Any]], wait_s: float) -> None:
+    from farm.store import connect
+
+    url = state["url"]
+    r = connect(url)
+    for w in dead:  # a dead worker's heartbeat may not have expired yet: it must not count as ready
+        r.delete(f"{settings.key_prefix}:worker:{w['name']}")
+    new = [_spawn_worker(settings, url, w["name"], w["device"], w["gpu"]) for w in dead]
+    state["workers"] = [w for w in state["workers"] if w not in dead] + new
+    _write_state(settings, state)
+    _wait_workers(url, settings, new, wait_s)
 
 
 def _terminate(procs: list[psutil.Process], sig: int, wait_s: float) -> list[psutil.Process]:

@@ -72,11 +72,23 @@ def test_submit_up_down_in_a_fresh_home(tmp_path: Path, tmp_path_factory: pytest
         state = json.loads(state_file.read_text())
         pids = [state["redis"]["pid"], *[w["pid"] for w in state["workers"]]]
         assert all(psutil.pid_exists(p) for p in pids)  # they outlived the command
-        family = [c.pid for w in state["workers"] for c in psutil.Process(w["pid"]).children(recursive=True)]
 
         up = farm("up", env=env)  # idempotent: the same Redis and workers
         assert up.returncode == 0, up.stderr
-        assert json.loads(state_file.read_text())["redis"]["pid"] == pids[0]
+        assert json.loads(state_file.read_text()) == state
+
+        # A dead worker is replaced by the next `farm up`; Redis (and its data) stays.
+        victim = psutil.Process(state["workers"][0]["pid"])
+        doomed = [victim, *victim.children(recursive=True)]
+        for proc in doomed:
+            proc.kill()
+        psutil.wait_procs(doomed, timeout=10)
+        up = farm("up", env=env)
+        assert up.returncode == 0, up.stderr
+        state = json.loads(state_file.read_text())
+        assert state["redis"]["pid"] == pids[0] and state["workers"][0]["pid"] != victim.pid
+        pids = [state["redis"]["pid"], *[w["pid"] for w in state["workers"]]]
+        family = [c.pid for w in state["workers"] for c in psutil.Process(w["pid"]).children(recursive=True)]
 
         down = farm("down", env=env)
         assert down.returncode == 0, down.stderr
