@@ -3,7 +3,7 @@
 Settings follow ../shared/docs/reliability.md: JSON only (a pickle message is refused), late acks,
 reject on worker lost, prefetch 1, time limits below a visibility timeout set in every place Celery
 and kombu read it, connection retry forever on start-up, long tasks cancelled on connection loss,
-successful tasks deduplicated. The Celery result backend only keeps task state (it expires); the
+successful tasks deduplicated. Celery keeps its task state in process memory (see make_app); the
 results themselves live in the farm's own keys (`farm.store`).
 
 Queues: a job goes to `job.queue` (`cpu`, `cuda`, `cuda.h100`, `cpu.<machine>`); small farm tasks
@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 TASK_NAME = "farm.run_job"
 CONTROL_QUEUE = "control"
 RESULT_EXPIRES_S = 7 * 24 * 3600  # Celery task state only; results live in farm keys without expiry
+CELERY_STATE_BACKEND = "cache+memory://"  # see make_app: Celery's task state never goes to Redis
 HARD_LIMIT_GRACE_S = 30.0  # a job's own time limit: the hard kill comes this long after the soft one
 
 
@@ -82,11 +83,18 @@ def make_app(settings: Settings | None = None, broker_url: str | None = None) ->
         from farm.embedded import resolve_redis_url
 
         broker_url = resolve_redis_url(settings)
-    backend_url = settings.results() or broker_url
     include = ["farm.schedule"] if importlib.util.find_spec("farm.schedule") is not None else []
-    app = Celery("farm", broker=broker_url, backend=backend_url, include=include, set_as_current=True)
+    # Celery's own task state lives in process memory, never in Redis: the farm reads none of it (results
+    # are farm keys, written before the ack). With Redis as the backend a Redis crash lost the running job:
+    # Celery cancels it on connection loss, Request._announce_cancelled raises writing RETRY to the dead
+    # backend, and the job is then treated as revoked and its message acknowledged (tests/test_faults.py
+    # test_kill9_redis). Kept in memory, the cancel completes and the message stays unacknowledged until
+    # the visibility timeout hands it back.
+    app = Celery("farm", broker=broker_url, backend=CELERY_STATE_BACKEND, include=include, set_as_current=True)
     vt = int(settings.visibility_timeout)
-    transport = {"visibility_timeout": vt}
+    # kombu looks for messages past the visibility timeout every interval x throttle seconds (default
+    # 10 x 10): scan on every 10 s sweep so that a dead worker's job comes back soon after the timeout.
+    transport = {"visibility_timeout": vt, "unacked_restore_throttle": 1}
     app.conf.update(
         # JSON only: pickle would let anyone who can write to Redis run code on the workers.
         task_serializer="json",
@@ -111,6 +119,7 @@ def make_app(settings: Settings | None = None, broker_url: str | None = None) ->
         broker_connection_max_retries=None,
         broker_channel_error_retry=True,
         worker_cancel_long_running_tasks_on_connection_loss=True,
+        # Inert with the in-memory backend (not persistent); the task skips a job whose farm result exists.
         worker_deduplicate_successful_tasks=True,
         result_expires=RESULT_EXPIRES_S,
         result_persistent=True,
