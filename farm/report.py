@@ -195,17 +195,15 @@ def _minority_flag(rec: Record, usual: tuple[str | None, str | None]) -> Flag | 
     return Flag("versions", f"{', '.join(diffs)}, unlike most results here (farm {usual[0]}, torch {usual[1]})")
 
 
-def _usual(records: Sequence[Record], attr: str) -> str | None:
-    """The most common value of a version attribute when the records mix several, else None."""
-    counts = Counter(getattr(r, attr) for r in records)
+def _usual(counts: Counter[str | None]) -> str | None:
+    """The most common version when the records mix several, else None."""
     return counts.most_common(1)[0][0] if len(counts) > 1 else None
 
 
-def _mixed(records: Sequence[Record], attr: str, label: str) -> str | None:
-    counts = Counter(getattr(r, attr) or "unknown" for r in records)
+def _mixed(counts: Counter[str | None], label: str) -> str | None:
     if len(counts) < 2:
         return None
-    listed = ", ".join(f"{v} ({n})" for v, n in counts.most_common())
+    listed = ", ".join(f"{v or 'unknown'} ({n})" for v, n in counts.most_common())
     return f"mixed {label} versions in this report: {listed}; a difference may come from the software"
 
 
@@ -244,7 +242,9 @@ def _build(
             records[i].run_id,
         ),
     )
-    usual = (_usual(records, "farm_version"), _usual(records, "torch_version"))
+    farm_counts = Counter(r.farm_version for r in records)
+    torch_counts = Counter(r.torch_version for r in records)
+    usual = (_usual(farm_counts), _usual(torch_counts))
     if usual[0] is not None or usual[1] is not None:
         usual = (usual[0] or records[0].farm_version, usual[1] or records[0].torch_version)
     mixed = usual != (None, None)
@@ -290,7 +290,7 @@ def _build(
     for spec_hash, by_phase in buckets.items():
         names = sorted(by_phase, key=lambda n: PHASE_ORDER.get(n, 9))
         groups.append(Group(spec_hash, titles[spec_hash], [r for n in names for r in by_phase[n]]))
-    notes = [n for n in (_mixed(records, "farm_version", "farm"), _mixed(records, "torch_version", "torch")) if n]
+    notes = [n for n in (_mixed(farm_counts, "farm"), _mixed(torch_counts, "torch")) if n]
     missing = sum(1 for r in rows if r.baseline is None)
     if missing:
         notes.append(f"{missing} of {len(rows)} rows have no baseline ({baseline.describe()})")
