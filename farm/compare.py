@@ -15,7 +15,7 @@ pairing of the two sides' resamples) and the interval its 2.5% and 97.5% weighte
 Otherwise (even n >= 6 has dozens of rank pairs) the first 2000 resamples of each side are paired
 one to one and the interval is the 2.5% / 97.5% percentiles of those 2000 ratios. The same seed
 gives the same interval on every run and machine; pairs of equal sizes are computed together
-with array operations (the default 5 repeats cost about 2 µs a pair here, even n about 0.4 ms).
+with array operations (on the 2-core dev VM: about 10 µs a pair for the default 5 repeats, 0.4 ms for even n = 10).
 
 Limits: with fewer than 2 times on either side there is no interval (init runs once). Measured
 coverage of the true ratio on lognormal times (400 seeded trials, tests/test_compare.py and
