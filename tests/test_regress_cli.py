@@ -98,3 +98,13 @@ def test_history_section_goes_into_the_html_report_through_its_hook(stored: Resu
     assert section[1].count("<img") == 2  # both series of run n014, each with its 15 nights
     page = render_html(report, extra_sections=[section])
     assert TITLE in page and "box7 cpu" in page
+
+
+def test_farm_report_html_carries_the_history_view(stored: ResultStore, tmp_path: Path) -> None:
+    from farm.history import TITLE
+
+    page = tmp_path / "report.html"
+    code, text = cli("report", "n014", "--format", "html", "-o", str(page))
+    assert code == 0, text
+    doc = page.read_text()
+    assert TITLE in doc and "box7 cpu" in doc

@@ -101,6 +101,13 @@ def _report(
     report = select(s, selection, parse_baseline(baseline))
     if fmt == "terminal" and output is None:
         _emit(fmt, None, to_terminal(report), None)
+    elif fmt == "html":
+        from farm.history import report_section
+        from farm.htmlreport import render_html
+
+        # The history view (a phase's time per night, regressions marked) when there is history.
+        section = report_section(s, report)
+        _emit(fmt, output, None, render_html(report, extra_sections=[section] if section else []))
     else:
         _emit(fmt, output, None, render(report, fmt))
 
