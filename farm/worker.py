@@ -399,6 +399,10 @@ def run_worker(config: WorkerConfig, loglevel: str = "info") -> None:
 
     global _config
     _config = config
+    # NVML numbers GPUs by PCI bus; CUDA by default numbers them fastest first. Make CUDA use the
+    # PCI order too (before torch initialises CUDA in a job process), so `--gpu N`, the tag read
+    # from NVML and the `cuda:N` the job runs on are the same physical GPU.
+    os.environ.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
     settings = get_settings()
     app = get_app()  # ConfigError for bad limits, BrokerError without a Redis URL
     _check_credentials()
