@@ -9,8 +9,9 @@
 2. An empty model (returns its input) through the real `farm.phases.run_forward` (inference mode,
    autocast context, the RSS-sampling PeakMemory thread, measured_phase): the median "forward" is
    everything the harness adds inside one timed region.
-3. A fixed CPU workload (matmuls) timed with and without the PeakMemory sampling thread running,
-   interleaved: what the sampler steals from the timed work.
+3. A fixed CPU workload (matmuls) timed inside and outside `farm.memory.PeakMemory` (as the phases
+   use it: an RSS-sampling thread, or the kernel's VmHWM mark where farm.memory uses that),
+   interleaved: what the peak-memory measurement steals from the timed work.
 4. A real phase (the model's forward) through run_forward: each cost above as a share of it.
 Goal: the harness overhead is below 1% of a phase.
 """
@@ -131,8 +132,8 @@ def main(argv: list[str] | None = None) -> int:
         ("  timer overhead per repeat (difference)", f"{timed_us - bare_us:.2f} us", (timed_us - bare_us) * 1e-6),
         ("run_forward, empty model: whole timed region per repeat", f"{empty_us:.1f} us", empty_us * 1e-6),
         (f"fixed workload ({k} x {size}^3 matmul) without sampler", f"{wo * 1e3:.2f} ms", None),
-        ("same workload with the PeakMemory RSS sampler running", f"{w * 1e3:.2f} ms", None),
-        ("  sampler cost (with / without - 1)", f"{100 * (w / wo - 1):+.2f} %", (w / wo - 1) * phase_s),
+        ("same workload inside PeakMemory (as phases use it)", f"{w * 1e3:.2f} ms", None),
+        ("  PeakMemory cost (with / without - 1)", f"{100 * (w / wo - 1):+.2f} %", (w / wo - 1) * phase_s),
         (
             f"reference phase: {args.model} forward {args.batch}x{args.seq} (median)",
             f"{phase_s * 1e3:.1f} ms",
