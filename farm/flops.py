@@ -109,7 +109,8 @@ class MemoryPrediction:
 def predict_memory(spec: BenchSpec, phase: str) -> MemoryPrediction:
     """Predicted peak memory of a phase on its device.
 
-    weights    N x bytes of the weight dtype (float32 under autocast, the dtype when cast)
+    weights    N x bytes of the weight dtype (float32 under autocast, the dtype when cast; see
+               BenchSpec.mode_for for the mode a device uses)
     gradients  same as weights (train)
     optimizer  AdamW: 2 states per parameter; SGD with momentum: 1 (train)
     activations  saved for backward per layer and token, about 18·C values (LayerNorm inputs
@@ -121,7 +122,7 @@ def predict_memory(spec: BenchSpec, phase: str) -> MemoryPrediction:
     cfg = spec.shape
     n = param_count(cfg)
     low = spec.dtype != "float32"
-    w_bytes = DTYPE_BYTES[spec.dtype] if spec.precision_mode == "cast" else 4
+    w_bytes = DTYPE_BYTES[spec.dtype] if spec.mode_for() == "cast" else 4
     a_bytes = DTYPE_BYTES[spec.dtype] if low else 4
     tokens = spec.batch * spec.seq
     C = cfg.n_embd

@@ -56,11 +56,11 @@ class JobContext:
 
 def weight_dtype(spec: BenchSpec) -> torch.dtype:
     """Weights are cast to the dtype only in "cast" mode; autocast keeps float32 master weights."""
-    return getattr(torch, spec.dtype) if spec.precision_mode == "cast" else torch.float32
+    return getattr(torch, spec.dtype) if spec.mode_for() == "cast" else torch.float32
 
 
 def autocast(spec: BenchSpec, device: torch.device) -> contextlib.AbstractContextManager:
-    if spec.dtype == "float32" or spec.precision_mode == "cast":
+    if spec.dtype == "float32" or spec.mode_for() == "cast":
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=getattr(torch, spec.dtype))
 
@@ -192,7 +192,7 @@ def run_train(ctx: JobContext) -> PhaseResult:
     breakdown["transfer_s"], tokens = ctx.timer.time(lambda: tokens.to(dev))
     x, y = tokens[:, :-1], tokens[:, 1:]  # next-token prediction, (B, T) each
     opt = make_optimizer(spec, model, dev)
-    scaler = torch.amp.GradScaler(dev.type) if (spec.dtype == "float16" and spec.precision_mode == "autocast") else None
+    scaler = torch.amp.GradScaler(dev.type) if (spec.dtype == "float16" and spec.mode_for() == "autocast") else None
     fn: Callable[..., tuple[torch.Tensor, torch.Tensor | None]] = model
     amp = autocast(spec, dev)
     losses: list[float] = []
@@ -256,7 +256,7 @@ def precision_settings(spec: BenchSpec) -> Iterator[dict[str, object]]:
     try:
         yield {
             "dtype": spec.dtype,
-            "precision_mode": spec.precision_mode if spec.dtype != "float32" else "none",
+            "precision_mode": spec.mode_for() if spec.dtype != "float32" else "none",
             "matmul_precision": torch.get_float32_matmul_precision(),
             "cuda_matmul_allow_tf32": bool(torch.backends.cuda.matmul.allow_tf32),
             "cudnn_allow_tf32": bool(torch.backends.cudnn.allow_tf32),

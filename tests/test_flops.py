@@ -131,8 +131,12 @@ def test_memory_prediction_components() -> None:
     assert sgd.optimizer == 4 * n
     # Casting weights to bf16 halves them; autocast keeps float32 master weights.
     cast = predict_memory(spec.model_copy(update={"dtype": "bfloat16", "precision_mode": "cast"}), "train")
-    auto = predict_memory(spec.model_copy(update={"dtype": "bfloat16"}), "train")
+    auto = predict_memory(spec.model_copy(update={"dtype": "bfloat16", "precision_mode": "autocast"}), "train")
     assert cast.weights == 2 * n and auto.weights == 4 * n
+    # "auto" (the default) casts on a CPU and autocasts on a GPU.
+    on_cpu = predict_memory(spec.model_copy(update={"dtype": "bfloat16"}), "train")
+    on_gpu = predict_memory(spec.model_copy(update={"dtype": "bfloat16", "devices": ("cuda",)}), "train")
+    assert on_cpu.weights == 2 * n and on_gpu.weights == 4 * n
     assert predict_peak(spec.model_copy(update={"phases": ("init",)})).phase == "init"
 
 

@@ -175,3 +175,13 @@ def test_load_spec_file_errors(tmp_path: Path, name: str, text: str | None, word
     assert e.value.field == "spec_file"
     assert words in e.value.message
     assert "\n" not in str(e.value)
+
+
+def test_precision_mode_auto_is_cast_on_cpu_and_autocast_on_gpus() -> None:
+    spec = parse_spec({"dtype": "bfloat16", "devices": "cpu,cuda:h100"})
+    cpu_job, gpu_job = spec.expand(run_id="r")
+    assert spec.precision_mode == "auto"
+    assert cpu_job.spec.mode_for() == "cast" and gpu_job.spec.mode_for() == "autocast"
+    assert cpu_job.spec.spec_hash() == gpu_job.spec.spec_hash()  # same work, comparable across devices
+    forced = parse_spec({"dtype": "bfloat16", "precision_mode": "autocast"})
+    assert forced.mode_for("cpu") == "autocast"

@@ -20,7 +20,10 @@ Seq = Annotated[int | None, typer.Option(help="Sequence length (default 1024, at
 Repeats = Annotated[int | None, typer.Option(help="Timed repeats of forward and train (default 5).")]
 Warmup = Annotated[int | None, typer.Option(help="Untimed warm-up repeats (default 1).")]
 DType = Annotated[str | None, typer.Option(help="float32, bfloat16 or float16.")]
-PrecisionMode = Annotated[str | None, typer.Option("--precision-mode", help="autocast (float32 weights) or cast.")]
+PrecisionMode = Annotated[
+    str | None,
+    typer.Option("--precision-mode", help="auto (cast on CPU, autocast on GPU), autocast (float32 weights) or cast."),
+]
 MatmulPrecision = Annotated[
     str | None, typer.Option("--matmul-precision", help="highest (strict fp32) or high (TF32).")
 ]
