@@ -82,4 +82,6 @@ def mask_url(url: str | None) -> str:
     """A URL with its password replaced by ***, for logs, errors and reports."""
     if not url:
         return "-"
-    return re.sub(r"^(\w+://)([^:@/]*):([^@/]*)@", r"\1\2:***@", url)
+    url = re.sub(r"^(\w+://)([^:@/]*):([^@/]*)@", r"\1\2:***@", url)
+    # redis-py also takes the password as a query parameter (?password=...).
+    return re.sub(r"([?&]password=)[^&#]*", r"\1***", url, flags=re.IGNORECASE)

@@ -286,12 +286,6 @@ def test_farm_run_bad_spec_files(tmp_path_factory: pytest.TempPathFactory, case:
     assert_clean_failure(result, one_line=True)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="farm.spec._describe and the tags validator echo a field/tag name raw: a newline or an ESC "
-    "sequence in a spec file's key reaches the terminal (multi-line error, escape injection); "
-    "fix: repr() the name, or escape control characters in farm.cli.errors.fail (not this issue's files)",
-)
 @pytest.mark.parametrize("data", [{"a\nb": 1}, {"\x1b[2Jclear": 1}, {"tags": {"a\nb": "c"}}])
 def test_control_characters_not_echoed(tmp_path: Path, data: dict[str, Any]) -> None:
     path = tmp_path / "spec.json"

@@ -102,11 +102,6 @@ def test_mask_url_no_password() -> None:
     assert mask_url(None) == "-"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="redis-py also takes the password as a ?password= query parameter; farm.settings.mask_url only "
-    "masks the user:password@ form (not this issue's file; docs/reliability.md says to use user:password@)",
-)
 def test_mask_url_query_password() -> None:
     assert PASSWORD not in mask_url(f"redis://127.0.0.1:6379/0?password={PASSWORD}")
 
