@@ -143,3 +143,9 @@ def test_submit_run_ids(farm_redis: redis.Redis, run_id: str) -> None:
     assert re.match(r"^[A-Za-z0-9_.-]{1,96}$", sub.run_id)
     assert all(re.match(r"^[A-Za-z0-9_.-]+$", k.split(":", 2)[-1]) for k in farm_redis.scan_iter("farm:*"))
     farm_redis.flushall()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _print_submit_tally() -> Iterator[None]:
+    yield
+    print("\nsubmit fuzz tally:", {k: v for k, v in sorted(TALLY.items()) if "submit" in k or "run id" in k})
