@@ -98,8 +98,24 @@ class ResultStore:
         """Store a result and index it; returns False (and changes nothing) if one exists."""
         when = (res.finished_at or res.started_at).timestamp()
         keys = [self.key("result", res.job_id), *self._index_keys(res)]
-        written = bool(self._put(keys=keys, args=[res.model_dump_json(), when, res.job_id, "1" if overwrite else "0"]))
+        doc = res.model_dump_json()
+        written = bool(self._put(keys=keys, args=[doc, when, res.job_id, "1" if overwrite else "0"]))
+        if written:
+            self._put_summary(res.job_id, doc)
         return written
+
+    def _put_summary(self, job_id: str, doc: str) -> None:
+        """The compact summary reports read (farm.records), written with the result so that even the
+        first report over many results reads summaries. Only a cache: a failure here is harmless."""
+        import pydantic_core
+
+        from farm.records import record_from_dict, summary_json
+
+        try:
+            rec = record_from_dict(pydantic_core.from_json(doc))
+            self.r.set(self.key("summary", job_id), summary_json(rec, len(doc.encode())))
+        except (redis.RedisError, ValueError, KeyError, TypeError):
+            pass
 
     def get_result(self, job_id: str) -> JobResult:
         raw = self.r.get(self.key("result", job_id))
