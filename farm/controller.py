@@ -172,7 +172,7 @@ def submit(
 ) -> Submission:
     """Record a run and enqueue its jobs. With an existing `run_id`, nothing is enqueued again."""
     from farm.queue import enqueue
-    from farm.spec import new_run_id
+    from farm.spec import check_run_id, new_run_id
 
     settings = settings or get_settings()
     store = store_for(settings)
@@ -182,6 +182,7 @@ def submit(
     workers = live_workers(settings, store)
     served = served_queues(workers)
     if run_id is not None:
+        check_run_id(run_id)
         try:
             jobs = _stored_jobs(store, run_id)
             return Submission(run_id, jobs, False, _unserved_queues(jobs, served))

@@ -186,22 +186,41 @@ def run_job(
     except JobTimeout as e:
         result.status, result.error = "timeout", str(e)
     except (torch.cuda.OutOfMemoryError, MemoryError) as e:
-        pred = predict_peak(spec)
-        result.status = "oom"
-        result.error = (
-            f"{current}: out of memory ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
-            f"predicted {pred.describe()}; observed {_observed_memory(device)}"
-        )
+        result.status, result.error = "oom", _oom_message(current, e, spec, device)
+    except RuntimeError as e:  # torch's CPU allocator reports out-of-memory as a RuntimeError
+        oom = _is_cpu_alloc_failure(e)
+        result.status = "oom" if oom else "failed"
+        result.error = _oom_message(current, e, spec, device) if oom else _crash_message(current, e)
     except Exception as e:
-        tb = traceback.format_exception(e)
-        result.status = "failed"
-        result.error = f"{current}: {type(e).__name__}: {e}\n" + "".join(tb[-3:])
+        result.status, result.error = "failed", _crash_message(current, e)
     finally:
         ctx.model = None
         _free(device)
     result.warnings.extend(ctx.warnings)
     result.finished_at = utcnow()
     return result.settle_status()
+
+
+# torch reports a failed CPU allocation as a RuntimeError from its allocator (c10 "enforce fail"),
+# not as MemoryError or torch.OutOfMemoryError.
+_CPU_ALLOC_FAILURES = ("DefaultCPUAllocator: can't allocate memory", "DefaultCPUAllocator: not enough memory")
+
+
+def _is_cpu_alloc_failure(e: BaseException) -> bool:
+    return any(m in str(e) for m in _CPU_ALLOC_FAILURES)
+
+
+def _oom_message(phase: str, e: BaseException, spec: BenchSpec, device: torch.device) -> str:
+    first = str(e).splitlines()[0] if str(e) else ""
+    return (
+        f"{phase}: out of memory ({type(e).__name__}: {first}); "
+        f"predicted {predict_peak(spec).describe()}; observed {_observed_memory(device)}"
+    )
+
+
+def _crash_message(phase: str, e: BaseException) -> str:
+    tb = traceback.format_exception(e)
+    return f"{phase}: {type(e).__name__}: {e}\n" + "".join(tb[-3:])
 
 
 def _rejudge_against_fresh_peak(result: JobResult, ctx: JobContext, threads: int) -> None:

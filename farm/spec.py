@@ -32,6 +32,16 @@ DType = Literal["float32", "bfloat16", "float16"]
 _NARROW = r"[a-z0-9][a-z0-9_-]{0,62}"
 DEVICE_TAG_RE = re.compile(rf"^(?P<kind>{'|'.join(DEVICE_KINDS)})(?::(?P<narrow>{_NARROW}|\*))?$")
 SAFE_TEXT_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+RUN_ID_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,95}$"
+
+
+def check_run_id(run_id: str) -> str:
+    """A caller-chosen run id, or SpecError: it becomes part of Redis keys and file names."""
+    if not re.match(RUN_ID_PATTERN, run_id):
+        raise SpecError(
+            "run_id", f"{run_id!r} must be 1-96 of A-Z, a-z, 0-9, '_', '.', '-', not starting with '.' or '-'"
+        )
+    return run_id
 
 
 def _reject_bool(v: Any) -> Any:
@@ -248,8 +258,9 @@ class Job(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    job_id: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,128}$")
-    run_id: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,96}$")
+    # Ids become Redis keys and file names: a safe set, never starting with '.' or '-'.
+    job_id: str = Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+    run_id: str = Field(pattern=RUN_ID_PATTERN)
     device: str
     spec: BenchSpec
 

@@ -314,36 +314,8 @@ def execute_job(job_doc: dict[str, Any], request: Any = None) -> dict[str, Any]:
         phase = result.error.split(":", 1)[0]
         result.status = "timeout"
         result.error = f"{phase}: soft time limit of {soft} s exceeded; the job stopped and freed its memory"
-    if result.status == "failed" and result.error and _is_cpu_alloc_failure(result.error.splitlines()[0]):
-        _mark_cpu_oom(result)
     _store_confirmed(store, result)
     return {"job_id": job.job_id, "status": result.status}
-
-
-# torch reports a failed CPU allocation as a RuntimeError from its allocator (c10 "enforce fail"),
-# not as MemoryError or torch.OutOfMemoryError, so run_job files it as `failed`.
-_CPU_ALLOC_FAILURES = ("DefaultCPUAllocator: can't allocate memory", "DefaultCPUAllocator: not enough memory")
-
-
-def _is_cpu_alloc_failure(first_line: str) -> bool:
-    return "RuntimeError" in first_line and any(m in first_line for m in _CPU_ALLOC_FAILURES)
-
-
-def _mark_cpu_oom(result: JobResult) -> None:
-    """Re-file a CPU allocation failure as `oom`, with the predicted and the observed memory."""
-    import psutil
-
-    from farm.flops import predict_peak
-
-    first = (result.error or "").splitlines()[0]
-    phase, _, detail = first.partition(": ")
-    detail = detail.split("DefaultCPUAllocator: ", 1)[-1]
-    rss = psutil.Process().memory_info().rss / (1 << 30)
-    result.status = "oom"
-    result.error = (
-        f"{phase}: out of memory (RuntimeError: {detail}); predicted {predict_peak(result.spec).describe()}; "
-        f"observed {rss:.2f} GiB RSS"
-    )
 
 
 def _store_outcome(job_doc: Any, status: str, error: str) -> None:
