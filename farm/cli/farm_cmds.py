@@ -109,26 +109,7 @@ def submit(
     from farm import controller, embedded
     from farm.settings import get_settings
 
-    spec = o.build_spec(
-        spec_file,
-        model=model,
-        phases=phases,
-        devices=devices,
-        batch=batch,
-        seq=seq,
-        repeats=repeats,
-        warmup=warmup,
-        dtype=dtype,
-        precision_mode=precision_mode,
-        matmul_precision=matmul_precision,
-        threads=threads,
-        compile=compile,
-        optimizer=optimizer,
-        seed=seed,
-        time_limit=time_limit,
-        checkpoint=checkpoint,
-        tag=tag,
-    )
+    spec = o.build_spec(spec_file, **o.spec_options(locals()))
     settings = get_settings()
     if embedded.is_embedded(settings):
         # Embedded default: nothing but this machine could serve a job, so drop what it lacks.

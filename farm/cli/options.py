@@ -36,6 +36,18 @@ Checkpoint = Annotated[str | None, typer.Option(help="Local Hugging Face GPT-2 c
 Tag = Annotated[list[str] | None, typer.Option("--tag", help="Label K=V stored with the results (repeatable).")]
 
 
+# The spec options every spec-taking command declares (farm run, farm submit), in one list.
+SPEC_OPTION_NAMES = (
+    "model", "phases", "devices", "batch", "seq", "repeats", "warmup", "dtype", "precision_mode",
+    "matmul_precision", "threads", "compile", "optimizer", "seed", "time_limit", "checkpoint", "tag",
+)  # fmt: skip
+
+
+def spec_options(values: dict[str, Any]) -> dict[str, Any]:
+    """The spec options out of a command's parameters (pass `locals()`)."""
+    return {k: values[k] for k in SPEC_OPTION_NAMES}
+
+
 def parse_tags(tags: list[str] | None) -> dict[str, str] | None:
     if not tags:
         return None

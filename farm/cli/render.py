@@ -7,6 +7,7 @@ from collections.abc import Iterable
 
 from rich.table import Table
 
+from farm.reportfmt import fmt_bytes, fmt_seconds
 from farm.result import JobResult
 
 STATUS_STYLE = {
@@ -17,27 +18,6 @@ STATUS_STYLE = {
     "timeout": "bold yellow",
     "cancelled": "dim",
 }
-
-
-def fmt_seconds(s: float | None) -> str:
-    if s is None:
-        return "-"
-    if s >= 100:
-        return f"{s:.0f} s"
-    if s >= 1:
-        return f"{s:.2f} s"
-    if s >= 1e-3:
-        return f"{s * 1e3:.1f} ms"
-    return f"{s * 1e6:.0f} µs"
-
-
-def fmt_bytes(b: int | None) -> str:
-    if not b:
-        return "-"
-    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if b >= size:
-            return f"{b / size:.2f} {unit}"
-    return f"{b} B"
 
 
 def fmt_flops(f: float | None) -> str:

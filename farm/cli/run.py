@@ -35,26 +35,7 @@ def run(
     json_out: bool = typer.Option(False, "--json", help="Print the job results as a JSON list."),
 ) -> None:
     """Run a benchmark spec on this machine, in this process (no broker, no workers)."""
-    spec = o.build_spec(
-        spec_file,
-        model=model,
-        phases=phases,
-        devices=devices,
-        batch=batch,
-        seq=seq,
-        repeats=repeats,
-        warmup=warmup,
-        dtype=dtype,
-        precision_mode=precision_mode,
-        matmul_precision=matmul_precision,
-        threads=threads,
-        compile=compile,
-        optimizer=optimizer,
-        seed=seed,
-        time_limit=time_limit,
-        checkpoint=checkpoint,
-        tag=tag,
-    )
+    spec = o.build_spec(spec_file, **o.spec_options(locals()))
     from farm.runner import prepare_local, run_job  # imports torch: only once the input is valid
 
     jobs = prepare_local(spec)

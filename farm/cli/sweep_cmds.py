@@ -111,7 +111,7 @@ def sweep(
     timeout: float | None = typer.Option(None, "--timeout", help="With --wait: give up after this many seconds."),
 ) -> None:
     """Validate a sweep, show its job count, and submit every valid point as one run."""
-    from farm.cli.render import fmt_bytes
+    from farm.reportfmt import fmt_bytes
     from farm.sweep import nightly_run_id
 
     sw = _load(file, max_memory, strict)
