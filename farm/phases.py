@@ -91,6 +91,34 @@ def _free(ctx: JobContext) -> None:
         torch.cuda.empty_cache()
 
 
+def judge(
+    spec: BenchSpec,
+    name: str,
+    times_s: list[float],
+    warmup_times_s: list[float],
+    *,
+    peak: Peak | None,
+    peak_memory_bytes: int | None,
+    memory_kind: str | None,
+    breakdown: dict[str, float],
+) -> PhaseResult:
+    """A phase's result from its raw times: FLOPs, the plausibility check and memory, derived from the spec."""
+    counted = name != "init"  # building the model does no counted arithmetic
+    return measured_phase(
+        name,
+        times_s,
+        warmup_times_s,
+        flops=phase_flops(spec, name),
+        min_flops=min_phase_flops(spec.shape, spec.batch, spec.seq, name),
+        tokens=spec.batch * spec.seq if counted else 0,
+        peak=peak if counted else None,
+        peak_memory_bytes=peak_memory_bytes,
+        memory_kind=memory_kind,
+        predicted_memory_bytes=predict_memory(spec, name).total,
+        breakdown=breakdown,
+    )
+
+
 def run_init(ctx: JobContext) -> PhaseResult:
     """Build the model directly on the device (the seed's init), timed once per repeat of init.
 
@@ -115,17 +143,14 @@ def run_init(ctx: JobContext) -> PhaseResult:
         breakdown["to_device_s"], moved = ctx.timer.time(lambda: cpu_model.to(dev))
         del cpu_model, moved
         _free(ctx)
-    return measured_phase(
+    return judge(
+        spec,
         "init",
         [dt],
         [],
-        flops=0,
-        min_flops=0,
-        tokens=0,
         peak=None,
         peak_memory_bytes=mem.peak_bytes,
         memory_kind=mem.kind,
-        predicted_memory_bytes=predict_memory(spec, "init").total,
         breakdown=breakdown,
     )
 
@@ -150,17 +175,14 @@ def run_forward(ctx: JobContext) -> PhaseResult:
             fn = torch.compile(model)
             breakdown["compile_s"], _ = ctx.timer.time(forward)  # first call compiles
         timed = repeat(forward, repeats=spec.repeats, warmup=spec.warmup, timer=ctx.timer, on_step=ctx.step("forward"))
-    return measured_phase(
+    return judge(
+        spec,
         "forward",
         timed.times_s,
         timed.warmup_times_s,
-        flops=phase_flops(spec, "forward"),
-        min_flops=min_phase_flops(model.config, spec.batch, spec.seq, "forward"),
-        tokens=spec.batch * spec.seq,
         peak=ctx.peak,
         peak_memory_bytes=mem.peak_bytes,
         memory_kind=mem.kind,
-        predicted_memory_bytes=predict_memory(spec, "forward").total,
         breakdown=breakdown,
     )
 
@@ -224,17 +246,14 @@ def run_train(ctx: JobContext) -> PhaseResult:
     finally:
         opt.zero_grad(set_to_none=True)  # gradients freed; optimizer state goes with the frame
         _free(ctx)
-    return measured_phase(
+    return judge(
+        spec,
         "train",
         timed.times_s,
         timed.warmup_times_s,
-        flops=phase_flops(spec, "train"),
-        min_flops=min_phase_flops(model.config, spec.batch, spec.seq, "train"),
-        tokens=spec.batch * spec.seq,
         peak=ctx.peak,
         peak_memory_bytes=mem.peak_bytes,
         memory_kind=mem.kind,
-        predicted_memory_bytes=predict_memory(spec, "train").total,
         breakdown=breakdown,
     )
 

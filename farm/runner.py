@@ -18,10 +18,10 @@ import psutil
 import torch
 
 from farm.errors import CheckpointError, DeviceUnavailableError, JobTimeout, MemoryPredictionError, SpecError
-from farm.flops import min_phase_flops, predict_peak
+from farm.flops import predict_peak
 from farm.hardware import MEASURED_TOLERANCE, Peak, cpu_peak, fingerprint, gpu_peak, gpu_tag
-from farm.phases import PHASE_RUNNERS, JobContext, ProgressFn, precision_settings
-from farm.result import JobResult, measured_phase, utcnow
+from farm.phases import PHASE_RUNNERS, JobContext, ProgressFn, judge, precision_settings
+from farm.result import JobResult, utcnow
 from farm.spec import PRESETS, BenchSpec, Job, parse_device_tag, parse_spec
 from farm.timing import Timer, synchronizer
 
@@ -241,23 +241,12 @@ def _rejudge_against_fresh_peak(result: JobResult, ctx: JobContext, threads: int
     result.warnings.append(
         f"CPU peak re-measured: {old.flops / 1e9:.1f} -> {new.flops / 1e9:.1f} GFLOP/s (the cached one was low)"
     )
-    shape, spec = ctx.spec.shape, ctx.spec
     for name, p in list(result.phases.items()):
-        if not p.times_s or not p.flops:
-            continue
-        result.phases[name] = measured_phase(
-            name,
-            p.times_s,
-            p.warmup_times_s,
-            flops=p.flops,
-            min_flops=min_phase_flops(shape, spec.batch, spec.seq, name),
-            tokens=spec.batch * spec.seq,
-            peak=new,
-            peak_memory_bytes=p.peak_memory_bytes,
-            memory_kind=p.memory_kind,
-            predicted_memory_bytes=p.predicted_memory_bytes,
-            breakdown=p.breakdown,
-        )
+        if p.times_s and p.flops:
+            result.phases[name] = judge(
+                ctx.spec, name, p.times_s, p.warmup_times_s, peak=new,
+                peak_memory_bytes=p.peak_memory_bytes, memory_kind=p.memory_kind, breakdown=p.breakdown,
+            )  # fmt: skip
 
 
 def prepare_local(spec: BenchSpec) -> list[Job]:
