@@ -65,20 +65,12 @@ class RegressConfig:
     min_raw: int = 3  # raw times of the newest point needed for the rank test
 
 
-class Verdict(BaseModel):
-    """One point of one series judged against its history."""
+class Assessment(BaseModel):
+    """The statistics of one comparison, before it is attached to a result."""
 
     model_config = ConfigDict(extra="forbid")
 
     kind: Kind
-    machine: str
-    device: str
-    spec_hash: str
-    model: str
-    phase: str
-    run_id: str
-    job_id: str
-    finished_at: datetime
     new_s: float
     baseline_s: float | None = None
     change: float | None = None  # (new - baseline) / baseline; positive is slower
@@ -90,26 +82,22 @@ class Verdict(BaseModel):
     n_history: int = 0
     reason: str = ""
 
+
+class Verdict(Assessment):
+    """One point of one series judged against its history: an Assessment and where it belongs."""
+
+    machine: str
+    device: str
+    spec_hash: str
+    model: str
+    phase: str
+    run_id: str
+    job_id: str
+    finished_at: datetime
+
     @property
     def series(self) -> tuple[str, str, str, str]:
         return (self.machine, self.device, self.spec_hash, self.phase)
-
-
-@dataclass(frozen=True)
-class Assessment:
-    """The statistics of one comparison, before it is attached to a result."""
-
-    kind: Kind
-    new_s: float
-    baseline_s: float | None = None
-    change: float | None = None
-    spread_s: float | None = None
-    threshold_s: float | None = None
-    robust_z: float | None = None
-    p_value: float | None = None
-    confidence: float | None = None
-    n_history: int = 0
-    reason: str = ""
 
 
 def _normal_sf(z: float) -> float:
@@ -158,8 +146,8 @@ def assess(
     window = [h for h in history if h][-cfg.window :]
     if len(window) < cfg.min_history:
         return Assessment(
-            "no-verdict",
-            new,
+            kind="no-verdict",
+            new_s=new,
             n_history=len(window),
             reason=f"{len(window)} earlier results, {cfg.min_history} needed",
         )
@@ -188,8 +176,8 @@ def assess(
         if big:
             notes.append(f"change above threshold but rank test p={p:.3g} >= {cfg.alpha}")
     return Assessment(
-        kind,
-        new,
+        kind=kind,
+        new_s=new,
         baseline_s=baseline,
         change=change,
         spread_s=spread,
@@ -244,7 +232,7 @@ def judge(points: Sequence[Point], index: int, cfg: RegressConfig | None = None)
     a = assess(pt.times_s, [p.times_s for p in points[:index]], cfg)
     machine, device, spec_hash, phase = series_key(pt.result, pt.phase)
     return Verdict(
-        kind=a.kind,
+        **a.model_dump(),
         machine=machine,
         device=device,
         spec_hash=spec_hash,
@@ -253,16 +241,6 @@ def judge(points: Sequence[Point], index: int, cfg: RegressConfig | None = None)
         run_id=pt.result.run_id,
         job_id=pt.result.job_id,
         finished_at=pt.when,
-        new_s=a.new_s,
-        baseline_s=a.baseline_s,
-        change=a.change,
-        spread_s=a.spread_s,
-        threshold_s=a.threshold_s,
-        robust_z=a.robust_z,
-        p_value=a.p_value,
-        confidence=a.confidence,
-        n_history=a.n_history,
-        reason=a.reason,
     )
 
 
