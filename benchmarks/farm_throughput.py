@@ -3,7 +3,7 @@
     python benchmarks/farm_throughput.py                       # 30 latency samples, 1000 jobs, 2 workers
     python benchmarks/farm_throughput.py --jobs 200 --latency-samples 10
 
-A private redis-server (farm.redisproc) on 127.0.0.1 and real `farm worker` processes (Celery,
+A private redis-server (farm.cluster.redisproc) on 127.0.0.1 and real `farm worker` processes (Celery,
 prefork, concurrency 1), stopped at the end (only the processes this script started).
 1. Latency: one tiny job at a time with idle workers; `submit()` is called at t0 and the worker
    writes `started_at` into the job's hash when the job body starts. Printed: submit-to-start
@@ -30,11 +30,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from farm.controller import submit
-from farm.redisproc import RedisProcess
+from farm.cluster.controller import submit
+from farm.cluster.redisproc import RedisProcess
+from farm.results.store import ResultStore
 from farm.settings import Settings
 from farm.spec import parse_spec
-from farm.store import ResultStore
 
 TINY = {"model": "gpt2-tiny", "batch": 1, "seq": 8, "repeats": 1, "warmup": 0, "phases": "forward", "threads": 1}
 

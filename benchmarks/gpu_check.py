@@ -30,13 +30,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch
 
+from farm.engine.hardware import fingerprint
+from farm.engine.phases import JobContext, precision_settings, run_forward
+from farm.engine.runner import peak_for, run_job
+from farm.engine.timing import Timer
 from farm.flops import predict_memory
-from farm.hardware import fingerprint
-from farm.phases import JobContext, precision_settings, run_forward
-from farm.result import JobResult, PhaseResult
-from farm.runner import peak_for, run_job
+from farm.results.result import JobResult, PhaseResult
 from farm.spec import BenchSpec
-from farm.timing import Timer
 
 GIB = 1 << 30
 

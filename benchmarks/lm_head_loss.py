@@ -1,5 +1,5 @@
 """The LM head + cross-entropy of a training step, alone: unfused (full logits, F.cross_entropy) against
-farm.model.lm_head_loss (chunked, gradients computed block by block), forward + backward, interleaved.
+farm.engine.loss.lm_head_loss (chunked, gradients computed block by block), forward + backward, interleaved.
 
     python benchmarks/lm_head_loss.py                 # N = 1024 rows, C = 768, V = 50257, 2 threads
     python benchmarks/lm_head_loss.py --chunks 128,256,512,1024
@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch
 import torch.nn.functional as F
 
-from farm.model import lm_head_loss
+from farm.engine.loss import lm_head_loss
 
 
 def main(argv: list[str] | None = None) -> int:

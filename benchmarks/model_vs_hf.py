@@ -7,9 +7,9 @@ same process, interleaved (ours, peer, ours, peer, ...), medians and ratios.
 
 Cases: `forward` (inference mode; per dtype: float32; bfloat16 with autocast over float32 weights
 and with weights cast to bfloat16), `train` (one float32 step: zero_grad(set_to_none), loss,
-backward, AdamW step: ours exactly as farm.phases runs it, the peer as a user writes it) and
+backward, AdamW step: ours exactly as farm.engine.phases runs it, the peer as a user writes it) and
 `optimizer` (AdamW alone on GPT-2's parameters: for-loop, foreach and fused implementations).
-GFLOP/s use farm.flops (PaLM convention); "% peak" is against farm.hardware.cpu_peak, the measured
+GFLOP/s use farm.flops (PaLM convention); "% peak" is against farm.engine.hardware.cpu_peak, the measured
 2048^3 matmul of that dtype with the same threads. A machine shared with other work makes every
 figure noisy: the interleaving keeps the ratio fair, not the absolute figure clean.
 """
@@ -30,10 +30,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
+from farm.engine.hardware import cpu_peak
+from farm.engine.model import GPT, hf_state_dict
+from farm.engine.phases import make_optimizer
 from farm.flops import forward_flops, param_count, train_flops
-from farm.hardware import cpu_peak
-from farm.model import GPT, hf_state_dict
-from farm.phases import make_optimizer
 from farm.spec import BenchSpec, ModelShape, resolve_model
 
 
@@ -208,7 +208,7 @@ def train_case(args: argparse.Namespace, shape: ModelShape, hf: GPT2LMHeadModel,
     opt_hf = torch.optim.AdamW(hf.parameters(), lr=3e-4)  # a user's default AdamW (for-loop on CPU)
     losses: dict[str, list[torch.Tensor]] = {"ours": [], "peer": [], "before": []}
 
-    def step_ours() -> None:  # exactly farm.phases.run_train's step (float32: no autocast, no scaler)
+    def step_ours() -> None:  # exactly farm.engine.phases.run_train's step (float32: no autocast, no scaler)
         opt_ours.zero_grad(set_to_none=True)
         _, loss = ours(x, y, return_logits=False)
         loss.backward()

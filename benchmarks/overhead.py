@@ -3,14 +3,14 @@
     python benchmarks/overhead.py                  # reference phase: gpt2-tiny forward, 1 x 1024
     python benchmarks/overhead.py --model gpt2 --seq 256
 
-1. An empty callable timed N times by a bare `perf_counter` loop, and through `farm.timing.repeat`
+1. An empty callable timed N times by a bare `perf_counter` loop, and through `farm.engine.timing.repeat`
    (synchronising Timer + the phase's progress/deadline callback): the difference is the per-repeat
    cost of the timer.
-2. An empty model (returns its input) through the real `farm.phases.run_forward` (inference mode,
+2. An empty model (returns its input) through the real `farm.engine.phases.run_forward` (inference mode,
    autocast context, the RSS-sampling PeakMemory thread, measured_phase): the median "forward" is
    everything the harness adds inside one timed region.
-3. A fixed CPU workload (matmuls) timed inside and outside `farm.memory.PeakMemory` (as the phases
-   use it: an RSS-sampling thread, or the kernel's VmHWM mark where farm.memory uses that),
+3. A fixed CPU workload (matmuls) timed inside and outside `farm.engine.memory.PeakMemory` (as the phases
+   use it: an RSS-sampling thread, or the kernel's VmHWM mark where farm.engine.memory uses that),
    interleaved: what the peak-memory measurement steals from the timed work.
 4. A real phase (the model's forward) through run_forward: each cost above as a share of it.
 Goal: the harness overhead is below 1% of a phase.
@@ -29,10 +29,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch
 from torch import nn
 
-from farm.memory import PeakMemory
-from farm.phases import JobContext, run_forward
+from farm.engine.memory import PeakMemory
+from farm.engine.phases import JobContext, run_forward
+from farm.engine.timing import Timer, repeat, synchronizer
 from farm.spec import BenchSpec, resolve_model
-from farm.timing import Timer, repeat, synchronizer
 
 
 class EmptyModel(nn.Module):
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
 
-    # 1. timer: bare loop vs farm.timing.repeat with the phase's on_step callback
+    # 1. timer: bare loop vs farm.engine.timing.repeat with the phase's on_step callback
     spec = BenchSpec(model=args.model, batch=args.batch, seq=args.seq, repeats=5, warmup=1)
     ctx = ctx_for(spec)
     bare, timed = [], []
@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'measurement':58s} {'value':>12s} {'% of phase':>11s}")
     rows = [
         ("bare perf_counter loop, empty callable (per call)", f"{bare_us:.2f} us", None),
-        ("farm.timing.repeat + on_step, empty callable (per call)", f"{timed_us:.2f} us", None),
+        ("farm.engine.timing.repeat + on_step, empty callable (per call)", f"{timed_us:.2f} us", None),
         ("  timer overhead per repeat (difference)", f"{timed_us - bare_us:.2f} us", (timed_us - bare_us) * 1e-6),
         ("run_forward, empty model: whole timed region per repeat", f"{empty_us:.1f} us", empty_us * 1e-6),
         (f"fixed workload ({k} x {size}^3 matmul) without sampler", f"{wo * 1e3:.2f} ms", None),

@@ -2,7 +2,7 @@
 
 Stores 10,000 synthetic results (5,000 runs of a CPU and an H100 job; 3 phases; 5 repeats; 6
 specs) in a private redis-server, then times, 3 times each: the index query, fetching and parsing
-the records (`farm.records.load_records`), building the report (baselines, 10,000 bootstrap CIs,
+the records (`ResultStore.load_records`), building the report (baselines, 10,000 bootstrap CIs,
 flags), rendering each text format, and for reference the pydantic path (`ResultStore.query`,
 which validates every `JobResult`). `ResultStore.put_result` writes a compact summary beside each
 result (farm/records.py), so every report, the first included, reads summaries; the "no cache" row
@@ -27,13 +27,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from farm import synthetic
-from farm.records import load_records
-from farm.redisproc import RedisProcess
-from farm.report import Selection, build_report, select
-from farm.reportfmt import to_csv, to_json, to_markdown
+from farm.cluster.redisproc import RedisProcess
+from farm.reports.formats import to_csv, to_json, to_markdown
+from farm.reports.report import Selection, build_report, select
+from farm.results import synthetic
+from farm.results.store import ResultStore
 from farm.spec import BenchSpec
-from farm.store import ResultStore
 
 SPECS = [BenchSpec(model=m, batch=b, seq=128) for m in ("gpt2-tiny", "gpt2", "gpt2-medium") for b in (1, 4)]
 
@@ -100,16 +99,18 @@ def main() -> None:
             sel = Selection()
             steps: list[tuple[str, float, float]] = []
             wall, cpu, report = timed(store, lambda: select(store, sel), repeats=1)
-            steps.append(("**first report: `farm.report.select` (summaries written at store time)**", wall, cpu))
+            steps.append(
+                ("**first report: `reports.report.select` (summaries written at store time)**", wall, cpu)
+            )
             wall, cpu, report = timed(store, lambda: select(store, sel))
-            steps.append(("**later reports: `farm.report.select` (query + fetch + build)**", wall, cpu))
+            steps.append(("**later reports: `farm.reports.report.select` (query + fetch + build)**", wall, cpu))
             wall, cpu, ids = timed(store, lambda: sel.query_ids(store))
             steps.append(("  of which: query index ids (ZRANGEBYSCORE)", wall, cpu))
-            wall, cpu, records = timed(store, lambda: load_records(store, ids))  # type: ignore[arg-type]
+            wall, cpu, records = timed(store, lambda: store.load_records(ids))
             steps.append(("  of which: fetch + parse cached summaries", wall, cpu))
             wall, cpu, report = timed(store, lambda: build_report(records))  # type: ignore[arg-type]
             steps.append(("  of which: build report (baselines, bootstrap CIs, flags)", wall, cpu))
-            wall, cpu, _ = timed(store, lambda: load_records(store, ids, cache=False))  # type: ignore[arg-type]
+            wall, cpu, _ = timed(store, lambda: store.load_records(ids, cache=False))
             steps.append(("fetch + parse full results (MGET + pydantic-core from_json), no cache", wall, cpu))
             for label, fn in (("Markdown", to_markdown), ("CSV", to_csv), ("JSON", to_json)):
                 wall, cpu, _ = timed(store, lambda fn=fn: fn(report))  # type: ignore[misc]

@@ -4,7 +4,7 @@ What runs: gpt2-tiny and gpt2 (124M), batch 1 x seq 128, float32, all phases (in
 train), 5 repeats after 1 warm-up, on this machine's CPU twice: as device tag `cpu:t1` with torch
 limited to 1 thread and as `cpu:t2` with 2 threads (the spec leaves `threads` unset, so both jobs
 share one spec hash and compare; each result records the threads it used). One run, 4 jobs, run
-in this process by `farm.runner.run_job`, stored in a private redis-server; then the real CLI:
+in this process by `farm.engine.runner.run_job`, stored in a private redis-server; then the real CLI:
 
     farm report RUN --baseline device=cpu:t1 --format markdown -o docs/report-example.md
     farm report RUN --baseline device=cpu:t1 --format csv -o docs/img/report-example.csv
@@ -33,14 +33,14 @@ def main() -> None:
     os.environ["FARM_HOME"] = tempfile.mkdtemp(prefix="farm-example-")
     import torch
 
-    from farm.compare import Baseline
-    from farm.plots import time_bars_png
-    from farm.records import records_from_results
-    from farm.redisproc import RedisProcess
-    from farm.report import build_report
-    from farm.runner import run_job
+    from farm.cluster.redisproc import RedisProcess
+    from farm.engine.runner import run_job
+    from farm.reports.compare import Baseline
+    from farm.reports.plots import time_bars_png
+    from farm.reports.report import build_report
+    from farm.results.records import records_from_results
+    from farm.results.store import ResultStore
     from farm.spec import BenchSpec, new_run_id
-    from farm.store import ResultStore
 
     run_id = new_run_id()
     results = []
@@ -59,7 +59,7 @@ def main() -> None:
         proc = RedisProcess(Path(tmp) / "redis").start()
         try:
             store = ResultStore.from_url(proc.url)
-            store.create_run(run_id, None, [], name="report example")
+            store.create_run(run_id, [], [], name="report example")
             for r in results:
                 store.put_result(r)
             env = {**os.environ, "FARM_REDIS_URL": proc.url}

@@ -37,6 +37,10 @@ class BrokerError(FarmError):
     """Redis (broker or result store) cannot be reached or refused the farm."""
 
 
+class BrokerUnavailable(BrokerError):
+    """Redis cannot be reached now (connection refused, reset or timed out); it may come back."""
+
+
 class NotFoundError(FarmError):
     """A run, job, result or schedule that was asked for does not exist."""
 

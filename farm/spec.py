@@ -52,7 +52,7 @@ def _reject_bool(v: Any) -> Any:
 
 
 class ModelShape(BaseModel):
-    """The shape of a GPT-2 family model (the config handed to every module of `farm.model`)."""
+    """The shape of a GPT-2 family model (the config handed to every module of `farm.engine.model`)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -107,6 +107,9 @@ def parse_device_tag(tag: str) -> tuple[str, str | None]:
             "TAG uses a-z, 0-9, '-' and '_'",
         )
     return m["kind"], m["narrow"]
+
+
+CONTROL_QUEUE = "control"  # small farm tasks (a schedule's firing); every worker consumes it
 
 
 def queue_for(tag: str) -> str:
@@ -323,8 +326,6 @@ def parse_spec(data: Any) -> BenchSpec:
         if field == "model" and isinstance(data.get("model"), dict):
             field, msg = _describe(next((x for x in errors if x["loc"][1:2] != ("str",)), errors[0]))
         raise SpecError(field, msg) from None
-    except SpecError:
-        raise
 
 
 def load_spec_file(path: str | Path) -> dict[str, Any]:

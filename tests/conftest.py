@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from farm.redisproc import RedisProcess
+from farm.cluster.redisproc import RedisProcess
 
 
 @pytest.fixture()

@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 import redis
 
-from farm.schedule import ScheduleBook
+from farm.nightly.schedule import ScheduleBook
+from farm.nightly.sweep import parse_sweep
 from farm.settings import get_settings
-from farm.sweep import parse_sweep
 
 pytestmark = pytest.mark.integration
 
@@ -110,7 +110,7 @@ def test_sweep_and_beat_through_a_real_worker(farm_env: str, beats: Callable[[],
     """One worker for both (it imports torch once): a 2-point sweep, a nightly resubmission, a beat firing."""
     from farmproc import start_worker
 
-    from farm.controller import store_for
+    from farm.cluster.controller import store_for
 
     sweep_file = tmp_path / "two.yaml"
     sweep_file.write_text(
@@ -177,6 +177,6 @@ def test_two_beats_fire_once_per_tick(farm_env: str, beats: Callable[[], BeatPro
     assert {tuple(json.loads(base64.b64decode(m["body"]))[0]) for m in messages} == {("tick",)}
     # Every message is one tick: as many as the two beats sent together, as many as redbeat counted.
     sent = a.sent("tick") + b.sent("tick")
-    meta = json.loads(r.hget(f"{book.p}:redbeat:tick", "meta") or "{}")
+    meta = json.loads(r.hget(f"{book.store.p}:redbeat:tick", "meta") or "{}")
     assert len(messages) == sent == meta["total_run_count"]
     assert a.sent("tick") >= 3 and b.sent("tick") >= 2

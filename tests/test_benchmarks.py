@@ -16,7 +16,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from farm.model import GPT, lm_head_loss
+from farm.engine.loss import lm_head_loss
+from farm.engine.model import GPT
 
 ROOT = Path(__file__).resolve().parent.parent
 

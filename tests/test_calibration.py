@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from farm.hardware import _calibration_file, cpu_peak
-from farm.runner import run_job
+from farm.engine.hardware import _calibration_file, cpu_peak
+from farm.engine.runner import run_job
 from farm.spec import parse_spec
 
 

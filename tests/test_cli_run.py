@@ -9,7 +9,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-import farm.runner
+import farm.engine.runner
 from farm.cli.main import app
 
 runner = CliRunner()
@@ -26,7 +26,7 @@ def nothing_runs(monkeypatch: pytest.MonkeyPatch) -> list[object]:
         calls.append(job)
         raise AssertionError("a job ran despite bad input")
 
-    monkeypatch.setattr(farm.runner, "run_job", forbidden)
+    monkeypatch.setattr(farm.engine.runner, "run_job", forbidden)
     return calls
 
 
@@ -133,8 +133,8 @@ def test_mps_without_mps(nothing_runs: list[object]) -> None:
 
 
 def test_job_predicted_not_to_fit(nothing_runs: list[object]) -> None:
+    from farm.engine.runner import available_memory
     from farm.flops import predict_peak
-    from farm.runner import available_memory
     from farm.spec import parse_spec
 
     if predict_peak(parse_spec({"model": "gpt2-xl", "batch": 64})).total < available_memory(torch.device("cpu")):

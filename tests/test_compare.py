@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from farm import synthetic as syn
-from farm.compare import Baseline, BaselineMatcher, device_matches, parse_baseline, ratio_ci, ratio_cis
 from farm.errors import SpecError
-from farm.records import records_from_results
+from farm.reports.compare import Baseline, BaselineMatcher, device_matches, parse_baseline, ratio_ci, ratio_cis
+from farm.results import synthetic as syn
+from farm.results.records import records_from_results
 
 
 def _coverage(n: int, trials: int = 200, sigma: float = 0.1, seed: int = 11) -> float:

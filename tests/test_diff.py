@@ -7,12 +7,12 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from farm import synthetic as syn
 from farm.cli.main import app
-from farm.diff import diff_json, diff_markdown, environment_diff
+from farm.reports.diff import diff_json, diff_markdown, environment_diff
+from farm.results import synthetic as syn
+from farm.results.store import ResultStore
 from farm.settings import get_settings
 from farm.spec import BenchSpec
-from farm.store import ResultStore
 
 T = {"forward": [0.5, 0.51, 0.49], "train": [1.6, 1.61, 1.59]}
 

@@ -112,7 +112,7 @@ def test_submit_up_down_in_a_fresh_home(tmp_path: Path, tmp_path_factory: pytest
 
 
 def test_down_never_signals_a_process_it_did_not_start(tmp_path: Path) -> None:
-    from farm import embedded
+    from farm.cluster import embedded
     from farm.settings import Settings
 
     settings = Settings(home=tmp_path)

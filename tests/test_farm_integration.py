@@ -24,7 +24,7 @@ import pytest
 import redis
 from farmproc import WorkerProcess, start_worker, stop_all
 
-from farm.redisproc import RedisProcess
+from farm.cluster.redisproc import RedisProcess
 
 pytestmark = pytest.mark.integration
 

@@ -10,13 +10,14 @@ import json
 
 import pytest
 
-from farm import controller, embedded, queue, worker
+from farm.cluster import controller, embedded, queue, worker
+from farm.engine.hardware import machine_tag
 from farm.errors import BrokerError, ConfigError, SpecError
-from farm.hardware import GpuInfo, machine_tag
-from farm.result import JobResult
+from farm.results.machine import GpuInfo
+from farm.results.result import JobResult
+from farm.results.store import ResultStore
 from farm.settings import Settings, get_settings
-from farm.spec import parse_spec
-from farm.store import ResultStore
+from farm.spec import CONTROL_QUEUE, parse_spec
 
 TINY = {"model": "gpt2-tiny", "batch": 1, "seq": 32, "repeats": 2, "warmup": 0}
 
@@ -33,8 +34,9 @@ def test_celery_app_is_json_only_acks_late_and_limits_below_visibility() -> None
     assert c.visibility_timeout == 90
     assert c.broker_connection_retry_on_startup and c.broker_connection_max_retries is None
     assert c.worker_cancel_long_running_tasks_on_connection_loss and c.worker_deduplicate_successful_tasks
-    assert queue.TASK_NAME in app.tasks
-    assert c.task_routes["farm.fire_schedule"]["queue"] == queue.CONTROL_QUEUE
+    app.loader.import_default_modules()  # what a worker does at start: the `include` task modules
+    assert queue.TASK_NAME in app.tasks and queue.SCHEDULE_TASK_NAME in app.tasks
+    assert c.task_routes["farm.fire_schedule"]["queue"] == CONTROL_QUEUE
 
 
 def test_hard_limit_at_or_above_visibility_timeout_is_refused() -> None:
@@ -104,14 +106,12 @@ def test_a_sweep_is_one_run_with_unique_job_ids() -> None:
 
 
 def test_embedded_default_skips_devices_this_machine_lacks(monkeypatch: pytest.MonkeyPatch) -> None:
-    import farm.hardware
-
-    monkeypatch.setattr(farm.hardware, "nvml_gpus", lambda: ())
+    monkeypatch.setattr(embedded, "nvml_gpus", lambda: ())
     spec, skipped = embedded.local_only(parse_spec({**TINY, "devices": ["cpu", "cuda", "cpu:elsewhere"]}))
     assert spec.devices == ("cpu",) and skipped == ["cuda", "cpu:elsewhere"]
     with pytest.raises(SpecError):
         embedded.local_only(parse_spec({**TINY, "devices": ["cuda"]}))
-    monkeypatch.setattr(farm.hardware, "nvml_gpus", lambda: (GpuInfo(index=0, name="NVIDIA L4", tag="l4"),))
+    monkeypatch.setattr(embedded, "nvml_gpus", lambda: (GpuInfo(index=0, name="NVIDIA L4", tag="l4"),))
     spec, skipped = embedded.local_only(parse_spec({**TINY, "devices": ["cuda:l4", "cuda:h100"]}))
     assert spec.devices == ("cuda:l4",) and skipped == ["cuda:h100"]
 
@@ -143,7 +143,7 @@ def job_store(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> ResultStore:
 
 def _queued_job(store: ResultStore):  # -> Job
     job = parse_spec({**TINY, "devices": ["cpu"]}).expand()[0]
-    store.create_run(job.run_id, job.spec, [job])
+    store.create_run(job.run_id, [job.spec], [job])
     return job
 
 
@@ -174,8 +174,8 @@ def test_hard_time_limit_in_the_parent_stores_timeout(job_store: ResultStore) ->
     from celery.exceptions import TimeLimitExceeded
 
     job = _queued_job(job_store)
-    queue.FarmTask.on_failure(
-        queue.FarmTask(), TimeLimitExceeded(60), job.job_id, [job.model_dump(mode="json")], {}, None
+    worker.FarmTask.on_failure(
+        worker.FarmTask(), TimeLimitExceeded(60), job.job_id, [job.model_dump(mode="json")], {}, None
     )
     res = job_store.get_result(job.job_id)
     assert res.status == "timeout" and "hard time limit" in (res.error or "")
@@ -185,7 +185,7 @@ def test_cli_against_a_password_protected_redis(tmp_path, monkeypatch: pytest.Mo
     from typer.testing import CliRunner
 
     from farm.cli.main import app
-    from farm.redisproc import RedisProcess
+    from farm.cluster.redisproc import RedisProcess
 
     rp = RedisProcess(tmp_path / "redis", password="s3cret-pw").start()
     try:

@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from farm.engine.model import GPT
 from farm.flops import (
     attention_flops_per_token,
     forward_flops,
@@ -16,7 +17,6 @@ from farm.flops import (
     predict_memory,
     predict_peak,
 )
-from farm.model import GPT
 from farm.spec import PRESETS, ModelShape, parse_spec
 
 GIB = 1 << 30

@@ -21,8 +21,8 @@ from test_fuzz_spec import FUZZ, TALLY, _dump, _options, assert_clean_failure, c
 
 from farm.cli.main import app
 from farm.cli.options import build_spec
+from farm.cluster.redisproc import RedisProcess
 from farm.errors import SpecError
-from farm.redisproc import RedisProcess
 from farm.settings import get_settings
 
 pytestmark = pytest.mark.integration
@@ -113,7 +113,7 @@ def test_submit_valid_is_queued(farm_redis: redis.Redis) -> None:
 
 def test_submit_redis_down(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Redis unreachable: exit 3 and one line, not a traceback."""
-    from farm.redisproc import free_port
+    from farm.cluster.redisproc import free_port
 
     monkeypatch.setenv("FARM_REDIS_URL", f"redis://127.0.0.1:{free_port()}/0")
     get_settings.cache_clear()
@@ -129,7 +129,7 @@ def test_submit_run_ids(farm_redis: redis.Redis, run_id: str) -> None:
     """A caller-chosen run id (sweeps: nightly ids) becomes keys: refused unless safe, nothing written then."""
     from pydantic import ValidationError
 
-    from farm.controller import submit
+    from farm.cluster.controller import submit
     from farm.spec import parse_spec
 
     spec = parse_spec({"model": "gpt2-tiny", "seq": 8})

@@ -6,18 +6,10 @@ import json
 
 import pytest
 
-from farm.hardware import (
-    GPU_PEAKS_TFLOPS,
-    MEASURED_TOLERANCE,
-    TABLE_TOLERANCE,
-    MachineFingerprint,
-    cpu_peak,
-    fingerprint,
-    gpu_peak,
-    gpu_tag,
-    machine_tag,
-)
+from farm.engine.hardware import cpu_peak, fingerprint, machine_tag
 from farm.paths import cache_dir
+from farm.results.machine import MachineFingerprint, gpu_tag
+from farm.results.peaks import GPU_PEAKS_TFLOPS, MEASURED_TOLERANCE, TABLE_TOLERANCE, gpu_peak
 from farm.spec import queue_for
 
 # Names as torch.cuda.get_device_name / nvidia-smi print them.

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from farm import synthetic as syn
-from farm.htmlreport import render_html
-from farm.records import records_from_results
-from farm.report import build_report
+from farm.reports.html import render_html
+from farm.reports.report import build_report
+from farm.results import synthetic as syn
+from farm.results.records import records_from_results
 from farm.spec import BenchSpec
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

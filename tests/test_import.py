@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from farm import synthetic as syn
 from farm.cli.main import app
-from farm.hardware import Peak
-from farm.importer import recheck
+from farm.reports.importer import recheck
+from farm.results import synthetic as syn
+from farm.results.peaks import Peak
+from farm.results.store import ResultStore
 from farm.settings import get_settings
-from farm.store import ResultStore
 
 CPU = {"init": [1.2], "forward": [0.50, 0.51, 0.49, 0.50, 0.52], "train": [1.60, 1.62, 1.58, 1.61, 1.59]}
 FAKE_PEAK = Peak(flops=1e18, source="table: made up", tolerance=1.0)

@@ -17,11 +17,11 @@ import psutil
 import pytest
 from farmproc import WorkerProcess, start_worker
 
-from farm.controller import submit
-from farm.redisproc import RedisProcess
+from farm.cluster.controller import submit
+from farm.cluster.redisproc import RedisProcess
+from farm.results.store import ResultStore
 from farm.settings import Settings
 from farm.spec import parse_spec
-from farm.store import ResultStore
 
 N_JOBS = 200
 ENV = {

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from farm.memory import PeakMemory
+from farm.engine.memory import PeakMemory
 
 MB = 1 << 20
 
@@ -21,7 +21,7 @@ def test_transient_allocation_is_counted_and_mark_resets() -> None:
 
 
 def test_sampler_fallback_still_measures(monkeypatch) -> None:
-    import farm.memory as mem
+    import farm.engine.memory as mem
 
     monkeypatch.setattr(mem, "_reset_hwm", lambda: False)  # a kernel without clear_refs
     with PeakMemory(torch.device("cpu"), interval_s=0.001) as m:

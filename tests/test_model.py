@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from farm.engine.model import GPT, from_hf_checkpoint, hf_state_dict
 from farm.errors import CheckpointError
-from farm.model import GPT, from_hf_checkpoint, hf_state_dict
 from farm.spec import ModelShape
 
 transformers = pytest.importorskip("transformers")

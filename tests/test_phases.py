@@ -9,13 +9,13 @@ import psutil
 import pytest
 import torch
 
+from farm.engine.hardware import cpu_peak
+from farm.engine.model import GPT
+from farm.engine.phases import JobContext, precision_settings, run_forward, run_init, run_train
+from farm.engine.runner import check_fits, resolve_device, run_job
+from farm.engine.timing import Timer
 from farm.flops import forward_flops, predict_memory, predict_peak, train_flops
-from farm.hardware import cpu_peak
-from farm.model import GPT
-from farm.phases import JobContext, precision_settings, run_forward, run_init, run_train
-from farm.runner import check_fits, resolve_device, run_job
 from farm.spec import PRESETS, BenchSpec, ModelShape, parse_spec
-from farm.timing import Timer
 
 TINY = PRESETS["gpt2-tiny"]
 

@@ -12,11 +12,11 @@ from typing import ClassVar
 
 import pytest
 
-from farm.hardware import MachineFingerprint
-from farm.regress import RegressConfig, assess, changes, check_run, detect, mann_whitney_p
-from farm.result import JobResult, measured_phase
+from farm.nightly.regress import RegressConfig, assess, changes, check_run, detect, mann_whitney_p
+from farm.nightly.webhook import notify
+from farm.results.machine import MachineFingerprint
+from farm.results.result import JobResult, measured_phase
 from farm.spec import BenchSpec
-from farm.webhook import notify
 
 SPEC = BenchSpec(model="gpt2-tiny", batch=1, seq=64, devices=("cpu",), phases=("forward",))
 T0 = datetime(2026, 11, 1, 2, 0, tzinfo=UTC)
@@ -190,7 +190,7 @@ def test_webhook_posts_one_json_message_per_regression(webhook_server: tuple[str
 
 
 def test_webhook_down_is_reported_not_raised() -> None:
-    from farm.redisproc import free_port
+    from farm.cluster.redisproc import free_port
 
     v = changes(detect(history(15, step_at=14)))
     deliveries = notify(f"http://127.0.0.1:{free_port()}/hook", v, timeout=2)

@@ -12,8 +12,8 @@ from test_regress import history, night_result, noisy_times, webhook_server  # n
 from typer.testing import CliRunner
 
 from farm.cli.main import app
+from farm.results.store import ResultStore
 from farm.settings import get_settings
-from farm.store import ResultStore
 
 
 @pytest.fixture()
@@ -27,7 +27,7 @@ def stored(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[ResultSt
     for r in quiet:
         r.job_id = r.job_id.replace("-000", "-001")
     for r in [*history(15, step_at=14), *quiet]:
-        store.create_run(r.run_id, r.spec, [], name="nightly")
+        store.create_run(r.run_id, [r.spec], [], name="nightly")
         assert store.put_result(r)
     yield store
 
@@ -88,9 +88,9 @@ def test_history_page(stored: ResultStore, tmp_path: Path) -> None:
 
 
 def test_history_section_goes_into_the_html_report_through_its_hook(stored: ResultStore) -> None:
-    from farm.history import TITLE, report_section
-    from farm.htmlreport import render_html
-    from farm.report import Selection, select
+    from farm.reports.history import TITLE, report_section
+    from farm.reports.html import render_html
+    from farm.reports.report import Selection, select
 
     report = select(stored, Selection(runs=("n014",)))
     section = report_section(stored, report)
@@ -101,7 +101,7 @@ def test_history_section_goes_into_the_html_report_through_its_hook(stored: Resu
 
 
 def test_farm_report_html_carries_the_history_view(stored: ResultStore, tmp_path: Path) -> None:
-    from farm.history import TITLE
+    from farm.reports.history import TITLE
 
     page = tmp_path / "report.html"
     code, text = cli("report", "n014", "--format", "html", "-o", str(page))

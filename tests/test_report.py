@@ -8,12 +8,12 @@ import json
 
 import pytest
 
-from farm import synthetic as syn
-from farm.compare import Baseline
 from farm.errors import SpecError
-from farm.records import records_from_results
-from farm.report import Report, Selection, build_report, parse_when
-from farm.reportfmt import render, to_markdown
+from farm.reports.compare import Baseline
+from farm.reports.formats import render, to_markdown
+from farm.reports.report import Report, Selection, build_report, parse_when
+from farm.results import synthetic as syn
+from farm.results.records import records_from_results
 from farm.spec import BenchSpec
 
 CPU = {"init": [1.2], "forward": [0.50, 0.51, 0.49, 0.50, 0.52], "train": [1.60, 1.62, 1.58, 1.61, 1.59]}

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from farm.records import records_from_results
-from farm.report import build_report
-from farm.reportfmt import render
+from farm.reports.formats import render
+from farm.reports.report import build_report
+from farm.results.records import records_from_results
 from farm.spec import BenchSpec
 
 pytest.importorskip("torch")
 
 
 def test_report_over_a_real_run() -> None:
-    from farm.runner import run_job
+    from farm.engine.runner import run_job
 
     spec = BenchSpec(model="gpt2-tiny", batch=1, seq=32, repeats=2, warmup=1, devices=("cpu", "cpu:again"))
     results = [run_job(job) for job in spec.expand("real")]

@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from farm import synthetic as syn
 from farm.cli.main import app
+from farm.results import synthetic as syn
+from farm.results.store import ResultStore
 from farm.settings import get_settings
-from farm.store import ResultStore
 
 CPU = {"init": [1.2], "forward": [0.50, 0.51, 0.49, 0.50, 0.52], "train": [1.60, 1.62, 1.58, 1.61, 1.59]}
 GPU = {"init": [1.5], "forward": [0.0050, 0.0051, 0.0049, 0.0050, 0.0050], "train": [0.020, 0.021, 0.019, 0.02, 0.02]}
@@ -68,7 +68,7 @@ def test_report_csv_and_html_files(stored: ResultStore, tmp_path: Path) -> None:
 
 
 def test_report_terminal_and_latest(stored: ResultStore) -> None:
-    stored.create_run("r2", None, [])
+    stored.create_run("r2", [], [])
     code, text = cli("report", "latest")
     assert code == 0, text
     assert "r2" in text and "100×" not in text and "200×" in text
@@ -105,14 +105,15 @@ def test_errors_become_exit_codes(stored: ResultStore) -> None:
 def test_reports_never_import_torch(tmp_path: Path) -> None:
     code = """
 import sys
-from farm import synthetic as syn
-from farm.records import records_from_results
-from farm.report import build_report
-import farm.compare, farm.plots, farm.htmlreport, farm.diff, farm.importer, farm.reportfmt
+from farm.results import synthetic as syn
+from farm.results.records import records_from_results
+from farm.reports.report import build_report
+import farm.reports.compare, farm.reports.plots, farm.reports.html, farm.reports.diff
+import farm.reports.importer, farm.reports.formats, farm.nightly.regress, farm.results.store
 t = {"forward": [0.5, 0.51, 0.49], "train": [1.6, 1.61, 1.59]}
 g = {"forward": [0.005, 0.0051, 0.0049], "train": [0.016, 0.0161, 0.0159]}
 rep = build_report(records_from_results([syn.result("r", 0, "cpu", t), syn.result("r", 1, "cuda", g)]))
-md = farm.reportfmt.to_markdown(rep)
+md = farm.reports.formats.to_markdown(rep)
 assert "100×" in md and len(rep.rows) == 4
 assert "torch" not in sys.modules, sorted(m for m in sys.modules if m.startswith("torch"))
 print("ok")
@@ -123,24 +124,24 @@ print("ok")
 
 
 def test_report_summaries_are_cached_and_dropped_when_the_result_changes(stored: ResultStore) -> None:
-    from farm.records import load_records, records_from_results
+    from farm.results.records import records_from_results
 
     ids = stored.query_ids(runs=["r1"])
-    first = load_records(stored, ids)  # reads the results, writes the summaries
+    first = stored.load_records(ids)  # reads the results, writes the summaries
     assert all(stored.r.exists(stored.key("summary", j)) for j in ids)
-    again = load_records(stored, ids)  # reads the summaries
+    again = stored.load_records(ids)  # reads the summaries
     assert again == first == records_from_results([stored.get_result(j) for j in ids])
     changed = stored.get_result(ids[0])
     changed.warnings.append("re-stored with a different length")
     stored.put_result(changed, overwrite=True)
-    (rec,) = load_records(stored, ids[:1])
+    (rec,) = stored.load_records(ids[:1])
     assert rec.warnings == ["re-stored with a different length"]  # the stale summary was not used
 
 
 def test_selection_reads_single_indexes_in_the_store_order(stored: ResultStore) -> None:
     from datetime import UTC, datetime
 
-    from farm.report import Selection
+    from farm.reports.report import Selection
 
     day2 = datetime(2026, 11, 2, tzinfo=UTC)
     for sel, kw in [

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from farm.flops import forward_flops, min_phase_flops, train_flops
-from farm.hardware import MEASURED_TOLERANCE, Peak, gpu_peak
-from farm.result import JobResult, measured_phase
+from farm.results.peaks import MEASURED_TOLERANCE, Peak, gpu_peak
+from farm.results.result import JobResult, measured_phase
 from farm.spec import PRESETS, parse_spec
 
 GPT2 = PRESETS["gpt2"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-import farm.runner as runner
+import farm.engine.runner as runner
 from farm.spec import parse_spec
 
 

@@ -13,9 +13,9 @@ from typer.testing import CliRunner
 
 from farm.cli.main import app
 from farm.errors import SpecError
-from farm.schedule import ScheduleBook, daily_at_most, fire, parse_cron
+from farm.nightly.schedule import ScheduleBook, daily_at_most, fire, parse_cron
+from farm.nightly.sweep import parse_sweep
 from farm.settings import get_settings
-from farm.sweep import parse_sweep
 
 SWEEP = {
     "name": "tiny-nightly",
@@ -68,7 +68,7 @@ def test_add_list_run_remove(farm_env: str, sweep_file: Path) -> None:
     book = ScheduleBook()
     fires = book.fires("nightly")
     assert [f["created"] for f in fires] == [False, True] and {f["run_id"] for f in fires} == {run_id}
-    from farm.controller import store_for
+    from farm.cluster.controller import store_for
 
     store = store_for()
     assert store.get_run(run_id)["name"] == "tiny-nightly" and len(store.get_run(run_id)["jobs"]) == 2
@@ -83,7 +83,7 @@ def test_add_list_run_remove(farm_env: str, sweep_file: Path) -> None:
     assert code == 0
     code, text = cli("schedule", "list", "--json")
     assert json.loads(text) == []
-    assert not book.r.keys(f"{book.p}:redbeat:nightly")  # the beat entry went with it
+    assert not book.store.r.keys(f"{book.store.p}:redbeat:nightly")  # the beat entry went with it
 
 
 def test_stored_content_changes_only_with_replace(farm_env: str, sweep_file: Path) -> None:
@@ -136,7 +136,7 @@ def test_sweep_dry_run_submits_nothing(farm_env: str, sweep_file: Path) -> None:
     doc = json.loads(text)
     assert code == 0 and doc["jobs"] == 2 and [p["params"] for p in doc["points"]] == [{"batch": 1}, {"batch": 2}]
     assert all(p["ok"] and p["devices"] == ["cpu"] and p["predicted_bytes"] > 0 for p in doc["points"])
-    from farm.controller import store_for
+    from farm.cluster.controller import store_for
 
     assert store_for().list_runs() == []
 
@@ -153,7 +153,7 @@ def test_sweep_reports_skipped_points_and_strict_refuses(farm_env: str, tmp_path
     assert code == 0 and "dropped cuda:t4" in text  # only the device it cannot fit on
     code, text = cli("sweep", str(p), "--strict")
     assert code == 2 and "--strict" in text
-    from farm.controller import store_for
+    from farm.cluster.controller import store_for
 
     assert store_for().list_runs() == []
 
@@ -165,7 +165,7 @@ def test_a_firing_reports_the_previous_nights_regressions_once(
 ) -> None:
     from test_regress import night_result
 
-    from farm.controller import store_for
+    from farm.cluster.controller import store_for
     from farm.spec import Job
 
     url, received = webhook_server
@@ -191,11 +191,13 @@ def test_a_firing_reports_the_previous_nights_regressions_once(
 
 
 def test_a_firing_that_cannot_submit_is_recorded_with_its_error(farm_env: str) -> None:
-    from farm.schedule import fire_from_beat
+    from farm.nightly.schedule import fire_from_beat
 
     book = ScheduleBook()
     book.add("broken", parse_sweep(SWEEP), cron="0 2 * * *")
-    book.r.hset(book.key("broken"), "sweep", json.dumps({"name": "x", "grid": {"batch": [0]}}))  # as if edited badly
+    book.store.r.hset(
+        book.store.key("schedule", "broken"), "sweep", json.dumps({"name": "x", "grid": {"batch": [0]}})
+    )  # as if edited badly
     with pytest.raises(SpecError, match="no valid point"):
         fire_from_beat("broken")
     (last,) = book.fires("broken")
@@ -205,7 +207,7 @@ def test_a_firing_that_cannot_submit_is_recorded_with_its_error(farm_env: str) -
 
 
 def test_redis_down_is_exit_3(monkeypatch: pytest.MonkeyPatch, sweep_file: Path) -> None:
-    from farm.redisproc import free_port
+    from farm.cluster.redisproc import free_port
 
     monkeypatch.setenv("FARM_REDIS_URL", f"redis://127.0.0.1:{free_port()}/0")
     get_settings.cache_clear()

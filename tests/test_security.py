@@ -19,12 +19,12 @@ import redis
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from farm.cluster.redisproc import RedisProcess, find_redis_server, free_port
 from farm.errors import BrokerError, ConfigError
-from farm.redisproc import RedisProcess, find_redis_server, free_port
-from farm.result import JobResult
+from farm.results.result import JobResult
+from farm.results.store import ResultStore
 from farm.settings import get_settings, mask_url
 from farm.spec import Job, parse_spec
-from farm.store import ResultStore
 
 PASSWORD = "Pw-9f3b7c1e-secret"
 FARMER_PW = "farmer-Pw-41d2a8"

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from farm.stats import median_ci, quantile, summarize
+from farm.results.stats import median_ci, quantile, summarize
 
 
 def test_known_five_times() -> None:

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from farm.errors import SpecError
-from farm.sweep import load_sweep, nightly_run_id, parse_bytes, parse_sweep
+from farm.nightly.sweep import load_sweep, nightly_run_id, parse_bytes, parse_sweep
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 

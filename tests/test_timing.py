@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from farm.timing import Timer, repeat, synchronizer
+from farm.engine.timing import Timer, repeat, synchronizer
 
 
 class FakeDevice:

@@ -1,4 +1,4 @@
-"""The farm: submit, status, workers, results, cancel, worker, up, down (thin over farm.controller)."""
+"""The farm: submit, status, workers, results, cancel, worker, up, down (thin over farm.cluster.controller)."""
 
 from __future__ import annotations
 
@@ -19,9 +19,9 @@ from farm.cli import options as o
 from farm.cli.app import app, err, out
 from farm.cli.errors import EXIT_JOB_FAILED, EXIT_UNSERVED, handles_errors
 from farm.cli.render import breakdown_lines, results_json, results_table
-from farm.controller import JobView
+from farm.cluster.controller import JobView
 from farm.errors import BrokerError
-from farm.result import JobResult
+from farm.results.result import JobResult
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -106,7 +106,7 @@ def submit(
     timeout: float | None = typer.Option(None, help="With --wait: give up after this many seconds."),
 ) -> None:
     """Queue a benchmark on the farm (one job per device); with --wait, follow it and print the results."""
-    from farm import controller, embedded
+    from farm.cluster import controller, embedded
     from farm.settings import get_settings
 
     spec = o.build_spec(spec_file, **o.spec_options(locals()))
@@ -182,7 +182,7 @@ def status(
     watch: bool = typer.Option(False, "--watch", help="Follow the run with progress bars until it ends."),
 ) -> None:
     """Jobs of a run by state (queued, running, done, cancelled, unserved) and their progress."""
-    from farm import controller
+    from farm.cluster import controller
 
     store = controller.store_for()
     run_id = run or store.latest_run()
@@ -202,7 +202,7 @@ def workers(
     ),
 ) -> None:
     """Live workers (heartbeat not expired): tags, queues and the job each runs now."""
-    from farm import controller
+    from farm.cluster import controller
 
     live = controller.live_workers()
     if check_host is not None:
@@ -300,7 +300,7 @@ def results(
     csv_out: bool = typer.Option(False, "--csv", help="Print CSV, one row per job and phase."),
 ) -> None:
     """The stored results of a run."""
-    from farm import controller
+    from farm.cluster import controller
 
     store = controller.store_for()
     run_info = store.get_run(run)  # NotFoundError (exit 4) for an unknown run
@@ -318,7 +318,7 @@ def results(
 @redis_errors
 def cancel(run: str = typer.Argument(..., help="Run id.")) -> None:
     """Cancel a run's queued jobs: revoked and stored as `cancelled` (running jobs finish)."""
-    from farm import controller
+    from farm.cluster import controller
 
     cancelled, running = controller.cancel(run)
     out.print(f"cancelled {len(cancelled)} job(s)" + (f": {', '.join(cancelled)}" if cancelled else ""))
@@ -337,7 +337,7 @@ def worker(
     loglevel: str = typer.Option("info", help="debug, info, warning, error."),
 ) -> None:
     """Serve jobs: subscribe to the queues this machine can serve and run one job at a time per GPU."""
-    from farm.worker import plan_worker, run_worker
+    from farm.cluster.worker import plan_worker, run_worker
 
     cfg = plan_worker(device, gpu, queues.split(",") if queues else None, name, concurrency)
     err.print(f"worker {cfg.name} on {socket.gethostname()}: device {cfg.device}, queues {','.join(cfg.queues)}")
@@ -349,7 +349,7 @@ def worker(
 @redis_errors
 def up() -> None:
     """Start the embedded farm here: a private redis-server and local workers (CPU, one per GPU)."""
-    from farm import embedded
+    from farm.cluster import embedded
     from farm.settings import mask_url
 
     state = embedded.up()
@@ -363,7 +363,7 @@ def up() -> None:
 @redis_errors
 def down() -> None:
     """Stop the embedded farm: exactly the redis-server and workers that `farm up` started."""
-    from farm import embedded
+    from farm.cluster import embedded
 
     stopped = embedded.down()
     if not stopped:

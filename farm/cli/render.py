@@ -7,8 +7,8 @@ from collections.abc import Iterable
 
 from rich.table import Table
 
-from farm.reportfmt import fmt_bytes, fmt_seconds
-from farm.result import JobResult
+from farm.reports.cells import fmt_bytes, fmt_seconds
+from farm.results.result import JobResult
 
 STATUS_STYLE = {
     "ok": "green",

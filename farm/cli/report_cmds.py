@@ -1,4 +1,4 @@
-"""Reports: report, compare, diff, import (thin over farm.report, farm.diff, farm.importer)."""
+"""Reports: report, compare, diff, import (thin over farm.reports.report, farm.reports.diff, farm.reports.importer)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import typer
 
 from farm.cli.app import app, err, out
 from farm.cli.errors import handles_errors
-from farm.errors import ConfigError, SpecError
-from farm.store import ResultStore
+from farm.errors import SpecError
+from farm.results.store import ResultStore
 
 ListOpt = list[str] | None
 Format = Annotated[
@@ -35,22 +35,10 @@ SUFFIX_FORMATS = {
 
 
 def store() -> ResultStore:
-    """The results store: the controller's (FARM_REDIS_URL or the embedded farm) when present."""
-    try:
-        from farm.controller import store_for
-    except ImportError:
-        store_for = None
-    if store_for is not None:
-        return store_for()
-    from farm.settings import get_settings
+    """The results store: FARM_REDIS_URL / FARM_RESULTS_URL, or the running embedded farm."""
+    from farm.cluster.controller import store_for
 
-    settings = get_settings()
-    url = settings.results()
-    if not url:
-        raise ConfigError("FARM_REDIS_URL is not set: point it at the farm's Redis, e.g. redis://host:6379/0")
-    s = ResultStore.from_url(url, settings.key_prefix)
-    s.ping()
-    return s
+    return store_for()
 
 
 def _split(values: ListOpt) -> tuple[str, ...]:
@@ -79,9 +67,9 @@ def _report(
     fmt: str | None,
     output: Path | None,
 ) -> None:
-    from farm.compare import parse_baseline
-    from farm.report import Selection, parse_when, select
-    from farm.reportfmt import FORMATS, render, to_terminal
+    from farm.reports.compare import parse_baseline
+    from farm.reports.formats import FORMATS, render, to_terminal
+    from farm.reports.report import Selection, parse_when, select
 
     fmt = fmt or (SUFFIX_FORMATS.get(output.suffix.lower(), "terminal") if output else "terminal")
     if fmt not in FORMATS:
@@ -102,8 +90,8 @@ def _report(
     if fmt == "terminal" and output is None:
         _emit(fmt, None, to_terminal(report), None)
     elif fmt == "html":
-        from farm.history import report_section
-        from farm.htmlreport import render_html
+        from farm.reports.history import report_section
+        from farm.reports.html import render_html
 
         # The history view (a phase's time per night, regressions marked) when there is history.
         section = report_section(s, report)
@@ -165,7 +153,7 @@ def diff(
     fmt: Annotated[str, typer.Option("--format", "-f", help="terminal, markdown or json.")] = "terminal",
 ) -> None:
     """The environment difference of two results: hardware, drivers, versions, precision, spec, peak."""
-    from farm.diff import diff_json, diff_markdown, diff_table, environment_diff
+    from farm.reports.diff import diff_json, diff_markdown, diff_table, environment_diff
 
     if fmt not in ("terminal", "markdown", "json"):
         raise SpecError("format", f"{fmt!r}: allowed terminal, markdown, json")
@@ -186,7 +174,7 @@ def import_(
     """Validate, re-check (statistics from raw times, peak plausibility) and store results made elsewhere."""
     import json
 
-    from farm.importer import import_file, read_file, validate
+    from farm.reports.importer import import_file, read_file, validate
 
     validate(read_file(file))  # bad input is refused before Redis is touched
     summary = import_file(store(), file)

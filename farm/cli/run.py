@@ -36,7 +36,7 @@ def run(
 ) -> None:
     """Run a benchmark spec on this machine, in this process (no broker, no workers)."""
     spec = o.build_spec(spec_file, **o.spec_options(locals()))
-    from farm.runner import prepare_local, run_job  # imports torch: only once the input is valid
+    from farm.engine.runner import prepare_local, run_job  # imports torch: only once the input is valid
 
     jobs = prepare_local(spec)
     results = []

@@ -17,8 +17,8 @@ from farm.errors import SpecError
 from farm.settings import get_settings
 
 if TYPE_CHECKING:
+    from farm.nightly.sweep import Sweep
     from farm.spec import BenchSpec
-    from farm.sweep import Sweep
 
 schedule_app = typer.Typer(help="Nightly (cron) or interval schedules of sweeps, fired by `farm beat`.")
 app.add_typer(schedule_app, name="schedule")
@@ -38,7 +38,7 @@ def _parse_date(value: str | None, option: str) -> datetime | None:
 
 
 def _load(file: Path, max_memory: str | None, strict: bool) -> Sweep:
-    from farm.sweep import load_sweep, parse_bytes
+    from farm.nightly.sweep import load_sweep, parse_bytes
 
     sweep = load_sweep(file, max_memory=parse_bytes(max_memory) if max_memory else None, strict=strict)
     for line in sweep.problems:
@@ -49,7 +49,7 @@ def _load(file: Path, max_memory: str | None, strict: bool) -> Sweep:
 def _follow(run_id: str, json_out: bool, timeout: float | None) -> None:
     """Wait for a run; print its results (table or JSON); exit 1 on a failed job, 5 when unserved."""
     from farm.cli.render import results_table
-    from farm.controller import job_views, store_for, wait
+    from farm.cluster.controller import job_views, store_for, wait
 
     last: list[str] = []
 
@@ -79,7 +79,7 @@ def _follow(run_id: str, json_out: bool, timeout: float | None) -> None:
 
 def _local_points(specs: list[BenchSpec]) -> list[BenchSpec]:
     """Embedded farm: keep the devices this machine has (as `farm submit` does); drop empty points."""
-    from farm.embedded import local_only
+    from farm.cluster.embedded import local_only
 
     kept, dropped = [], set()
     for spec in specs:
@@ -111,8 +111,8 @@ def sweep(
     timeout: float | None = typer.Option(None, "--timeout", help="With --wait: give up after this many seconds."),
 ) -> None:
     """Validate a sweep, show its job count, and submit every valid point as one run."""
-    from farm.reportfmt import fmt_bytes
-    from farm.sweep import nightly_run_id
+    from farm.nightly.sweep import nightly_run_id
+    from farm.reports.cells import fmt_bytes
 
     sw = _load(file, max_memory, strict)
     if dry_run:
@@ -135,9 +135,9 @@ def sweep(
             t.add_row(str(p.index), *params, devices, fmt_bytes(p.predicted_bytes), status)
         out.print(t)
         return
-    from farm import embedded
-    from farm.controller import submit
-    from farm.sweep import resolve_wildcards
+    from farm.cluster import embedded
+    from farm.cluster.controller import submit
+    from farm.nightly.sweep import resolve_wildcards
 
     specs = sw.specs
     settings = get_settings()
@@ -175,7 +175,7 @@ def schedule_add(
     max_memory: MaxMemory = None,
 ) -> None:
     """Add (or with --replace, update) a schedule."""
-    from farm.schedule import ScheduleBook
+    from farm.nightly.schedule import ScheduleBook
 
     sw = _load(sweep_file, max_memory, strict)
     s = ScheduleBook().add(name, sw, cron=cron, every_s=every, source=str(sweep_file), replace=replace)
@@ -186,10 +186,10 @@ def schedule_add(
 @handles_errors
 def schedule_list(json_out: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """List schedules with their next firing and last run."""
-    from farm.schedule import ScheduleBook
+    from farm.nightly.schedule import ScheduleBook
 
     book = ScheduleBook()
-    rows = [(s, (book.fires(s.name, 1) or [None])[0]) for s in book.list()]
+    rows = [(s, (book.fires(s.name, 1) or [None])[0]) for s in book.all()]
     if json_out:
         docs = [
             {**s.__dict__, "next_at": s.next_at.isoformat() if s.next_at else None, "last": last} for s, last in rows
@@ -215,7 +215,7 @@ def schedule_list(json_out: bool = typer.Option(False, "--json", help="Print JSO
 @handles_errors
 def schedule_remove(name: Annotated[str, typer.Argument(help="Schedule name.")]) -> None:
     """Remove a schedule (runs it already made are kept)."""
-    from farm.schedule import ScheduleBook
+    from farm.nightly.schedule import ScheduleBook
 
     ScheduleBook().remove(name)
     out.print(f"schedule {name} removed")
@@ -230,7 +230,7 @@ def schedule_run(
     json_out: bool = typer.Option(False, "--json", help="With --wait: print {run_id, results}."),
 ) -> None:
     """Fire a schedule now, as `farm beat` would (tonight's run id: a second firing adds nothing)."""
-    from farm.schedule import fire
+    from farm.nightly.schedule import fire
 
     f = fire(name, fresh=fresh)
     verb = "submitted" if f.created else "already exists (nothing enqueued; --fresh for a new run)"
@@ -252,7 +252,7 @@ def beat(
     loglevel: str = typer.Option("info", "--loglevel", help="Celery log level."),
 ) -> None:
     """Fire schedules: Celery beat with the celery-redbeat scheduler (one active beat per farm)."""
-    from farm.schedule import run_beat
+    from farm.nightly.schedule import run_beat
 
     run_beat(get_settings(), max_interval=max_interval, loglevel=loglevel)
 
@@ -283,7 +283,7 @@ def _verdict_table(verdicts: list, title: str) -> Table:
 
 
 def _notify(verdicts: list, notify: bool) -> None:
-    from farm.webhook import notify as post
+    from farm.nightly.webhook import notify as post
 
     for d in post(get_settings().webhook_url if notify else None, verdicts):
         if not d.ok:
@@ -304,9 +304,9 @@ def regressions(
     device: list[str] | None = typer.Option(None, "--device", help="Only this device tag (repeatable)."),
 ) -> None:
     """Regressions and improvements: each series' newest result against its history."""
-    from farm.controller import store_for
-    from farm.regress import changes, detect
-    from farm.report import parse_when
+    from farm.cluster.controller import store_for
+    from farm.nightly.regress import changes, detect
+    from farm.reports.report import parse_when
 
     results = store_for().query(machines=machine or (), devices=device or ())
     verdicts = detect(results, since=parse_when(since, "since"))
@@ -317,7 +317,7 @@ def regressions(
         n_reg = sum(v.kind == "regression" for v in verdicts)
         out.print(_verdict_table(shown, f"{n_reg} regressions in {len(verdicts)} judged series points"))
     if html is not None:
-        from farm.history import write_page
+        from farm.reports.history import write_page
 
         write_page(html, results)  # every point judged, so each night's verdict is marked
         err.print(f"history page: {html}")
@@ -332,8 +332,8 @@ def check(
     notify: bool = typer.Option(True, "--notify/--no-notify", help="POST each regression to FARM_WEBHOOK_URL."),
 ) -> None:
     """Exit 1 when any result of the run regressed (for CI gating); 4 when the run does not exist."""
-    from farm.controller import store_for
-    from farm.regress import check_run
+    from farm.cluster.controller import store_for
+    from farm.nightly.regress import check_run
 
     store = store_for()
     run = store.get_run(run_id)

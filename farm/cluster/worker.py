@@ -5,29 +5,41 @@ touched in the parent, because job processes are forked from it), subscribes to 
 config can serve plus `control`, and beats a heartbeat into Redis from a thread of the main
 process. Each job runs in a pool child: `execute_job` counts the delivery, skips a job whose result
 is already stored, quarantines one delivered too often, runs it, and stores the result (confirmed
-by Redis) before the task returns, so the late ack only follows a stored result.
+by Redis) before the task returns, so the late ack only follows a stored result. The task
+itself (`farm.run_job`, a `shared_task`) is declared here, over `execute_job`; the app in
+`farm.cluster.queue` lists this module in Celery's `include`, so workers import it at start.
+
+This module imports torch (through the engine, once, so forked job processes start warm): only
+worker processes import it.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import redis
+from celery import Task, shared_task, signals
+from celery.exceptions import Reject, SoftTimeLimitExceeded, TimeLimitExceeded
+from celery.worker import state as celery_state
+from pydantic import ValidationError
 
-from farm.errors import ConfigError
-from farm.hardware import machine_tag, nvml_gpus
-from farm.result import JobResult
+from farm.cluster.embedded import results_url
+from farm.cluster.queue import TASK_NAME, get_app
+from farm.engine.hardware import fingerprint, machine_tag, nvml_gpus
+from farm.engine.runner import run_job
+from farm.errors import BrokerError, BrokerUnavailable, ConfigError
+from farm.results.result import JobResult
+from farm.results.store import ResultStore
 from farm.settings import Settings, get_settings
-from farm.store import ResultStore
+from farm.spec import CONTROL_QUEUE, Job
 
-log = logging.getLogger("farm.worker")
+log = logging.getLogger("farm.cluster.worker")
 
 STORE_RETRY_S = 60.0  # how long a finished job keeps trying to store its result before requeueing
 
@@ -59,8 +71,6 @@ def plan_worker(
     concurrency: int = 1,
 ) -> WorkerConfig:
     """Decide what this worker serves from its hardware (NVML only; CUDA stays untouched)."""
-    from farm.queue import CONTROL_QUEUE
-
     if device not in ("cpu", "cuda", "auto"):
         raise ConfigError(f"--device must be cpu, cuda or auto, got {device!r}")
     gpus = list(nvml_gpus())
@@ -113,18 +123,12 @@ _stores: dict[int, ResultStore] = {}
 
 def worker_store() -> ResultStore:
     """This process's results store (a new connection after a fork: keyed by pid)."""
-    from farm.embedded import results_url
-
     pid = os.getpid()
     if pid not in _stores:
         settings = get_settings()
         _stores.clear()
         _stores[pid] = ResultStore.from_url(results_url(settings), settings.key_prefix)
     return _stores[pid]
-
-
-def worker_key(store: ResultStore, name: str) -> str:
-    return store.key("worker", name)
 
 
 # -- heartbeat ---------------------------------------------------------------------------------
@@ -136,8 +140,6 @@ class Heartbeat:
     """
 
     def __init__(self, config: WorkerConfig, store: ResultStore, settings: Settings) -> None:
-        from farm.hardware import fingerprint
-
         self.config = config
         self.store = store
         self.interval = settings.heartbeat_interval
@@ -151,12 +153,10 @@ class Heartbeat:
 
     def current_jobs(self) -> list[str]:
         """Jobs this worker holds now: received (prefetch is 1) or running."""
-        from celery.worker import state
-
         ids: set[str] = set()
         for _ in range(3):  # the set belongs to Celery's main thread: retry if it changes mid-copy
             try:
-                ids = {r.id for r in list(state.reserved_requests)}
+                ids = {r.id for r in list(celery_state.reserved_requests)}
                 break
             except RuntimeError:
                 time.sleep(0.01)
@@ -170,18 +170,10 @@ class Heartbeat:
         self.wake.set()
 
     def beat(self) -> None:
-        c = self.config
-        key = worker_key(self.store, c.name)
-        doc = {
-            k: json.dumps(v) if isinstance(v, list | dict) else ("" if v is None else v) for k, v in asdict(c).items()
-        }
+        doc = asdict(self.config)
         doc.update(pid=os.getpid(), started_at=self.started_at, updated_at=time.time(), fingerprint=self.fp)
         doc["job"] = ",".join(self.current_jobs())
-        pipe = self.store.r.pipeline(transaction=True)
-        pipe.hset(key, mapping=doc)
-        pipe.expire(key, self.ttl)
-        pipe.sadd(self.store.key("workers"), c.name)
-        pipe.execute()
+        self.store.beat_worker(self.config.name, doc, self.ttl)
 
     def _loop(self) -> None:
         while not self._stop.is_set():
@@ -200,17 +192,14 @@ class Heartbeat:
         self.wake.set()
         self._thread.join(timeout=5)
         try:
-            pipe = self.store.r.pipeline(transaction=True)
-            pipe.delete(worker_key(self.store, self.config.name))
-            pipe.srem(self.store.key("workers"), self.config.name)
-            pipe.execute()
-        except Exception as e:
+            self.store.remove_worker(self.config.name)
+        except BrokerError as e:
             log.warning("could not unregister worker: %s", e)
 
 
 # -- the task body ----------------------------------------------------------------------------------
-def _progress_writer(store: ResultStore, job_id: str) -> Any:
-    """on_progress for run_job: phase/done/total into farm:job:<id>, at most every 0.2 s per phase."""
+def _progress_writer(store: ResultStore, job_id: str) -> Callable[[str, int, int], None]:
+    """on_progress for run_job: phase/done/total into the job's state, at most every 0.2 s per phase."""
     last: dict[str, float] = {}
 
     def on_progress(phase: str, done: int, total: int) -> None:
@@ -219,8 +208,8 @@ def _progress_writer(store: ResultStore, job_id: str) -> Any:
             return
         last[phase] = now
         try:
-            store.r.hset(store.key("job", job_id), mapping={"phase": phase, "done": done, "total": total})
-        except Exception as e:  # progress is best effort; the result is not
+            store.set_job_progress(job_id, phase, done, total)
+        except BrokerError as e:  # progress is best effort; the result is not
             log.warning("progress of %s not written: %s", job_id, e)
 
     return on_progress
@@ -228,8 +217,6 @@ def _progress_writer(store: ResultStore, job_id: str) -> Any:
 
 def _store_confirmed(store: ResultStore, result: JobResult) -> None:
     """Write the result until Redis confirms it; requeue the message if Redis stays away."""
-    from celery.exceptions import Reject
-
     deadline = time.monotonic() + STORE_RETRY_S
     delay = 0.5
     while True:
@@ -248,11 +235,6 @@ def _store_confirmed(store: ResultStore, result: JobResult) -> None:
 
 def execute_job(job_doc: dict[str, Any], request: Any = None) -> dict[str, Any]:
     """Run one delivered job and store its result. Returns a small summary for Celery's state."""
-    from celery.exceptions import SoftTimeLimitExceeded
-    from pydantic import ValidationError
-
-    from farm.spec import Job
-
     settings = get_settings()
     try:
         job = Job.model_validate(job_doc)
@@ -264,22 +246,19 @@ def execute_job(job_doc: dict[str, Any], request: Any = None) -> dict[str, Any]:
     name = cfg.name if cfg else socket.gethostname()
     try:
         store = worker_store()
-        jkey = store.key("job", job.job_id)
         if store.has_result(job.job_id):
             log.info("job %s already has a result: skipped (redelivery)", job.job_id)
             return {"job_id": job.job_id, "status": "skipped"}
-        if store.r.hget(jkey, "state") == "cancelled":
+        if store.job_field(job.job_id, "state") == "cancelled":
             return {"job_id": job.job_id, "status": "cancelled"}
-        attempt = int(store.r.hincrby(jkey, "attempts", 1))
-    except redis.RedisError as e:
+        attempt = store.count_attempt(job.job_id)
+    except BrokerError as e:
         # The results store is away: never run a job whose result could not be kept; requeue it.
-        from celery.exceptions import Reject
-
         log.warning("results store unreachable before job %s (%s): requeued", job.job_id, e)
         time.sleep(2.0)  # no hot loop of deliveries while Redis is down
         raise Reject(f"results store unreachable: {e}", requeue=True) from e
     if attempt > settings.max_attempts:
-        last = store.r.hget(jkey, "worker") or "?"
+        last = store.job_field(job.job_id, "worker") or "?"
         result = JobResult.failure(
             job,
             "failed",
@@ -292,9 +271,6 @@ def execute_job(job_doc: dict[str, Any], request: Any = None) -> dict[str, Any]:
         log.error("job %s quarantined after %d attempts", job.job_id, settings.max_attempts)
         return {"job_id": job.job_id, "status": result.status}
     store.set_job_state(job.job_id, "running", worker=name, attempt=attempt, started_at=time.time(), pid=os.getpid())
-
-    from farm.runner import run_job
-
     try:
         result = run_job(
             job,
@@ -320,12 +296,10 @@ def execute_job(job_doc: dict[str, Any], request: Any = None) -> dict[str, Any]:
 
 def _store_outcome(job_doc: Any, status: str, error: str) -> None:
     """Store a result for a job that ended outside run_job (never raises: called from hooks)."""
-    from farm.spec import Job
-
     try:
         job = Job.model_validate(job_doc)
         store = worker_store()
-        attempt = int(store.r.hget(store.key("job", job.job_id), "attempts") or 1)
+        attempt = int(store.job_field(job.job_id, "attempts") or 1)
         name = _config.name if _config else socket.gethostname()
         result = JobResult.failure(job, status, error, worker=name, attempt=attempt)  # type: ignore[arg-type]
         store.put_result(result)  # NX: a result already stored wins
@@ -344,31 +318,36 @@ def store_crash(job_doc: Any, exc: BaseException) -> None:
     _store_outcome(job_doc, "failed", f"worker error outside the job: {type(exc).__name__}: {exc}")
 
 
+# -- the task ---------------------------------------------------------------------------------------
+class FarmTask(Task):  # type: ignore[misc]
+    """The job task. `on_failure` also runs in the worker's parent when a hard time limit kills
+    the job's process: the job is then stored as `timeout` before the message is acknowledged."""
+
+    def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
+        job = args[0] if args else kwargs.get("job")
+        if isinstance(exc, TimeLimitExceeded):
+            store_hard_timeout(job, exc)
+        else:  # a bug outside run_job: the message is acknowledged, so keep a `failed` result
+            store_crash(job, exc)
+
+
+@shared_task(name=TASK_NAME, bind=True, base=FarmTask)
+def run_job_task(self: Task, job: dict[str, Any]) -> dict[str, Any]:
+    """Validate the job again, run it with the core engine, store its result (then ack)."""
+    return execute_job(job, self.request)
+
+
 # -- start-up -------------------------------------------------------------------------------------
 def _check_credentials() -> None:
     """Refuse at once when Redis rejects the credentials; a Redis that is down is waited for."""
-    import redis
-
-    from farm.errors import BrokerError
-
     try:
-        worker_store().r.ping()
-    except redis.AuthenticationError as e:
-        raise BrokerError(f"Redis refused the credentials: {e}") from None
-    except redis.ResponseError as e:
-        if "NOAUTH" in str(e) or "WRONGPASS" in str(e):
-            raise BrokerError(f"Redis refused the credentials: {e}") from None
-        raise
-    except redis.RedisError as e:
+        worker_store().ping()
+    except BrokerUnavailable as e:
         log.warning("Redis is not reachable yet (%s): the worker keeps retrying", e)
 
 
 def run_worker(config: WorkerConfig, loglevel: str = "info") -> None:
     """Run a Celery worker for `config` in this process until it is stopped (blocks)."""
-    from celery import signals
-
-    from farm.queue import get_app
-
     global _config
     _config = config
     # NVML numbers GPUs by PCI bus; CUDA by default numbers them fastest first. Make CUDA use the
@@ -378,10 +357,8 @@ def run_worker(config: WorkerConfig, loglevel: str = "info") -> None:
     settings = get_settings()
     app = get_app()  # ConfigError for bad limits, BrokerError without a Redis URL
     _check_credentials()
-    # Import torch and the engine here, once, so that forked job processes start warm. Importing
-    # torch does not initialise CUDA; nothing in this process ever calls into CUDA.
-    import farm.runner  # noqa: F401
-
+    # torch and the engine were imported with this module, once, so that forked job processes start
+    # warm. Importing torch does not initialise CUDA; nothing in this process ever calls into CUDA.
     beat: dict[str, Heartbeat] = {}
 
     def _ready(**_: Any) -> None:

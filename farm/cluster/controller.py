@@ -1,6 +1,6 @@
 """The controller side of the farm: submit runs, follow them, cancel them, list live workers.
 
-A run is recorded in Redis (farm.store) before its jobs are enqueued, one job per spec and device;
+A run is recorded in Redis (`farm.results.store`) before its jobs are enqueued, one job per spec and device;
 a sweep (a list of specs) is one run. Wildcard device tags (`cuda:*`, `cpu:*`) fan out to every
 narrower tag a live worker serves now. Nothing here waits forever on a job that no live worker can
 serve: `wait` returns when every job either has a result or sits on a queue nobody consumes.
@@ -14,13 +14,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import redis
+from celery import Celery
 
-from farm.errors import BrokerError, JobTimeout, NotFoundError, SpecError
-from farm.result import JobResult
+from farm.cluster.embedded import resolve_redis_url, results_url
+from farm.cluster.queue import enqueue, make_app
+from farm.errors import BrokerError, BrokerUnavailable, JobTimeout, NotFoundError, SpecError
+from farm.results.result import JobResult
+from farm.results.store import ResultStore
 from farm.settings import Settings, get_settings
-from farm.spec import BenchSpec, Job, parse_device_tag, queue_for
-from farm.store import ResultStore
+from farm.spec import BenchSpec, Job, check_run_id, new_run_id, parse_device_tag, queue_for
 
 REDIS_LOST_S = 30.0  # how long `wait` rides out a Redis that went away before it gives up
 
@@ -64,13 +66,11 @@ class JobView:
 # for the life of the process: opening a connection and building an app per submit cost tens of
 # milliseconds of submit-to-start latency. Both reconnect by themselves after a Redis restart.
 _STORES: dict[tuple[str, str], ResultStore] = {}
-_APPS: dict[tuple[str, str], Any] = {}
+_APPS: dict[tuple[str, str], Celery] = {}
 
 
 def store_for(settings: Settings | None = None) -> ResultStore:
     """The results store of the configured Redis (FARM_REDIS_URL / FARM_RESULTS_URL or embedded)."""
-    from farm.embedded import results_url
-
     settings = settings or get_settings()
     key = (results_url(settings), settings.key_prefix)
     store = _STORES.get(key)
@@ -80,11 +80,9 @@ def store_for(settings: Settings | None = None) -> ResultStore:
     return store
 
 
-def _app_for(settings: Settings) -> Any:
+def _app_for(settings: Settings) -> Celery:
     """The Celery app that sends jobs for these settings, built once per process."""
-    from farm.queue import make_app
-
-    key = (_broker_url(settings), settings.model_dump_json())
+    key = (resolve_redis_url(settings), settings.model_dump_json())
     app = _APPS.get(key)
     if app is None:
         app = _APPS[key] = make_app(settings, broker_url=key[0])
@@ -94,15 +92,8 @@ def _app_for(settings: Settings) -> Any:
 def live_workers(settings: Settings | None = None, store: ResultStore | None = None) -> list[dict[str, Any]]:
     """Workers whose heartbeat has not expired: name, host, tags, queues, device, job, last beat."""
     store = store or store_for(settings)
-    names = sorted(store.r.smembers(store.key("workers")))
-    pipe = store.r.pipeline(transaction=False)
-    for n in names:
-        pipe.hgetall(store.key("worker", n))
     out = []
-    for n, raw in zip(names, pipe.execute(), strict=True):
-        if not raw:  # heartbeat expired: the worker is gone
-            store.r.srem(store.key("workers"), n)
-            continue
+    for n, raw in store.worker_docs():
         out.append(
             {
                 "name": n,
@@ -154,14 +145,6 @@ def plan_jobs(specs: Sequence[BenchSpec], run_id: str) -> list[Job]:
     return jobs
 
 
-def _stored_jobs(store: ResultStore, run_id: str) -> list[Job]:
-    run = store.get_run(run_id)
-    pipe = store.r.pipeline(transaction=False)
-    for j in run["jobs"]:
-        pipe.hget(store.key("job", j), "job")
-    return [Job.model_validate_json(doc) for doc in pipe.execute() if doc]
-
-
 def submit(
     specs: BenchSpec | Sequence[BenchSpec],
     *,
@@ -171,9 +154,6 @@ def submit(
     settings: Settings | None = None,
 ) -> Submission:
     """Record a run and enqueue its jobs. With an existing `run_id`, nothing is enqueued again."""
-    from farm.queue import enqueue
-    from farm.spec import check_run_id, new_run_id
-
     settings = settings or get_settings()
     store = store_for(settings)
     spec_list = [specs] if isinstance(specs, BenchSpec) else list(specs)
@@ -184,7 +164,7 @@ def submit(
     if run_id is not None:
         check_run_id(run_id)
         try:
-            jobs = _stored_jobs(store, run_id)
+            jobs = store.stored_jobs(run_id)
             return Submission(run_id, jobs, False, _unserved_queues(jobs, served))
         except NotFoundError:
             pass
@@ -192,19 +172,11 @@ def submit(
     run_id = run_id or new_run_id()
     jobs = plan_jobs(spec_list, run_id)
     # The run is recorded first: a job that finishes before the last one is sent still has its run.
-    store.create_run(run_id, spec_list[0] if len(spec_list) == 1 else None, jobs, name=name, tags=tags)
-    if len(spec_list) > 1:
-        store.r.hset(store.key("run", run_id), "specs", json.dumps([s.model_dump(mode="json") for s in spec_list]))
+    store.create_run(run_id, spec_list, jobs, name=name, tags=tags)
     app = _app_for(settings)
     for job in jobs:
         enqueue(app, job, settings)
     return Submission(run_id, jobs, True, _unserved_queues(jobs, served))
-
-
-def _broker_url(settings: Settings) -> str:
-    from farm.embedded import resolve_redis_url
-
-    return resolve_redis_url(settings)
 
 
 def _unserved_queues(jobs: Sequence[Job], served: set[str]) -> list[str]:
@@ -215,17 +187,8 @@ def job_views(run_id: str, store: ResultStore, workers: Sequence[dict[str, Any]]
     """Every job of a run with its state, progress and (when stored) result status."""
     workers = live_workers(store=store) if workers is None else workers
     served = served_queues(workers)
-    run = store.get_run(run_id)
-    pipe = store.r.pipeline(transaction=False)
-    for j in run["jobs"]:
-        pipe.hgetall(store.key("job", j))
-    for j in run["jobs"]:
-        pipe.get(store.key("result", j))
-    raw = pipe.execute()
-    n = len(run["jobs"])
     views = []
-    for job_id, h, res in zip(run["jobs"], raw[:n], raw[n:], strict=True):
-        status = json.loads(res)["status"] if res else None
+    for job_id, h, status in store.job_rows(run_id):
         queue = h.get("queue") or queue_for(h.get("device", "cpu"))
         views.append(
             JobView(
@@ -268,7 +231,7 @@ def wait(
         try:
             views = job_views(run_id, store)
             lost_since = None
-        except redis.ConnectionError as e:
+        except BrokerUnavailable as e:
             # Redis restarting (its data is on disk): keep following for a while, then say so.
             lost_since = lost_since or time.monotonic()
             if time.monotonic() - lost_since > REDIS_LOST_S:
@@ -295,7 +258,7 @@ def cancel(
     """
     settings = settings or get_settings()
     store = store_for(settings)
-    jobs = {j.job_id: j for j in _stored_jobs(store, run_id)}
+    jobs = {j.job_id: j for j in store.stored_jobs(run_id)}
     views = job_views(run_id, store)
     cancelled, running = [], []
     for v in views:

@@ -16,14 +16,13 @@ from dataclasses import dataclass, field
 
 import torch
 
+from farm.engine.memory import PeakMemory
+from farm.engine.model import GPT, from_hf_checkpoint
+from farm.engine.timing import Timer, repeat
 from farm.errors import JobTimeout
-from farm.flops import min_phase_flops, phase_flops, predict_memory
-from farm.hardware import Peak
-from farm.memory import PeakMemory
-from farm.model import GPT, from_hf_checkpoint
-from farm.result import PhaseResult, measured_phase
+from farm.results.peaks import Peak
+from farm.results.result import PhaseResult, judge
 from farm.spec import BenchSpec
-from farm.timing import Timer, repeat
 
 ProgressFn = Callable[[str, int, int], None]
 
@@ -89,34 +88,6 @@ def _free(ctx: JobContext) -> None:
     gc.collect()
     if ctx.device.type == "cuda":
         torch.cuda.empty_cache()
-
-
-def judge(
-    spec: BenchSpec,
-    name: str,
-    times_s: list[float],
-    warmup_times_s: list[float],
-    *,
-    peak: Peak | None,
-    peak_memory_bytes: int | None,
-    memory_kind: str | None,
-    breakdown: dict[str, float],
-) -> PhaseResult:
-    """A phase's result from its raw times: FLOPs, the plausibility check and memory, derived from the spec."""
-    counted = name != "init"  # building the model does no counted arithmetic
-    return measured_phase(
-        name,
-        times_s,
-        warmup_times_s,
-        flops=phase_flops(spec, name),
-        min_flops=min_phase_flops(spec.shape, spec.batch, spec.seq, name),
-        tokens=spec.batch * spec.seq if counted else 0,
-        peak=peak if counted else None,
-        peak_memory_bytes=peak_memory_bytes,
-        memory_kind=memory_kind,
-        predicted_memory_bytes=predict_memory(spec, name).total,
-        breakdown=breakdown,
-    )
 
 
 def run_init(ctx: JobContext) -> PhaseResult:
@@ -223,7 +194,7 @@ def run_train(ctx: JobContext) -> PhaseResult:
         opt.zero_grad(set_to_none=True)
         with amp:
             # The loss without the full (B, T, vocab) logits: the same FLOPs, chunk by chunk
-            # (farm.model.lm_head_loss); the logits are not needed by a training step.
+            # (farm.engine.model.lm_head_loss); the logits are not needed by a training step.
             _, loss = fn(x, y, return_logits=False)
         if scaler is not None:
             scaler.scale(loss).backward()

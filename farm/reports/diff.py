@@ -13,7 +13,7 @@ from typing import Any
 
 from rich.table import Table
 
-from farm.result import JobResult
+from farm.results.result import JobResult
 
 SOFTWARE = {"torch_version", "cuda_version", "cudnn_version", "python", "farm_version", "git_commit", "os"}
 SECTIONS = ("hardware", "software", "precision", "job", "spec", "peak")

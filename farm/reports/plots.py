@@ -18,7 +18,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter
 
-from farm.report import Group, Report, Row
+from farm.reports.report import Group, Report, Row
 
 KIND_COLOURS = {"cpu": "#4C72B0", "cuda": "#55A868", "mps": "#8172B2"}
 INVALID_COLOUR = "#C44E9B"

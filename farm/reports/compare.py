@@ -39,7 +39,7 @@ import numpy as np
 from farm.errors import SpecError
 
 if TYPE_CHECKING:
-    from farm.records import Record
+    from farm.results.records import Record
 
 RESAMPLES = 4000
 SEED = 20240601

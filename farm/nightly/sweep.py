@@ -226,7 +226,7 @@ def resolve_wildcards(specs: list[BenchSpec], settings: Any = None) -> tuple[lis
     (noted), not fatal: a nightly sweep on a night without GPU workers still runs its CPU points."""
     if not any(d.endswith(":*") for s in specs for d in s.devices):
         return specs, []
-    from farm.controller import expand_wildcards, live_workers
+    from farm.cluster.controller import expand_wildcards, live_workers
 
     workers = live_workers(settings)
     out, notes = [], []

@@ -9,7 +9,8 @@ parses it with pydantic-core's Rust parser (`from_json`) and copies the fields a
 slotted dataclasses; it also caches that record as a compact summary beside the result (see
 `summary_json`), so later reports fetch 10,000 summaries with one script call per 1,000 and parse
 them in one go. The statistics shown are those derived from the raw times when the result was
-made (`measured_phase`); the raw times travel along for the speedup bootstrap. Never imports torch.
+made (`measured_phase`); the raw times travel along for the speedup bootstrap. Reading them from
+Redis is `ResultStore.load_records`; this module only converts. Never imports torch.
 """
 
 from __future__ import annotations
@@ -20,18 +21,15 @@ import contextlib
 import functools
 import gc
 import json
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
-import pydantic_core
-import redis
 
 from farm.flops import param_count
-from farm.result import JobResult
+from farm.results.result import JobResult
 from farm.spec import PRESETS, ModelShape
-from farm.store import ResultStore
 
 
 @dataclass(slots=True)
@@ -212,18 +210,6 @@ _PHASE_FLOATS = [
 ]
 _PHASE_OTHER = ["name", "status", "error", "n", "noisy", "peak_source", "peak_memory_bytes", "memory_kind"]
 
-# KEYS[1..n] summary keys, KEYS[n+1..2n] result keys: each summary, or false when absent or stale.
-_FETCH_SUMMARIES = """
-local n = #KEYS / 2
-local out = {}
-for i = 1, n do
-  local s = redis.call('GET', KEYS[i])
-  if s and tonumber(string.match(s, '^%[(%d+),')) ~= redis.call('STRLEN', KEYS[n + i]) then s = false end
-  out[i] = s or false
-end
-return out
-"""
-
 
 def summary_json(rec: Record, result_bytes: int) -> str:
     """The compact cached form of a record derived from a result of `result_bytes` bytes of JSON."""
@@ -260,40 +246,3 @@ def record_from_summary(row: list[Any]) -> Record | None:
             kind, reason
         )  # fmt: skip
     return rec
-
-
-def load_records(store: ResultStore, job_ids: Sequence[str], chunk: int = 1000, cache: bool = True) -> list[Record]:
-    """Records for job ids (missing ones skipped), in order.
-
-    Cached summaries come back from one script call per chunk and one parse; results without a
-    (current) summary are fetched with MGET, parsed by pydantic-core, and their summaries written.
-    """
-    with paused_gc():
-        return _load(store, job_ids, chunk, cache)
-
-
-def _load(store: ResultStore, job_ids: Sequence[str], chunk: int, cache: bool) -> list[Record]:
-    fetch = store.r.register_script(_FETCH_SUMMARIES)
-    out: list[Record] = []
-    for i in range(0, len(job_ids), chunk):
-        ids = job_ids[i : i + chunk]
-        rkeys = [store.key("result", j) for j in ids]
-        skeys = [store.key("summary", j) for j in ids]
-        cached = fetch(keys=[*skeys, *rkeys]) if cache else [None] * len(ids)
-        rows = pydantic_core.from_json("[" + ",".join(c or "null" for c in cached) + "]")
-        recs = [record_from_summary(row) if row else None for row in rows]
-        missing = [k for k, rec in enumerate(recs) if rec is None]
-        if missing:
-            pipe = store.r.pipeline(transaction=False)
-            for k, raw in zip(missing, store.r.mget([rkeys[k] for k in missing]), strict=True):
-                if raw is None:
-                    continue
-                recs[k] = rec = record_from_dict(pydantic_core.from_json(raw))
-                if cache:
-                    pipe.set(skeys[k], summary_json(rec, len(raw.encode())))
-            try:
-                pipe.execute()
-            except redis.RedisError:
-                pass  # a read-only replica still reports; the summaries are only a cache
-        out.extend(r for r in recs if r is not None)
-    return out

@@ -1,7 +1,8 @@
-"""The machine: a fingerprint stored with every result, GPU tags, and peak FLOP/s per device.
+"""This machine: its fingerprint, its GPUs (NVML), its tag, and the measured CPU peak FLOP/s.
 
-GPU peaks come from a table of published dense (non-sparse) figures; CPU peaks are measured by a
-short matmul calibration, cached per machine. Every MFU names the peak it used. Nothing here
+The data models (`MachineFingerprint`, `GpuInfo`) live in `farm.results.machine`; the published
+GPU peaks in `farm.results.peaks`. CPU peaks are measured here by a short matmul calibration,
+cached per machine. Nothing here
 initialises CUDA: GPU facts come from NVML (nvidia-ml-py), so a worker's parent process can read
 them before it forks job processes. torch is imported only inside the functions that need it.
 """
@@ -19,84 +20,11 @@ import time
 from pathlib import Path
 
 import psutil
-from pydantic import BaseModel, ConfigDict
 
 from farm import __version__
 from farm.paths import cache_dir
-
-
-class GpuInfo(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    index: int
-    name: str
-    tag: str
-    memory_bytes: int | None = None
-    driver: str | None = None
-    uuid: str | None = None
-
-
-class MachineFingerprint(BaseModel):
-    """What a result was measured on."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    hostname: str
-    machine_tag: str
-    os: str
-    python: str
-    cpu_model: str
-    cpu_arch: str
-    cpu_flags: list[str] = []  # the SIMD / matrix extensions that change CPU speed
-    physical_cores: int | None
-    logical_cores: int | None
-    memory_bytes: int
-    torch_version: str | None = None
-    cuda_version: str | None = None
-    cudnn_version: str | None = None
-    gpus: list[GpuInfo] = []
-    farm_version: str
-    git_commit: str | None = None
-
-
-# Published dense peaks, TFLOP/s: fp32 (CUDA cores), tf32, bf16 and fp16 (tensor cores, dense).
-# Keyed by GPU tag; a "-pcie" variant is chosen when the name says PCIe.
-GPU_PEAKS_TFLOPS: dict[str, dict[str, float]] = {
-    "a100": {"float32": 19.5, "tf32": 156.0, "bfloat16": 312.0, "float16": 312.0},
-    "h100": {"float32": 67.0, "tf32": 494.7, "bfloat16": 989.4, "float16": 989.4},
-    "h100-pcie": {"float32": 51.2, "tf32": 378.0, "bfloat16": 756.0, "float16": 756.0},
-    "h200": {"float32": 67.0, "tf32": 494.7, "bfloat16": 989.4, "float16": 989.4},
-    "l4": {"float32": 30.3, "tf32": 60.0, "bfloat16": 121.0, "float16": 121.0},
-    "l40s": {"float32": 91.6, "tf32": 183.0, "bfloat16": 362.1, "float16": 362.1},
-    "a10": {"float32": 31.2, "tf32": 62.5, "bfloat16": 125.0, "float16": 125.0},
-    # Turing has no TF32 and no bf16 tensor cores: bf16 is bounded by the fp16 figure.
-    "t4": {"float32": 8.1, "tf32": 8.1, "bfloat16": 65.0, "float16": 65.0},
-    "v100": {"float32": 15.7, "tf32": 15.7, "bfloat16": 125.0, "float16": 125.0},
-    "rtx4090": {"float32": 82.6, "tf32": 82.6, "bfloat16": 165.2, "float16": 165.2},
-}
-
-# A measured CPU calibration is not a hard ceiling (a run can beat a short calibration by a few
-# per cent); a published GPU peak is. Results above peak x tolerance are marked invalid.
-TABLE_TOLERANCE = 1.0
-MEASURED_TOLERANCE = 1.25
-
-
-def gpu_tag(name: str) -> str:
-    """A short queue-safe tag from a GPU name.
-
-    "NVIDIA H100 80GB HBM3" -> "h100", "NVIDIA A100-SXM4-40GB" -> "a100",
-    "NVIDIA GeForce RTX 4090" -> "rtx4090", "NVIDIA L40S" -> "l40s", "Tesla T4" -> "t4".
-    Rule: lower-case, drop vendor and family words (nvidia, geforce, tesla, quadro), join an
-    "rtx"/"gtx" prefix to its number, then take the first word, cut at the first '-'.
-    """
-    words = re.sub(r"[^a-z0-9 -]", " ", name.lower()).split()
-    words = [w for w in words if w not in {"nvidia", "geforce", "tesla", "quadro"}]
-    if len(words) >= 2 and words[0] in {"rtx", "gtx"}:
-        words = [words[0] + words[1], *words[2:]]
-    if not words:
-        return "gpu"
-    tag = words[0].split("-")[0]
-    return re.sub(r"[^a-z0-9_-]", "", tag)[:63] or "gpu"
+from farm.results.machine import GpuInfo, MachineFingerprint, gpu_tag
+from farm.results.peaks import MEASURED_TOLERANCE, Peak
 
 
 def machine_tag(hostname: str | None = None) -> str:
@@ -202,30 +130,6 @@ def fingerprint(with_torch: bool = True) -> MachineFingerprint:
         farm_version=__version__,
         git_commit=git_commit(),
     )
-
-
-class Peak(BaseModel):
-    """The peak FLOP/s an MFU is relative to, and where it came from."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    flops: float
-    source: str  # e.g. "table: h100 bfloat16 dense" or "measured: 2048^3 float32 matmul, 2 threads"
-    tolerance: float
-
-
-def gpu_peak(name: str, dtype: str, matmul_precision: str) -> Peak | None:
-    """Published dense peak of a GPU for the dtype actually used by its matmuls."""
-    tag = gpu_tag(name)
-    if tag == "h100" and "pcie" in name.lower():
-        tag = "h100-pcie"
-    table = GPU_PEAKS_TFLOPS.get(tag)
-    if table is None:
-        return None
-    key = dtype
-    if dtype == "float32" and matmul_precision != "highest":
-        key = "tf32"  # TF32 tensor cores are allowed: the ceiling is theirs
-    return Peak(flops=table[key] * 1e12, source=f"table: {tag} {key} dense", tolerance=TABLE_TOLERANCE)
 
 
 def _calibration_file() -> Path:

@@ -13,9 +13,9 @@ import base64
 from collections.abc import Sequence
 from html import escape
 
-from farm import plots
-from farm.report import Report, Row
-from farm.reportfmt import COLUMNS, SEVERE, cells, header_lines
+from farm.reports import plots
+from farm.reports.cells import COLUMNS, SEVERE, cells, header_lines
+from farm.reports.report import Report, Row
 
 MAX_PLOTTED_GROUPS = 8
 

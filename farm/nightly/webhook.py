@@ -8,7 +8,7 @@ Message (one per regression, `Content-Type: application/json`):
 ```
 
 `text` suits Slack/Mattermost incoming webhooks; `verdict` holds every field of
-`farm.regress.Verdict`. A failed delivery is reported back to the caller, never raised: a
+`farm.nightly.regress.Verdict`. A failed delivery is reported back to the caller, never raised: a
 webhook that is down must not hide the regression from the terminal or fail a nightly run.
 """
 
@@ -19,13 +19,8 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-from farm.regress import Verdict
-
-if TYPE_CHECKING:
-    from farm.schedule import ScheduleBook
-    from farm.settings import Settings
+from farm.nightly.regress import Verdict
 
 
 @dataclass(frozen=True)
@@ -83,29 +78,3 @@ def notify(url: str | None, verdicts: Iterable[Verdict], timeout: float = 5.0) -
         ok, detail = post_json(url, message(v), timeout)
         out.append(Delivery(v.job_id, v.phase, ok, detail))
     return out
-
-
-def notify_finished(book: ScheduleBook, name: str, settings: Settings) -> list[str]:
-    """Judge the schedule's earlier runs that have finished and were not judged yet; POST their
-    regressions to `FARM_WEBHOOK_URL`. Each run is judged once (a Redis set); returns their ids."""
-    if not settings.webhook_url:
-        return []
-    from farm.controller import store_for
-    from farm.regress import check_run
-
-    store = store_for(settings)
-    judged = []
-    for f in book.fires(name, limit=10):
-        run_id = f["run_id"]
-        if not f["created"] or book.r.sismember(book.key(name, "judged"), run_id):
-            continue
-        jobs = store.get_run(run_id)["jobs"]
-        if not jobs or not all(store.has_result(j) for j in jobs):
-            continue  # still running: a later firing judges it
-        if not book.r.sadd(book.key(name, "judged"), run_id):
-            continue  # another worker got there first
-        results = store.get_results(jobs)
-        history = store.query(spec_hashes=sorted({r.spec_hash for r in results}))
-        notify(settings.webhook_url, check_run(history, run_id))
-        judged.append(run_id)
-    return judged

@@ -2,8 +2,8 @@
 
 One small plot per series (machine, device, spec hash, phase): the median of each result with its
 confidence interval of the median as an error bar, the points judged `regression` as red
-triangles and `improvement` as green ones (`farm.regress`). The view is an HTML fragment with
-inline PNG images, for `farm report`'s HTML (`farm.htmlreport.render_html(extra_sections=...)`)
+triangles and `improvement` as green ones (`farm.nightly.regress`). The view is an HTML fragment with
+inline PNG images, for `farm report`'s HTML (`farm.reports.html.render_html(extra_sections=...)`)
 or for a standalone page (`farm regressions --html FILE`). Never imports torch.
 """
 
@@ -16,12 +16,12 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from farm.regress import Point, SeriesKey, Verdict, build_series, detect
-from farm.result import JobResult
+from farm.nightly.regress import Point, SeriesKey, Verdict, build_series, detect
+from farm.results.result import JobResult
 
 if TYPE_CHECKING:
-    from farm.report import Report
-    from farm.store import ResultStore
+    from farm.reports.report import Report
+    from farm.results.store import ResultStore
 
 MAX_SERIES = 24
 TITLE = "History: time per night, regressions marked"

@@ -1,6 +1,6 @@
 """The embedded default: with no FARM_REDIS_URL, the farm runs its own Redis and workers here.
 
-`up` starts a real redis-server (farm.redisproc: 127.0.0.1, a free port, append-only file,
+`up` starts a real redis-server (farm.cluster.redisproc: 127.0.0.1, a free port, append-only file,
 noeviction, data under the farm's data directory) and one local `farm worker` for the CPU (plus
 one per GPU that NVML sees), detached so that they outlive the command that started them. Their
 pids, start times and the URL go to `<data dir>/embedded.json`; later commands find the URL there.
@@ -24,8 +24,11 @@ from typing import Any
 
 import psutil
 
+from farm.cluster.redisproc import RedisProcess
+from farm.engine.hardware import machine_tag, nvml_gpus
 from farm.errors import BrokerError, ConfigError, FarmError, SpecError
 from farm.paths import data_dir
+from farm.results.store import ResultStore, connect
 from farm.settings import Settings, get_settings, mask_url
 from farm.spec import BenchSpec, parse_device_tag
 
@@ -88,8 +91,6 @@ def _ours(entry: dict[str, Any], marker: str) -> psutil.Process | None:
 
 
 def _ping(url: str) -> bool:
-    from farm.store import connect
-
     try:
         return bool(connect(url).ping())
     except Exception:
@@ -151,14 +152,12 @@ def _spawn_worker(settings: Settings, url: str, name: str, device: str, gpu: int
 
 
 def _wait_workers(url: str, settings: Settings, workers: list[dict[str, Any]], timeout: float) -> None:
-    from farm.store import connect
-
-    r = connect(url)
+    store = ResultStore.from_url(url, settings.key_prefix)
     deadline = time.monotonic() + timeout
     pending = list(workers)
     while pending:
         for w in list(pending):
-            if r.exists(f"{settings.key_prefix}:worker:{w['name']}"):
+            if store.worker_alive(w["name"]):
                 pending.remove(w)
             elif _ours(w, "worker") is None:
                 tail = Path(w["log"]).read_text(errors="replace")[-800:] if Path(w["log"]).exists() else ""
@@ -170,9 +169,6 @@ def _wait_workers(url: str, settings: Settings, workers: list[dict[str, Any]], t
 
 def up(settings: Settings | None = None, *, wait_s: float = WORKER_READY_S) -> dict[str, Any]:
     """Start the embedded Redis and local workers unless they already run; returns the state."""
-    from farm.hardware import machine_tag, nvml_gpus
-    from farm.redisproc import RedisProcess
-
     settings = settings or get_settings()
     if settings.broker():
         raise ConfigError("FARM_REDIS_URL is set: the farm uses that Redis; start workers there with `farm worker`")
@@ -206,12 +202,10 @@ def up(settings: Settings | None = None, *, wait_s: float = WORKER_READY_S) -> d
 
 
 def _replace_workers(settings: Settings, state: dict[str, Any], dead: list[dict[str, Any]], wait_s: float) -> None:
-    from farm.store import connect
-
     url = state["url"]
-    r = connect(url)
+    store = ResultStore.from_url(url, settings.key_prefix)
     for w in dead:  # a dead worker's heartbeat may not have expired yet: it must not count as ready
-        r.delete(f"{settings.key_prefix}:worker:{w['name']}")
+        store.remove_worker(w["name"])
     new = [_spawn_worker(settings, url, w["name"], w["device"], w["gpu"]) for w in dead]
     state["workers"] = [w for w in state["workers"] if w not in dead] + new
     _write_state(settings, state)
@@ -265,8 +259,6 @@ def local_only(spec: BenchSpec) -> tuple[BenchSpec, list[str]]:
     Local workers serve `cpu` and `cpu:<this machine>`, and `cuda` plus `cuda:<model>` per GPU
     that NVML sees; nothing local could ever serve anything else. SpecError if nothing is left.
     """
-    from farm.hardware import machine_tag, nvml_gpus
-
     gpus = nvml_gpus()
     keep: list[str] = []
     skipped: list[str] = []

@@ -1,7 +1,7 @@
 """Reports: which results (a `Selection`), the table model (`Report`, one `Row` per job and phase,
 with its speedup against a baseline and its flags), and `build_report`, which joins them.
 
-Formats live in `farm.reportfmt` (terminal, Markdown, CSV, JSON) and `farm.htmlreport` (HTML).
+Formats live in `farm.reports.formats` (terminal, Markdown, CSV, JSON) and `farm.reports.html` (HTML).
 Flags that every format shows: `invalid` (faster than the device's peak), `noisy` (IQR/median
 above 10%), `failed` / `oom` / `timeout` / `cancelled` with the error, and `versions` when a
 result and its baseline (or the report's results) come from different farm or torch versions.
@@ -16,11 +16,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from farm.compare import DEFAULT_BASELINE, Baseline, BaselineMatcher, Ratio, ratio_cis
 from farm.errors import NotFoundError, SpecError
-from farm.records import PhaseRecord, Record, load_records, paused_gc
+from farm.reports.compare import DEFAULT_BASELINE, Baseline, BaselineMatcher, Ratio, ratio_cis
+from farm.results.records import PhaseRecord, Record, paused_gc
+from farm.results.store import ResultStore
 from farm.spec import ALIASES, PHASES
-from farm.store import ResultStore
 
 PHASE_ORDER = {p: i for i, p in enumerate(PHASES)}
 NOT_MEASURED = ("failed", "oom", "timeout", "cancelled")
@@ -61,20 +61,7 @@ class Selection:
         return " ".join(parts) or "all results"
 
     def query_ids(self, store: ResultStore) -> list[str]:
-        """Matching job ids, oldest first (`ResultStore.query_ids`).
-
-        One index (everything, or one value of one selector) is read directly without scores: Redis
-        already orders it by (finish time, job id), the store's order, and 10,000 ids then cost a
-        quarter of the time.
-        """
-        groups = [("run", self.runs), ("machine", self.machines), ("device", self.devices)]
-        groups += [("model", tuple(ALIASES.get(m, m) for m in self.models)), ("spec", self.spec_hashes)]
-        used = [(kind, vals) for kind, vals in groups if vals]
-        if not used or (len(used) == 1 and len(used[0][1]) == 1):
-            key = store.key("idx", "all") if not used else store.key("idx", used[0][0], used[0][1][0])
-            lo = self.since.timestamp() if self.since else "-inf"
-            hi = self.until.timestamp() if self.until else "+inf"
-            return list(store.r.zrangebyscore(key, lo, hi))
+        """Matching job ids, oldest first (`ResultStore.query_ids`; model aliases resolved)."""
         return store.query_ids(
             runs=self.runs,
             machines=self.machines,
@@ -313,7 +300,7 @@ def select(store: ResultStore, selection: Selection, baseline: Baseline = DEFAUL
 
 
 def _select(store: ResultStore, selection: Selection, baseline: Baseline) -> Report:
-    records = load_records(store, selection.query_ids(store))
+    records = store.load_records(selection.query_ids(store))
     if not records:
         raise NotFoundError(f"no stored results match {selection.describe()}")
     hashes = sorted({r.spec_hash for r in records})
@@ -325,5 +312,5 @@ def _select(store: ResultStore, selection: Selection, baseline: Baseline) -> Rep
     elif selection.narrows_runs():
         extra = store.query_ids(runs=sorted({r.run_id for r in records}), spec_hashes=hashes)
     have = {r.job_id for r in records}
-    pool = load_records(store, [j for j in extra if j not in have])
+    pool = store.load_records([j for j in extra if j not in have])
     return build_report(records, baseline, pool, selection)

@@ -47,7 +47,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from farm.result import JobResult
+from farm.results.result import JobResult
 
 Kind = Literal["regression", "improvement", "unchanged", "no-verdict"]
 MAD_TO_SD = 1.4826  # MAD x this estimates the standard deviation of normal noise

@@ -10,8 +10,9 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
 from farm.flops import min_phase_flops, phase_flops
-from farm.hardware import GpuInfo, MachineFingerprint, Peak, gpu_peak, gpu_tag
-from farm.result import JobResult, PhaseResult, Status, measured_phase
+from farm.results.machine import GpuInfo, MachineFingerprint, gpu_tag
+from farm.results.peaks import Peak, gpu_peak
+from farm.results.result import JobResult, PhaseResult, Status, measured_phase
 from farm.spec import BenchSpec
 
 CPU_PEAK = Peak(flops=2.26e11, source="measured: 2048^3 float32 matmul, 2 threads", tolerance=1.25)

@@ -1,26 +1,20 @@
 """Schedules: a sweep fired by cron (or every N seconds), stored in Redis, fired by `farm beat`.
 
-Keys (prefix `farm`, `Settings.key_prefix`), all on the broker's Redis:
-
-| key | type | holds |
-| --- | --- | --- |
-| `farm:schedule:<name>` | hash | name, cron or every_s, sweep (JSON), sweep_name, source file, created/updated_at |
-| `farm:schedules` | set | schedule names |
-| `farm:schedule:<name>:fires` | list | the newest 200 firings (JSON: at, run_id, created, jobs, skipped, error) |
-| `farm:schedule:<name>:judged` | set | run ids whose regressions were already reported to the webhook |
-| `farm:redbeat:<name>` | hash | the celery-redbeat entry that makes `farm beat` fire it |
+Redis (the broker's): the schedule's hash, its firings and its judged runs, under keys that
+`farm.results.store` names (`put_schedule`, `schedule_fires`, ...); the celery-redbeat entry that
+makes `farm beat` fire it under the store's `redbeat_prefix`.
 
 The sweep's content is stored, not its path: editing the file changes nothing until
 `farm schedule add NAME ... --replace`. `farm beat` is Celery beat with the celery-redbeat
 scheduler: its entries live in Redis (they survive restarts) and its Redis lock lets one beat
 process fire at a time (a second one waits as a standby). Each firing sends the task
 `farm.fire_schedule(name)` to the `control` queue; a worker runs `fire`, which submits the stored
-sweep as one run with the run id `farm.sweep.nightly_run_id` (the sweep's name and the night, or
+sweep as one run with the run id `farm.nightly.sweep.nightly_run_id` (the sweep's name and the night, or
 the interval's start), so a night that is fired twice (a manual `schedule run`, a beat restart)
 still runs once: `controller.submit` creates nothing for an existing run id.
 
 With `FARM_WEBHOOK_URL`, a firing also reports the schedule's finished earlier runs'
-regressions (`farm.webhook.notify_finished`); docs/sweeps.md has the details.
+regressions (`notify_finished`, through `farm.nightly.webhook`); docs/sweeps.md has the details.
 """
 
 from __future__ import annotations
@@ -32,17 +26,22 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import redis
 from celery import Celery, shared_task
 from celery.schedules import schedule
+from redbeat import RedBeatSchedulerEntry
+from redbeat.schedulers import ensure_conf
 
+from farm.cluster.controller import store_for, submit
+from farm.cluster.embedded import resolve_redis_url
+from farm.cluster.queue import SCHEDULE_TASK_NAME, get_app
 from farm.errors import BrokerError, FarmError, NotFoundError, SpecError
+from farm.nightly.regress import check_run
+from farm.nightly.sweep import NAME_RE, Sweep, daily_at_most, nightly_run_id, parse_cron, parse_sweep, resolve_wildcards
+from farm.nightly.webhook import notify
+from farm.results.store import ResultStore, redbeat_prefix
 from farm.settings import Settings, get_settings, mask_url
-from farm.sweep import NAME_RE, Sweep, daily_at_most, nightly_run_id, parse_cron, parse_sweep, resolve_wildcards
+from farm.spec import CONTROL_QUEUE
 
-TASK_NAME = "farm.fire_schedule"
-CONTROL_QUEUE = "control"
-FIRES_KEPT = 200
 MIN_EVERY_S = 1.0
 
 
@@ -88,8 +87,6 @@ class Firing:
 
 # -- Redis and redbeat ------------------------------------------------------------------------
 def redis_url(settings: Settings) -> str:
-    from farm.embedded import resolve_redis_url
-
     return resolve_redis_url(settings)
 
 
@@ -98,12 +95,10 @@ def configure_redbeat(app: Celery, settings: Settings, url: str | None = None, r
     Redis restart (beat) instead of failing at once (commands)."""
     app.conf.update(
         redbeat_redis_url=url or redis_url(settings),
-        redbeat_key_prefix=f"{settings.key_prefix}:redbeat:",
+        redbeat_key_prefix=redbeat_prefix(settings.key_prefix),
         redbeat_redis_options={"retry_period": -1} if retry else {},
         beat_scheduler="redbeat.RedBeatScheduler",
     )
-    from redbeat.schedulers import ensure_conf
-
     if hasattr(app, "redbeat_conf"):
         del app.redbeat_conf  # read again from the new configuration
     ensure_conf(app)
@@ -121,26 +116,22 @@ class ScheduleBook:
     """Add, list, get and remove schedules; the farm's hash and the redbeat entry move together."""
 
     def __init__(self, settings: Settings | None = None) -> None:
-        from farm.store import connect
-
         self.settings = settings or get_settings()
         self.app = _admin_app(self.settings)
-        self.r = connect(self.app.conf.redbeat_redis_url)
+        url = self.app.conf.redbeat_redis_url
+        self.store = ResultStore.from_url(url, self.settings.key_prefix)
         try:
-            self.r.ping()
-        except redis.RedisError as e:
-            raise BrokerError(f"cannot reach Redis at {mask_url(self.app.conf.redbeat_redis_url)}: {e}") from None
-        self.p = self.settings.key_prefix
+            self.store.ping()
+        except BrokerError as e:
+            raise BrokerError(f"cannot reach Redis at {mask_url(url)}: {e}") from None
 
-    def key(self, name: str, *rest: str) -> str:
-        return ":".join((self.p, "schedule", name, *rest))
+    def _entry_key(self, name: str) -> str:
+        return str(self.app.redbeat_conf.key_prefix) + name
 
-    def _entry(self, sched: Schedule) -> Any:
-        from redbeat import RedBeatSchedulerEntry
-
+    def _entry(self, sched: Schedule) -> RedBeatSchedulerEntry:
         return RedBeatSchedulerEntry(
             name=sched.name,
-            task=TASK_NAME,
+            task=SCHEDULE_TASK_NAME,
             schedule=sched.beat_schedule(self.app),
             args=[sched.name],
             options={"queue": CONTROL_QUEUE},
@@ -169,7 +160,7 @@ class ScheduleBook:
         if every_s is not None and every_s < MIN_EVERY_S:
             raise SpecError("every", f"must be at least {MIN_EVERY_S:g} s, got {every_s:g}")
         now = time.time()
-        old = self.r.hget(self.key(name), "created_at")
+        old = self.store.get_schedule(name)
         if old is not None and not replace:
             raise SpecError("name", f"schedule {name!r} exists; use --replace to overwrite it")
         sched = Schedule(
@@ -178,26 +169,22 @@ class ScheduleBook:
             cron=cron,
             every_s=every_s,
             source=source,
-            created_at=float(old) if old else now,
+            created_at=float(old["created_at"]) if old and old.get("created_at") else now,
             updated_at=now,
         )
-        pipe = self.r.pipeline(transaction=True)
-        pipe.delete(self.key(name))
-        pipe.hset(
-            self.key(name),
-            mapping={
+        self.store.put_schedule(
+            name,
+            {
                 "name": name,
                 "cron": cron or "",
                 "every_s": "" if every_s is None else repr(float(every_s)),
-                "sweep": json.dumps(sched.sweep),
+                "sweep": sched.sweep,
                 "sweep_name": sweep.name,
                 "source": source,
                 "created_at": sched.created_at,
                 "updated_at": now,
             },
         )
-        pipe.sadd(f"{self.p}:schedules", name)
-        pipe.execute()
         entry = self._entry(sched)
         if replace:
             entry.delete()  # a new timetable starts from now
@@ -205,7 +192,7 @@ class ScheduleBook:
         return sched
 
     def get(self, name: str) -> Schedule:
-        raw = self.r.hgetall(self.key(name))
+        raw = self.store.get_schedule(name)
         if not raw:
             raise NotFoundError(f"no schedule {name!r} (see `farm schedule list`)")
         return Schedule(
@@ -218,41 +205,32 @@ class ScheduleBook:
             updated_at=float(raw.get("updated_at") or 0),
         )
 
-    def list(self) -> list[Schedule]:
+    def all(self) -> list[Schedule]:
         """Every schedule, by name, with its next firing time from redbeat."""
-        from redbeat import RedBeatSchedulerEntry
-
         out = []
-        for name in sorted(self.r.smembers(f"{self.p}:schedules")):
+        for name in self.store.schedule_names():
             try:
                 sched = self.get(name)
             except NotFoundError:
                 continue
             try:
-                due = RedBeatSchedulerEntry.from_key(self.app.redbeat_conf.key_prefix + name, app=self.app).due_at
+                due = RedBeatSchedulerEntry.from_key(self._entry_key(name), app=self.app).due_at
             except KeyError:
                 due = None
             out.append(Schedule(**{**sched.__dict__, "next_at": due}))
         return out
 
     def remove(self, name: str) -> None:
-        from redbeat import RedBeatSchedulerEntry
-
-        if not self.r.exists(self.key(name)):
+        if self.store.get_schedule(name) is None:
             raise NotFoundError(f"no schedule {name!r} (see `farm schedule list`)")
-        try:
-            RedBeatSchedulerEntry.from_key(self.app.redbeat_conf.key_prefix + name, app=self.app).delete()
-        except KeyError:
-            pass
-        self.r.delete(self.key(name), self.key(name, "fires"), self.key(name, "judged"))
-        self.r.srem(f"{self.p}:schedules", name)
+        with contextlib.suppress(KeyError):
+            RedBeatSchedulerEntry.from_key(self._entry_key(name), app=self.app).delete()
+        self.store.delete_schedule(name)
 
     def last_tick(self, name: str) -> datetime | None:
         """When `farm beat` last fired the schedule (redbeat's last_run_at), if ever."""
-        from redbeat import RedBeatSchedulerEntry
-
         try:
-            meta = RedBeatSchedulerEntry.load_meta(self.app.redbeat_conf.key_prefix + name, app=self.app)
+            meta = RedBeatSchedulerEntry.load_meta(self._entry_key(name), app=self.app)
         except (KeyError, ValueError):
             return None
         tick = meta.get("last_run_at")
@@ -260,14 +238,33 @@ class ScheduleBook:
 
     def fires(self, name: str, limit: int = 20) -> list[dict[str, Any]]:
         """The newest firings of a schedule, newest first."""
-        return [json.loads(x) for x in self.r.lrange(self.key(name, "fires"), 0, limit - 1)]
+        return self.store.schedule_fires(name, limit)
 
     def record(self, firing: Firing) -> None:
-        doc = {"at": time.time(), **firing.__dict__}  # newest first in `fires`
-        pipe = self.r.pipeline(transaction=True)
-        pipe.lpush(self.key(firing.schedule, "fires"), json.dumps(doc))
-        pipe.ltrim(self.key(firing.schedule, "fires"), 0, FIRES_KEPT - 1)
-        pipe.execute()
+        self.store.record_fire(firing.schedule, {"at": time.time(), **firing.__dict__})
+
+
+def notify_finished(book: ScheduleBook, name: str, settings: Settings) -> list[str]:
+    """Judge the schedule's earlier runs that have finished and were not judged yet; POST their
+    regressions to `FARM_WEBHOOK_URL`. Each run is judged once (a Redis set); returns their ids."""
+    if not settings.webhook_url:
+        return []
+    store = store_for(settings)
+    judged = []
+    for f in book.fires(name, limit=10):
+        run_id = f["run_id"]
+        if not f["created"] or book.store.was_judged(name, run_id):
+            continue
+        jobs = store.get_run(run_id)["jobs"]
+        if not jobs or not all(store.has_result(j) for j in jobs):
+            continue  # still running: a later firing judges it
+        if not book.store.mark_judged(name, run_id):
+            continue  # another worker got there first
+        results = store.get_results(jobs)
+        history = store.query(spec_hashes=sorted({r.spec_hash for r in results}))
+        notify(settings.webhook_url, check_run(history, run_id))
+        judged.append(run_id)
+    return judged
 
 
 def fire(
@@ -283,8 +280,6 @@ def fire(
     `from_beat`: the key comes from the tick beat last fired (redbeat's last_run_at), not from
     when a worker got round to the task, so a firing that waited in the queue keeps its night.
     """
-    from farm.controller import submit
-
     settings = settings or get_settings()
     book = ScheduleBook(settings)
     sched = book.get(name)
@@ -305,8 +300,6 @@ def fire(
         unserved=list(sub.unserved),
     )
     book.record(firing)
-    from farm.webhook import notify_finished
-
     notify_finished(book, name, settings)
     return firing
 
@@ -322,7 +315,7 @@ def fire_from_beat(name: str) -> dict[str, Any]:
         raise
 
 
-@shared_task(name=TASK_NAME, ignore_result=True)
+@shared_task(name=SCHEDULE_TASK_NAME, ignore_result=True)
 def fire_schedule(name: str) -> dict[str, Any]:
     """Celery task sent by `farm beat` (queue `control`): fire the named schedule."""
     return fire_from_beat(name)
@@ -334,8 +327,6 @@ def run_beat(settings: Settings | None = None, *, max_interval: float = 30.0, lo
     redbeat's lock (`<prefix>:redbeat::lock`) lets one beat fire at a time; another waits for it.
     A beat that stops cleanly releases the lock; one that dies holds it for `5 x max_interval`.
     """
-    from farm.queue import get_app
-
     settings = settings or get_settings()
     app = configure_redbeat(get_app(), settings, retry=True)
     app.conf.update(beat_max_loop_interval=max_interval, redbeat_lock_timeout=max(5 * max_interval, 10))

@@ -1,33 +1,37 @@
-"""The Celery app: configuration that keeps long jobs from being lost or run twice, and the one task.
+"""The Celery app: configuration that keeps long jobs from being lost or run twice, and sending jobs.
 
-Settings follow ../shared/docs/reliability.md: JSON only (a pickle message is refused), late acks,
+Settings follow docs/reliability.md: JSON only (a pickle message is refused), late acks,
 reject on worker lost, prefetch 1, time limits below a visibility timeout set in every place Celery
 and kombu read it, connection retry forever on start-up, long tasks cancelled on connection loss,
 successful tasks deduplicated. Celery keeps its task state in process memory (see make_app); the
-results themselves live in the farm's own keys (`farm.store`).
+results themselves live in the farm's own keys (`farm.results.store`).
 
-Queues: a job goes to `job.queue` (`cpu`, `cuda`, `cuda.h100`, `cpu.<machine>`); small farm tasks
-(for example `farm.fire_schedule`, registered by `farm.schedule`) go to `control`, which every
-worker consumes. The task body is thin: `farm.worker.execute_job` does the work.
+Queues (named by `farm.spec.queue_for`): a job goes to `job.queue` (`cpu`, `cuda`, `cuda.h100`,
+`cpu.<machine>`); small farm tasks (`farm.fire_schedule`) go to `control`, which every worker
+consumes. The tasks are declared where their work is, with `shared_task`: `farm.run_job` in
+`farm.cluster.worker`, `farm.fire_schedule` in `farm.nightly.schedule`; the app lists those modules
+in Celery's `include`, so a worker imports them when it starts, while a client, which sends by name,
+never does (and this module imports neither).
 """
 
 from __future__ import annotations
 
 import functools
-import importlib.util
 import logging
-from typing import Any
 
-from celery import Celery, Task
-from celery.exceptions import TimeLimitExceeded
+from celery import Celery
+from kombu.exceptions import OperationalError
 
+from farm.cluster.embedded import resolve_redis_url
 from farm.errors import BrokerError, ConfigError
 from farm.settings import Settings, get_settings
+from farm.spec import CONTROL_QUEUE, Job
 
 log = logging.getLogger(__name__)
 
 TASK_NAME = "farm.run_job"
-CONTROL_QUEUE = "control"
+SCHEDULE_TASK_NAME = "farm.fire_schedule"
+TASK_MODULES = ("farm.cluster.worker", "farm.nightly.schedule")  # Celery `include`: imported by workers
 RESULT_EXPIRES_S = 7 * 24 * 3600  # Celery task state only; results live in farm keys without expiry
 CELERY_STATE_BACKEND = "cache+memory://"  # see make_app: Celery's task state never goes to Redis
 HARD_LIMIT_GRACE_S = 30.0  # a job's own time limit: the hard kill comes this long after the soft one
@@ -52,45 +56,21 @@ def job_time_limits(spec_limit_s: float | None, settings: Settings) -> tuple[flo
     return soft, hard
 
 
-class FarmTask(Task):
-    """The job task. `on_failure` also runs in the worker's parent when a hard time limit kills
-    the job's process: the job is then stored as `timeout` before the message is acknowledged."""
-
-    def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
-        from farm.worker import store_crash, store_hard_timeout
-
-        job = args[0] if args else kwargs.get("job")
-        if isinstance(exc, TimeLimitExceeded):
-            store_hard_timeout(job, exc)
-        else:  # a bug outside run_job: the message is acknowledged, so keep a `failed` result
-            store_crash(job, exc)
-
-
-def _register_tasks(app: Celery) -> None:
-    @app.task(name=TASK_NAME, bind=True, base=FarmTask, shared=False)
-    def run_job(self: Task, job: dict[str, Any]) -> dict[str, Any]:
-        """Validate the job again, run it with the core engine, store its result (then ack)."""
-        from farm.worker import execute_job
-
-        return execute_job(job, self.request)
-
-
 def make_app(settings: Settings | None = None, broker_url: str | None = None) -> Celery:
     """A configured Celery app for these settings (URL from FARM_REDIS_URL or the embedded farm)."""
     settings = settings or get_settings()
     check_limits(settings)
     if broker_url is None:
-        from farm.embedded import resolve_redis_url
-
         broker_url = resolve_redis_url(settings)
-    include = ["farm.schedule"] if importlib.util.find_spec("farm.schedule") is not None else []
     # Celery's own task state lives in process memory, never in Redis: the farm reads none of it (results
     # are farm keys, written before the ack). With Redis as the backend a Redis crash lost the running job:
     # Celery cancels it on connection loss, Request._announce_cancelled raises writing RETRY to the dead
     # backend, and the job is then treated as revoked and its message acknowledged (tests/test_faults.py
     # test_kill9_redis). Kept in memory, the cancel completes and the message stays unacknowledged until
     # the visibility timeout hands it back.
-    app = Celery("farm", broker=broker_url, backend=CELERY_STATE_BACKEND, include=include, set_as_current=True)
+    app = Celery(
+        "farm", broker=broker_url, backend=CELERY_STATE_BACKEND, include=list(TASK_MODULES), set_as_current=True
+    )
     vt = int(settings.visibility_timeout)
     # kombu looks for messages past the visibility timeout every interval x throttle seconds (default
     # 10 x 10): scan on every 10 s sweep so that a dead worker's job comes back soon after the timeout.
@@ -125,10 +105,9 @@ def make_app(settings: Settings | None = None, broker_url: str | None = None) ->
         result_persistent=True,
         task_default_queue="cpu",
         task_create_missing_queues=True,
-        task_routes={"farm.fire_schedule": {"queue": CONTROL_QUEUE}},
+        task_routes={SCHEDULE_TASK_NAME: {"queue": CONTROL_QUEUE}},
         broker_connection_timeout=5,
     )
-    _register_tasks(app)
     return app
 
 
@@ -138,10 +117,8 @@ def get_app() -> Celery:
     return make_app(get_settings())
 
 
-def enqueue(app: Celery, job: Any, settings: Settings) -> None:
+def enqueue(app: Celery, job: Job, settings: Settings) -> None:
     """Send one `Job` to its queue; its job id is the Celery task id (dedup, revoke, tracing)."""
-    from kombu.exceptions import OperationalError
-
     # Without a limit in the spec the worker's own settings apply (it knows its visibility timeout).
     limits: dict[str, float] = {}
     if job.spec.time_limit_s is not None:

@@ -21,12 +21,11 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from farm.errors import NotFoundError, SpecError
-from farm.flops import min_phase_flops, phase_flops
-from farm.hardware import MEASURED_TOLERANCE, TABLE_TOLERANCE, Peak, gpu_peak
-from farm.result import JobResult, PhaseResult, measured_phase
+from farm.errors import SpecError
+from farm.results.peaks import MEASURED_TOLERANCE, TABLE_TOLERANCE, Peak, gpu_peak
+from farm.results.result import JobResult, PhaseResult, judge
+from farm.results.store import ResultStore
 from farm.spec import Job
-from farm.store import ResultStore
 
 NOT_MEASURED = ("failed", "oom", "timeout", "cancelled")
 
@@ -91,19 +90,14 @@ def recheck_phase(res: JobResult, p: PhaseResult) -> PhaseResult:
         return _invalid(p, "no raw times: its statistics cannot be re-derived")
     if not all(math.isfinite(t) and t > 0 for t in p.times_s):
         return _invalid(p, "a raw time is not a positive finite number of seconds")
-    spec = res.spec
-    work = p.name in ("forward", "train")
-    return measured_phase(
+    return judge(
+        res.spec,
         p.name,
         p.times_s,
         p.warmup_times_s,
-        flops=phase_flops(spec, p.name),
-        min_flops=min_phase_flops(spec.shape, spec.batch, spec.seq, p.name),
-        tokens=spec.batch * spec.seq if work else 0,
-        peak=derive_peak(res, p) if work else None,
+        peak=derive_peak(res, p),
         peak_memory_bytes=p.peak_memory_bytes,
         memory_kind=p.memory_kind,
-        predicted_memory_bytes=p.predicted_memory_bytes,
         breakdown=p.breakdown,
     )
 
@@ -146,12 +140,8 @@ def import_results(store: ResultStore, results: list[JobResult], source: str) ->
         if checked.status != "ok":
             summary.flagged[checked.job_id] = f"{checked.status}: {(checked.error or '').splitlines()[0]}"
     for run_id, jobs in jobs_by_run.items():
-        try:
-            store.get_run(run_id)
-        except NotFoundError:
-            store.create_run(run_id, None, jobs, name=f"imported from {source}", tags={"imported": "yes"})
-            for j in jobs:
-                store.set_job_state(j.job_id, "done")
+        if not store.run_exists(run_id):
+            store.create_run(run_id, [], jobs, name=f"imported from {source}", tags={"imported": "yes"}, state="done")
         summary.runs.append(run_id)
     return summary
 

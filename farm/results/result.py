@@ -15,9 +15,11 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from farm import __version__
-from farm.hardware import MachineFingerprint, Peak
+from farm.flops import min_phase_flops, phase_flops, predict_memory
+from farm.results.machine import MachineFingerprint
+from farm.results.peaks import Peak
+from farm.results.stats import Stats, summarize
 from farm.spec import BenchSpec, Job
-from farm.stats import Stats, summarize
 
 Status = Literal["ok", "failed", "oom", "timeout", "invalid", "cancelled"]
 STATUSES: tuple[str, ...] = ("ok", "failed", "oom", "timeout", "invalid", "cancelled")
@@ -108,6 +110,34 @@ def measured_phase(
         predicted_memory_bytes=predicted_memory_bytes,
         breakdown=breakdown or {},
         invalid_reason=reason,
+    )
+
+
+def judge(
+    spec: BenchSpec,
+    name: str,
+    times_s: list[float],
+    warmup_times_s: list[float],
+    *,
+    peak: Peak | None,
+    peak_memory_bytes: int | None,
+    memory_kind: str | None,
+    breakdown: dict[str, float],
+) -> PhaseResult:
+    """A phase's result from its raw times: FLOPs, the plausibility check and memory, derived from the spec."""
+    counted = name != "init"  # building the model does no counted arithmetic
+    return measured_phase(
+        name,
+        times_s,
+        warmup_times_s,
+        flops=phase_flops(spec, name),
+        min_flops=min_phase_flops(spec.shape, spec.batch, spec.seq, name),
+        tokens=spec.batch * spec.seq if counted else 0,
+        peak=peak if counted else None,
+        peak_memory_bytes=peak_memory_bytes,
+        memory_kind=memory_kind,
+        predicted_memory_bytes=predict_memory(spec, name).total,
+        breakdown=breakdown,
     )
 
 

@@ -17,13 +17,16 @@ from pathlib import Path
 import psutil
 import torch
 
+from farm.engine.hardware import cpu_peak, fingerprint
+from farm.engine.model import read_hf_config
+from farm.engine.phases import PHASE_RUNNERS, JobContext, ProgressFn, precision_settings
+from farm.engine.timing import Timer, synchronizer
 from farm.errors import CheckpointError, DeviceUnavailableError, JobTimeout, MemoryPredictionError, SpecError
 from farm.flops import predict_peak
-from farm.hardware import MEASURED_TOLERANCE, Peak, cpu_peak, fingerprint, gpu_peak, gpu_tag
-from farm.phases import PHASE_RUNNERS, JobContext, ProgressFn, judge, precision_settings
-from farm.result import JobResult, utcnow
+from farm.results.machine import gpu_tag
+from farm.results.peaks import MEASURED_TOLERANCE, Peak, gpu_peak
+from farm.results.result import JobResult, judge, utcnow
 from farm.spec import PRESETS, BenchSpec, Job, parse_device_tag, parse_spec
-from farm.timing import Timer, synchronizer
 
 MEMORY_HEADROOM = 0.95  # refuse a job predicted to use more than this share of free memory
 
@@ -74,9 +77,7 @@ def checkpoint_spec(spec: BenchSpec) -> BenchSpec:
     """
     if not spec.checkpoint:
         return spec
-    from farm.model import _read_hf_config
-
-    shape = _read_hf_config(Path(spec.checkpoint))
+    shape = read_hf_config(Path(spec.checkpoint))
     dims = shape.model_dump(exclude={"name"})
     if dims == spec.shape.model_dump(exclude={"name"}):
         return spec

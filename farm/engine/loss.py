@@ -1,0 +1,102 @@
+"""The LM head and its cross-entropy fused, chunk by chunk: the loss of the train phase on CPUs.
+
+Used by `GPT.forward` on the devices in `FUSED_LOSS_DEVICES` when it is given targets and asked for
+no logits. Same loss and gradients as `F.cross_entropy(h @ w.T, targets)`, without the full
+(tokens, vocabulary) logits (tests/test_benchmarks.py checks both against the unfused path).
+"""
+
+from __future__ import annotations
+
+import torch
+
+# Rows of the (rows, vocab) logits block the fused LM-head loss handles at a time: 512 x 50257 float32
+# is 103 MB, so a 1 x 1024 step needs 2 blocks in one reused buffer instead of 3-4 fresh (1024, 50257)
+# tensors (on a 2-thread Xeon: 0.95x the unfused time, half the page faults; benchmarks/lm_head_loss.py).
+LOSS_CHUNK_ROWS = 512
+# Devices whose train step uses the fused loss. On an H200 it cut training memory by half (12.1 ->
+# 6.3 GiB for GPT-2 small 8 x 1024 fp32) but made the step 6-50% slower (many small launches, bf16 ->
+# fp32 round trips), so CUDA keeps the unfused path: speed is what the farm measures.
+FUSED_LOSS_DEVICES = ("cpu",)
+
+
+class _LMHeadCrossEntropy(torch.autograd.Function):
+    """Mean cross-entropy of `h @ w.T` against `targets`, with its gradients computed chunk by chunk.
+
+    The unfused path materialises the full (N, V) logits, their log-softmax (saved for backward)
+    and, in backward, a (N, V) gradient: three or four fresh 206 MB tensors at N = 1024, V = 50257,
+    each page-faulted in by the OS and streamed through memory several times. Here each block of
+    rows is computed once into one reused scratch buffer: logits -> logsumexp -> softmax in place
+    -> minus one-hot = dloss/dlogits -> the two gradient matmuls. Every FLOP of the unfused path is
+    still done (the same three matmuls per block); the backward only scales the stored gradients.
+    Targets equal to `ignore_index` count for nothing, as in F.cross_entropy.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: torch.autograd.function.FunctionCtx,
+        h: torch.Tensor,  # (N, C) final hidden states
+        w: torch.Tensor,  # (V, C) LM head (tied embedding)
+        targets: torch.Tensor,  # (N,) token ids
+        mm_dtype: torch.dtype,  # dtype of the matmuls (autocast's, else the weights')
+        chunk: int,
+        ignore_index: int,
+    ) -> torch.Tensor:
+        N, V = h.shape[0], w.shape[0]
+        hm, wm = h.to(mm_dtype), w.to(mm_dtype)
+        need_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
+        grad_h = torch.empty_like(h) if need_grad else None
+        # float32 accumulator for the (V, C) head gradient, whatever the matmul dtype.
+        grad_w = torch.zeros(w.shape, dtype=torch.float32, device=w.device) if need_grad else None
+        buf = torch.empty(min(chunk, N), V, dtype=mm_dtype, device=h.device)  # reused scratch block
+        loss_sum = torch.zeros((), dtype=torch.float32, device=h.device)
+        valid = targets != ignore_index  # (N,)
+        safe_t = torch.where(valid, targets, 0)
+        for s in range(0, N, chunk):
+            e = min(s + chunk, N)
+            logits = torch.mm(hm[s:e], wm.t(), out=buf[: e - s])  # (n, V)
+            lg = logits if mm_dtype == torch.float32 else logits.float()
+            lse = torch.logsumexp(lg, dim=1)  # (n,)
+            tgt = lg.gather(1, safe_t[s:e, None]).squeeze(1)  # (n,) logit of the target
+            v = valid[s:e]
+            loss_sum += ((lse - tgt) * v).sum()
+            if not need_grad:
+                continue
+            # dloss_sum/dlogits = softmax - onehot (rows of ignored targets: zero)
+            lg.sub_(lse[:, None]).exp_()
+            rows = torch.arange(e - s, device=h.device)
+            lg[rows, safe_t[s:e]] -= 1.0
+            lg.mul_(v[:, None].to(lg.dtype))
+            g = lg if lg.dtype == mm_dtype else lg.to(mm_dtype)
+            if grad_h.dtype == mm_dtype:
+                torch.mm(g, wm, out=grad_h[s:e])  # (n, C)
+            else:
+                grad_h[s:e] = torch.mm(g, wm)
+            if mm_dtype == torch.float32:
+                grad_w.addmm_(g.t(), hm[s:e])  # (V, C) += (V, n) @ (n, C)
+            else:
+                grad_w += torch.mm(g.t(), hm[s:e]).float()
+        count = valid.sum().clamp(min=1).to(torch.float32)
+        if need_grad:
+            ctx.save_for_backward(grad_h, grad_w, count)
+            ctx.w_dtype = w.dtype
+        return loss_sum / count
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad_out: torch.Tensor):  # type: ignore[override]
+        grad_h, grad_w, count = ctx.saved_tensors
+        scale = grad_out / count  # d(mean)/d(sum) times the incoming gradient
+        return (grad_h * scale.to(grad_h.dtype), (grad_w * scale).to(ctx.w_dtype), None, None, None, None)
+
+
+def lm_head_loss(
+    h: torch.Tensor, w: torch.Tensor, targets: torch.Tensor, chunk: int = LOSS_CHUNK_ROWS, ignore_index: int = -100
+) -> torch.Tensor:
+    """F.cross_entropy(h @ w.T, targets) (mean over non-ignored targets) without full logits.
+
+    h: (N, C), w: (V, C), targets: (N,). Under autocast the matmuls run in autocast's dtype and the
+    softmax in float32, as autocast does for linear + cross_entropy.
+    """
+    dev = h.device.type
+    mm_dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else w.dtype
+    with torch.autocast(dev, enabled=False):
+        return _LMHeadCrossEntropy.apply(h, w, targets, mm_dtype, chunk, ignore_index)

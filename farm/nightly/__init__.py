@@ -1,0 +1,1 @@
+"""Nights: sweeps, schedules fired by `farm beat`, regression detection and webhooks."""

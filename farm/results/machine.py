@@ -1,0 +1,62 @@
+"""What a result was measured on: the machine's fingerprint, its GPUs and their tags.
+
+Plain data, read by every layer; `farm.engine.hardware` fills it in on a worker. Never imports torch.
+"""
+
+from __future__ import annotations
+
+import re
+
+from pydantic import BaseModel, ConfigDict
+
+
+class GpuInfo(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    index: int
+    name: str
+    tag: str
+    memory_bytes: int | None = None
+    driver: str | None = None
+    uuid: str | None = None
+
+
+class MachineFingerprint(BaseModel):
+    """What a result was measured on."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    hostname: str
+    machine_tag: str
+    os: str
+    python: str
+    cpu_model: str
+    cpu_arch: str
+    cpu_flags: list[str] = []  # the SIMD / matrix extensions that change CPU speed
+    physical_cores: int | None
+    logical_cores: int | None
+    memory_bytes: int
+    torch_version: str | None = None
+    cuda_version: str | None = None
+    cudnn_version: str | None = None
+    gpus: list[GpuInfo] = []
+    farm_version: str
+    git_commit: str | None = None
+
+
+def gpu_tag(name: str) -> str:
+    """A short queue-safe tag from a GPU name.
+
+    "NVIDIA H100 80GB HBM3" -> "h100", "NVIDIA A100-SXM4-40GB" -> "a100",
+    "NVIDIA GeForce RTX 4090" -> "rtx4090", "NVIDIA L40S" -> "l40s", "Tesla T4" -> "t4".
+    Rule: lower-case, drop vendor and family words (nvidia, geforce, tesla, quadro), join an
+    "rtx"/"gtx" prefix to its number, then take the first word, cut at the first '-'.
+    """
+    words = re.sub(r"[^a-z0-9 -]", " ", name.lower()).split()
+    words = [w for w in words if w not in {"nvidia", "geforce", "tesla", "quadro"}]
+    if len(words) >= 2 and words[0] in {"rtx", "gtx"}:
+        words = [words[0] + words[1], *words[2:]]
+    if not words:
+        return "gpu"
+    tag = words[0].split("-")[0]
+    return re.sub(r"[^a-z0-9_-]", "", tag)[:63] or "gpu"

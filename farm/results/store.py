@@ -1,0 +1,517 @@
+"""The farm's Redis schema: the only code that names a Redis key. No expiry but heartbeats;
+results idempotent by job id.
+
+Keys (prefix `farm`, see `Settings.key_prefix`); `KEY_TABLE` below lists the same patterns, and a
+test checks every key the farm writes against it:
+
+| key | type | holds |
+| --- | --- | --- |
+| `farm:result:<job_id>` | string | a `JobResult` as JSON, written once (SET NX) |
+| `farm:summary:<job_id>` | string | the compact record reports read (`farm.results.records`) |
+| `farm:idx:<kind>:<value>` | sorted set | job ids by finish time (epoch s); kinds all, run, machine, |
+|  |  | device, spec, model |
+| `farm:run:<run_id>` | hash | run_id, created_at, spec or specs (JSON), jobs (JSON list), tags, name |
+| `farm:runs` | sorted set | run ids scored by creation time |
+| `farm:job:<job_id>` | hash | run_id, device, queue, job (JSON), state, worker, attempts, pid, |
+|  |  | phase, done, total, status, started_at, updated_at |
+| `farm:worker:<name>` | hash, TTL | a live worker's config, fingerprint and jobs; expires `heartbeat_ttl` |
+|  |  | after its last beat |
+| `farm:workers` | set | worker names (an expired hash drops its name on the next listing) |
+| `farm:schedule:<name>` | hash | name, cron or every_s, sweep (JSON), sweep_name, source, created/updated |
+| `farm:schedules` | set | schedule names |
+| `farm:schedule:<name>:fires` | list | the newest `FIRES_KEPT` firings (JSON), newest first |
+| `farm:schedule:<name>:judged` | set | run ids whose regressions were sent to the webhook |
+| `farm:redbeat:*` | (redbeat) | celery-redbeat's entries and lock, under `redbeat_prefix(prefix)` |
+
+Celery's broker keys (queues, `unacked`, bindings) are kombu's, not the farm's.
+
+A result and its index entries are written by one Lua script, atomically: a redelivered job
+whose result exists changes nothing. Reports read through `query_ids` + `load_records`, which read
+indexes and fetch with MGET or one script call per 1,000, never scanning keys. Every Redis failure
+becomes a `BrokerError` here (`BrokerUnavailable` when Redis cannot be reached), so callers never
+see redis-py's exceptions. This module never imports torch.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import datetime
+from typing import Any, ParamSpec, TypeVar
+
+import pydantic_core
+import redis
+
+from farm.errors import BrokerError, BrokerUnavailable, NotFoundError
+from farm.results.records import Record, paused_gc, record_from_dict, record_from_summary, summary_json
+from farm.results.result import JobResult
+from farm.spec import BenchSpec, Job
+
+JOB_STATES = ("queued", "running", "done", "cancelled", "unserved")
+INDEX_KINDS = ("all", "run", "machine", "device", "spec", "model")
+FIRES_KEPT = 200  # firings kept per schedule
+
+# Every key pattern the farm writes, as `<prefix>:` + pattern (`*` one segment, `**` the rest).
+KEY_TABLE = (
+    "result:*",
+    "summary:*",
+    "idx:all",
+    "idx:run:*",
+    "idx:machine:*",
+    "idx:device:*",
+    "idx:spec:*",
+    "idx:model:*",
+    "run:*",
+    "runs",
+    "job:*",
+    "worker:*",
+    "workers",
+    "schedule:*",
+    "schedules",
+    "schedule:*:fires",
+    "schedule:*:judged",
+    "redbeat:**",
+)
+
+# KEYS[1] result key, KEYS[2..] index keys; ARGV[1] JSON, ARGV[2] score, ARGV[3] job id,
+# ARGV[4] "1" to overwrite. Returns 1 when written, 0 when a result already existed.
+_PUT_RESULT = """
+local written
+if ARGV[4] == '1' then
+  redis.call('SET', KEYS[1], ARGV[1])
+  written = 1
+else
+  written = redis.call('SET', KEYS[1], ARGV[1], 'NX') and 1 or 0
+end
+if written == 1 then
+  for i = 2, #KEYS do redis.call('ZADD', KEYS[i], ARGV[2], ARGV[3]) end
+end
+return written
+"""
+
+# KEYS[1..n] summary keys, KEYS[n+1..2n] result keys: each summary, or false when absent or stale
+# (a summary starts with the byte length of the result JSON it was derived from).
+_FETCH_SUMMARIES = """
+local n = #KEYS / 2
+local out = {}
+for i = 1, n do
+  local s = redis.call('GET', KEYS[i])
+  if s and tonumber(string.match(s, '^%[(%d+),')) ~= redis.call('STRLEN', KEYS[n + i]) then s = false end
+  out[i] = s or false
+end
+return out
+"""
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+def broker_error(e: redis.RedisError) -> BrokerError:
+    """The farm's error for a redis-py exception: the one translation, used by the store and its callers."""
+    if isinstance(e, redis.AuthenticationError) or (
+        isinstance(e, redis.ResponseError) and ("NOAUTH" in str(e) or "WRONGPASS" in str(e))
+    ):
+        return BrokerError(f"Redis refused the credentials: {e}")
+    if isinstance(e, redis.ConnectionError | redis.TimeoutError):
+        return BrokerUnavailable(f"cannot reach Redis: {e}")
+    if isinstance(e, redis.ResponseError):
+        return BrokerError(f"Redis refused a command (a key of the wrong type or a read-only replica?): {e}")
+    return BrokerError(f"Redis failed: {e}")
+
+
+def _redis(fn: Callable[P, T]) -> Callable[P, T]:
+    """Decorate a store method: any redis-py exception leaves it as a `BrokerError`."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return fn(*args, **kwargs)
+        except redis.RedisError as e:
+            raise broker_error(e) from None
+
+    return wrapper
+
+
+def redbeat_prefix(prefix: str) -> str:
+    """The key prefix celery-redbeat is given for its entries and lock (`<prefix>:redbeat:`)."""
+    return f"{prefix}:redbeat:"
+
+
+def connect(url: str) -> redis.Redis:
+    """A redis-py client for a farm URL (redis://, rediss:// with TLS, user:password@)."""
+    try:
+        return redis.Redis.from_url(url, decode_responses=True, socket_connect_timeout=5, health_check_interval=30)
+    except ValueError as e:
+        raise BrokerError(f"invalid Redis URL: {e}") from None
+
+
+def _flat(mapping: Mapping[str, Any]) -> dict[str, str | int | float]:
+    """A hash mapping: lists and dicts as JSON, None as the empty string."""
+    return {k: json.dumps(v) if isinstance(v, list | dict) else ("" if v is None else v) for k, v in mapping.items()}
+
+
+class ResultStore:
+    """Results, runs, job states, workers and schedules in Redis, behind named methods."""
+
+    def __init__(self, client: redis.Redis, prefix: str = "farm") -> None:
+        self.r = client
+        self.p = prefix
+        self._put = self.r.register_script(_PUT_RESULT)
+        self._fetch = self.r.register_script(_FETCH_SUMMARIES)
+
+    @classmethod
+    def from_url(cls, url: str, prefix: str = "farm") -> ResultStore:
+        return cls(connect(url), prefix)
+
+    # -- keys --------------------------------------------------------------------------------
+    def key(self, *parts: str) -> str:
+        return ":".join((self.p, *parts))
+
+    @property
+    def redbeat_prefix(self) -> str:
+        return redbeat_prefix(self.p)
+
+    def _index_keys(self, res: JobResult) -> list[str]:
+        keys = [
+            self.key("idx", "all"),
+            self.key("idx", "run", res.run_id),
+            self.key("idx", "device", res.device),
+            self.key("idx", "spec", res.spec_hash),
+            self.key("idx", "model", res.model_name),
+        ]
+        if res.machine is not None:
+            keys.append(self.key("idx", "machine", res.machine.machine_tag))
+        return keys
+
+    def ping(self) -> None:
+        """BrokerError (refused credentials) or BrokerUnavailable (unreachable), else nothing."""
+        try:
+            self.r.ping()
+        except redis.RedisError as e:
+            raise broker_error(e) from None
+
+    # -- results -----------------------------------------------------------------------------
+    @_redis
+    def put_result(self, res: JobResult, *, overwrite: bool = False) -> bool:
+        """Store a result and index it; returns False (and changes nothing) if one exists."""
+        when = (res.finished_at or res.started_at).timestamp()
+        keys = [self.key("result", res.job_id), *self._index_keys(res)]
+        doc = res.model_dump_json()
+        written = bool(self._put(keys=keys, args=[doc, when, res.job_id, "1" if overwrite else "0"]))
+        if written:
+            self._put_summary(res.job_id, doc)
+        return written
+
+    def _put_summary(self, job_id: str, doc: str) -> None:
+        """The compact summary reports read, written with the result so that even the first report
+        over many results reads summaries. Only a cache: a failure here is harmless."""
+        try:
+            rec = record_from_dict(pydantic_core.from_json(doc))
+            self.r.set(self.key("summary", job_id), summary_json(rec, len(doc.encode())))
+        except (redis.RedisError, ValueError, KeyError, TypeError):
+            pass
+
+    @_redis
+    def get_result(self, job_id: str) -> JobResult:
+        raw = self.r.get(self.key("result", job_id))
+        if raw is None:
+            raise NotFoundError(f"no result for job {job_id!r}")
+        return JobResult.model_validate_json(raw)
+
+    @_redis
+    def has_result(self, job_id: str) -> bool:
+        return bool(self.r.exists(self.key("result", job_id)))
+
+    @_redis
+    def get_results(self, job_ids: Sequence[str], chunk: int = 1000) -> list[JobResult]:
+        """Results for job ids (missing ones skipped), fetched with MGET in chunks."""
+        out: list[JobResult] = []
+        for i in range(0, len(job_ids), chunk):
+            keys = [self.key("result", j) for j in job_ids[i : i + chunk]]
+            out.extend(JobResult.model_validate_json(raw) for raw in self.r.mget(keys) if raw is not None)
+        return out
+
+    @_redis
+    def query_ids(
+        self,
+        *,
+        runs: Iterable[str] = (),
+        machines: Iterable[str] = (),
+        devices: Iterable[str] = (),
+        spec_hashes: Iterable[str] = (),
+        models: Iterable[str] = (),
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int | None = None,
+    ) -> list[str]:
+        """Job ids matching every given selector (values of one selector are OR-ed), oldest first.
+
+        One index (everything, or one value of one selector) is read directly without scores: Redis
+        already orders it by (finish time, job id), the order returned, and 10,000 ids then cost a
+        quarter of the time.
+        """
+        lo = since.timestamp() if since else "-inf"
+        hi = until.timestamp() if until else "+inf"
+        groups = [("run", runs), ("machine", machines), ("device", devices), ("spec", spec_hashes), ("model", models)]
+        used = [(kind, list(dict.fromkeys(values))) for kind, values in groups]
+        used = [(kind, values) for kind, values in used if values]
+        if not used or (len(used) == 1 and len(used[0][1]) == 1):
+            key = self.key("idx", "all") if not used else self.key("idx", used[0][0], used[0][1][0])
+            ids = list(self.r.zrangebyscore(key, lo, hi))
+            return ids[-limit:] if limit else ids
+        selected: dict[str, float] | None = None
+        for kind, values in used:
+            pipe = self.r.pipeline(transaction=False)
+            for v in values:
+                pipe.zrangebyscore(self.key("idx", kind, v), lo, hi, withscores=True)
+            found: dict[str, float] = {}
+            for rows in pipe.execute():
+                found.update(dict(rows))
+            selected = found if selected is None else {k: s for k, s in selected.items() if k in found}
+        assert selected is not None
+        ids = sorted(selected, key=lambda j: (selected[j], j))
+        return ids[-limit:] if limit else ids
+
+    def query(self, **selectors: Any) -> list[JobResult]:
+        """Results matching the selectors of `query_ids`, oldest first."""
+        return self.get_results(self.query_ids(**selectors))
+
+    def load_records(self, job_ids: Sequence[str], chunk: int = 1000, cache: bool = True) -> list[Record]:
+        """Report records for job ids (missing ones skipped), in order.
+
+        Cached summaries come back from one script call per chunk and one parse; results without a
+        (current) summary are fetched with MGET, parsed by pydantic-core, and their summaries written.
+        """
+        with paused_gc():
+            return self._load_records(job_ids, chunk, cache)
+
+    @_redis
+    def _load_records(self, job_ids: Sequence[str], chunk: int, cache: bool) -> list[Record]:
+        out: list[Record] = []
+        for i in range(0, len(job_ids), chunk):
+            ids = job_ids[i : i + chunk]
+            rkeys = [self.key("result", j) for j in ids]
+            skeys = [self.key("summary", j) for j in ids]
+            cached = self._fetch(keys=[*skeys, *rkeys]) if cache else [None] * len(ids)
+            rows = pydantic_core.from_json("[" + ",".join(c or "null" for c in cached) + "]")
+            recs = [record_from_summary(row) if row else None for row in rows]
+            missing = [k for k, rec in enumerate(recs) if rec is None]
+            if missing:
+                pipe = self.r.pipeline(transaction=False)
+                for k, raw in zip(missing, self.r.mget([rkeys[k] for k in missing]), strict=True):
+                    if raw is None:
+                        continue
+                    recs[k] = rec = record_from_dict(pydantic_core.from_json(raw))
+                    if cache:
+                        pipe.set(skeys[k], summary_json(rec, len(raw.encode())))
+                try:
+                    pipe.execute()
+                except redis.RedisError:
+                    pass  # a read-only replica still reports; the summaries are only a cache
+            out.extend(r for r in recs if r is not None)
+        return out
+
+    # -- runs --------------------------------------------------------------------------------
+    @_redis
+    def create_run(
+        self,
+        run_id: str,
+        specs: Sequence[BenchSpec],
+        jobs: Sequence[Job],
+        name: str | None = None,
+        tags: dict[str, str] | None = None,
+        state: str = "queued",
+    ) -> None:
+        """Record a run and its jobs (state `state`) in one transaction. One spec is stored as
+        `spec`; several (a sweep) as `specs`; none (an import) as an empty `spec`."""
+        now = time.time()
+        pipe = self.r.pipeline(transaction=True)
+        run: dict[str, Any] = {
+            "run_id": run_id,
+            "created_at": now,
+            "spec": specs[0].model_dump_json() if len(specs) == 1 else "",
+            "jobs": [j.job_id for j in jobs],
+            "tags": tags or {},
+            "name": name or "",
+        }
+        if len(specs) > 1:
+            run["specs"] = [s.model_dump(mode="json") for s in specs]
+        pipe.hset(self.key("run", run_id), mapping=_flat(run))
+        pipe.zadd(self.key("runs"), {run_id: now})
+        for j in jobs:
+            doc = {"run_id": run_id, "device": j.device, "queue": j.queue, "state": state, "worker": "",
+                   "attempts": 0, "updated_at": now, "job": j.model_dump_json()}  # fmt: skip
+            pipe.hset(self.key("job", j.job_id), mapping=doc)
+        pipe.execute()
+
+    @_redis
+    def get_run(self, run_id: str) -> dict[str, Any]:
+        raw = self.r.hgetall(self.key("run", run_id))
+        if not raw:
+            raise NotFoundError(f"no run {run_id!r}")
+        return {
+            **raw,
+            "jobs": json.loads(raw["jobs"]),
+            "tags": json.loads(raw.get("tags") or "{}"),
+            "created_at": float(raw["created_at"]),
+        }
+
+    @_redis
+    def run_exists(self, run_id: str) -> bool:
+        return bool(self.r.exists(self.key("run", run_id)))
+
+    @_redis
+    def list_runs(self, limit: int = 50) -> list[str]:
+        """The newest run ids, newest last."""
+        return list(reversed(self.r.zrevrange(self.key("runs"), 0, limit - 1)))
+
+    @_redis
+    def latest_run(self) -> str:
+        runs = self.r.zrevrange(self.key("runs"), 0, 0)
+        if not runs:
+            raise NotFoundError("no run has been submitted yet")
+        return str(runs[0])
+
+    def resolve_run(self, run_id: str) -> str:
+        """`latest` is the newest run; any other id is returned as given."""
+        return self.latest_run() if run_id == "latest" else run_id
+
+    # -- jobs --------------------------------------------------------------------------------
+    @_redis
+    def stored_jobs(self, run_id: str) -> list[Job]:
+        """The jobs of a run as submitted (NotFoundError for an unknown run)."""
+        run = self.get_run(run_id)
+        pipe = self.r.pipeline(transaction=False)
+        for j in run["jobs"]:
+            pipe.hget(self.key("job", j), "job")
+        return [Job.model_validate_json(doc) for doc in pipe.execute() if doc]
+
+    @_redis
+    def job_rows(self, run_id: str) -> list[tuple[str, dict[str, str], str | None]]:
+        """(job id, its state hash, the stored result's status or None) for every job of a run."""
+        jobs = self.get_run(run_id)["jobs"]
+        pipe = self.r.pipeline(transaction=False)
+        for j in jobs:
+            pipe.hgetall(self.key("job", j))
+        for j in jobs:
+            pipe.get(self.key("result", j))
+        raw = pipe.execute()
+        n = len(jobs)
+        return [
+            (job_id, h, json.loads(res)["status"] if res else None)
+            for job_id, h, res in zip(jobs, raw[:n], raw[n:], strict=True)
+        ]
+
+    @_redis
+    def set_job_state(self, job_id: str, state: str, **fields: Any) -> None:
+        self.r.hset(
+            self.key("job", job_id),
+            mapping={"state": state, "updated_at": time.time(), **{k: v for k, v in fields.items() if v is not None}},
+        )
+
+    @_redis
+    def set_job_progress(self, job_id: str, phase: str, done: int, total: int) -> None:
+        self.r.hset(self.key("job", job_id), mapping={"phase": phase, "done": done, "total": total})
+
+    @_redis
+    def job_field(self, job_id: str, field: str) -> str | None:
+        """One field of a job's state hash (state, worker, attempts, ...), None when unset."""
+        value = self.r.hget(self.key("job", job_id), field)
+        return None if value is None else str(value)
+
+    @_redis
+    def count_attempt(self, job_id: str) -> int:
+        """Count one more delivery of a job; returns the count."""
+        return int(self.r.hincrby(self.key("job", job_id), "attempts", 1))
+
+    # -- workers -----------------------------------------------------------------------------
+    @_redis
+    def beat_worker(self, name: str, doc: Mapping[str, Any], ttl_s: int) -> None:
+        """A worker's heartbeat: its hash (lists as JSON), expiring `ttl_s` after this beat."""
+        pipe = self.r.pipeline(transaction=True)
+        pipe.hset(self.key("worker", name), mapping=_flat(doc))
+        pipe.expire(self.key("worker", name), ttl_s)
+        pipe.sadd(self.key("workers"), name)
+        pipe.execute()
+
+    @_redis
+    def remove_worker(self, name: str) -> None:
+        """Forget a worker now (it stopped, or it died and its heartbeat must not count)."""
+        pipe = self.r.pipeline(transaction=True)
+        pipe.delete(self.key("worker", name))
+        pipe.srem(self.key("workers"), name)
+        pipe.execute()
+
+    @_redis
+    def worker_alive(self, name: str) -> bool:
+        return bool(self.r.exists(self.key("worker", name)))
+
+    @_redis
+    def worker_docs(self) -> list[tuple[str, dict[str, str]]]:
+        """(name, heartbeat hash) of every worker whose heartbeat has not expired, by name.
+        Names whose hash expired are removed from the set."""
+        names = sorted(self.r.smembers(self.key("workers")))
+        pipe = self.r.pipeline(transaction=False)
+        for n in names:
+            pipe.hgetall(self.key("worker", n))
+        out = []
+        for n, raw in zip(names, pipe.execute(), strict=True):
+            if not raw:  # heartbeat expired: the worker is gone
+                self.r.srem(self.key("workers"), n)
+                continue
+            out.append((n, raw))
+        return out
+
+    # -- schedules ---------------------------------------------------------------------------
+    @_redis
+    def put_schedule(self, name: str, doc: Mapping[str, Any]) -> None:
+        """Store (replace) a schedule's hash and list its name."""
+        pipe = self.r.pipeline(transaction=True)
+        pipe.delete(self.key("schedule", name))
+        pipe.hset(self.key("schedule", name), mapping=_flat(doc))
+        pipe.sadd(self.key("schedules"), name)
+        pipe.execute()
+
+    @_redis
+    def get_schedule(self, name: str) -> dict[str, str] | None:
+        raw = self.r.hgetall(self.key("schedule", name))
+        return dict(raw) if raw else None
+
+    @_redis
+    def schedule_names(self) -> list[str]:
+        return sorted(self.r.smembers(self.key("schedules")))
+
+    @_redis
+    def delete_schedule(self, name: str) -> bool:
+        """Remove a schedule with its firings and judged runs; False when there was none."""
+        if not self.r.exists(self.key("schedule", name)):
+            return False
+        pipe = self.r.pipeline(transaction=True)
+        pipe.delete(*(self.key("schedule", name, *rest) for rest in ((), ("fires",), ("judged",))))
+        pipe.srem(self.key("schedules"), name)
+        pipe.execute()
+        return True
+
+    @_redis
+    def schedule_fires(self, name: str, limit: int = 20) -> list[dict[str, Any]]:
+        """The newest firings of a schedule, newest first."""
+        return [json.loads(x) for x in self.r.lrange(self.key("schedule", name, "fires"), 0, limit - 1)]
+
+    @_redis
+    def record_fire(self, name: str, doc: Mapping[str, Any]) -> None:
+        """Add a firing (newest first), keeping the newest `FIRES_KEPT`."""
+        pipe = self.r.pipeline(transaction=True)
+        pipe.lpush(self.key("schedule", name, "fires"), json.dumps(doc))
+        pipe.ltrim(self.key("schedule", name, "fires"), 0, FIRES_KEPT - 1)
+        pipe.execute()
+
+    @_redis
+    def was_judged(self, name: str, run_id: str) -> bool:
+        return bool(self.r.sismember(self.key("schedule", name, "judged"), run_id))
+
+    @_redis
+    def mark_judged(self, name: str, run_id: str) -> bool:
+        """Mark a run of a schedule judged; False when another process marked it first."""
+        return bool(self.r.sadd(self.key("schedule", name, "judged"), run_id))
