@@ -1,6 +1,6 @@
 # The two commands of the README:
 #   make demo   set up, then run GPT-2 small on this machine through the embedded farm
-#   make test   set up, then run ruff and the whole test suite (what CI runs)
+#   make test   set up, then run ruff, mypy and the whole test suite (what CI runs)
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -36,6 +36,7 @@ demo: setup
 lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 
 test: setup system-deps lint
 	$(VENV)/bin/pytest -q

@@ -5,7 +5,7 @@ specs) in a private redis-server, then times, 3 times each: the index query, fet
 the records (`ResultStore.load_records`), building the report (baselines, 10,000 bootstrap CIs,
 flags), rendering each text format, and for reference the pydantic path (`ResultStore.query`,
 which validates every `JobResult`). `ResultStore.put_result` writes a compact summary beside each
-result (farm/records.py), so every report, the first included, reads summaries; the "no cache" row
+result (farm/results/records.py), so every report, the first included, reads summaries; the "no cache" row
 times the fallback that parses full results. Prints a Markdown table (seconds).
 
     .venv/bin/python benchmarks/report_10k.py [--results 10000]

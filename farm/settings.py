@@ -13,7 +13,7 @@ import functools
 import re
 from pathlib import Path
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from farm.errors import ConfigError
@@ -67,8 +67,6 @@ class Settings(BaseSettings):
 @functools.lru_cache(maxsize=1)
 def get_settings() -> Settings:
     """The process's settings, read once from the environment; a ConfigError if invalid."""
-    from pydantic import ValidationError
-
     try:
         return Settings()
     except ValidationError as e:

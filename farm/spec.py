@@ -12,6 +12,8 @@ import hashlib
 import json
 import re
 import uuid
+from collections.abc import Mapping
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -20,10 +22,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from farm.errors import SpecError
 
-PHASES: tuple[str, ...] = ("init", "forward", "train")
+Phase = Literal["init", "forward", "train"]
+PHASES: tuple[Phase, ...] = ("init", "forward", "train")
 DTYPES: tuple[str, ...] = ("float32", "bfloat16", "float16")
 DEVICE_KINDS: tuple[str, ...] = ("cpu", "cuda", "mps")
-Phase = Literal["init", "forward", "train"]
 DType = Literal["float32", "bfloat16", "float16"]
 
 # A device tag is KIND or KIND:NARROW. NARROW names a GPU model (`cuda:h100`), a machine
@@ -289,12 +291,10 @@ class Job(BaseModel):
 
 def new_run_id() -> str:
     """A sortable, unique run id: UTC time plus random suffix (safe for keys and file names)."""
-    from datetime import UTC, datetime
-
     return datetime.now(UTC).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
 
 
-def _describe(err: dict[str, Any]) -> tuple[str, str]:
+def _describe(err: Mapping[str, Any]) -> tuple[str, str]:
     loc = ".".join(str(p) for p in err.get("loc", ()) if not isinstance(p, int)) or "spec"
     # Drop pydantic's union branch names from the location ("model.str" -> "model").
     loc = re.sub(r"\.(str|ModelShape|function-after\[.*?\])", "", loc)

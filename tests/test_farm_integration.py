@@ -269,3 +269,23 @@ def test_heartbeat_expires_after_worker_is_killed(live_farm: Farm) -> None:
     assert not live_farm.r.exists("farm:worker:worker-nogpu")
     p = live_farm.cli("workers", "--json")
     assert "worker-nogpu" not in {w["name"] for w in json.loads(p.stdout)}
+
+
+def test_every_key_the_farm_wrote_is_in_the_store_key_table(live_farm: Farm) -> None:
+    """After the jobs above (results, runs, jobs, workers, summaries), every farm key Redis holds
+    matches a pattern of `farm.results.store.KEY_TABLE`; kombu's own keys are not the farm's."""
+    import fnmatch
+
+    from farm.results.store import KEY_TABLE
+
+    p = live_farm.cli_proc("submit", *TINY, "--phases", "forward", "--devices", "cpu", "--wait", "--json")
+    assert p.returncode in (0, 1), p.stderr
+    assert live_farm.cli("report", "latest", "--format", "json").returncode == 0  # writes summaries
+    keys = [k for k in live_farm.r.scan_iter("farm:*")]
+    assert {k.split(":")[1] for k in keys} >= {"result", "summary", "idx", "run", "runs", "job", "worker", "workers"}
+    patterns = [f"farm:{p.replace('**', '*')}" for p in KEY_TABLE]
+    unknown = [k for k in keys if not any(fnmatch.fnmatchcase(k, pat) for pat in patterns)]
+    assert not unknown, unknown
+    # A single-segment pattern (`run:*`) must not stand for a deeper key.
+    deep = [k for k in keys if k.count(":") > 3 and not k.startswith("farm:redbeat:")]
+    assert not deep, deep

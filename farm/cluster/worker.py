@@ -133,7 +133,7 @@ def worker_store() -> ResultStore:
 
 # -- heartbeat ---------------------------------------------------------------------------------
 class Heartbeat:
-    """A thread of the worker's main process that keeps `farm:worker:<name>` alive with a TTL.
+    """A thread of the worker's main process that keeps the worker's heartbeat hash alive with a TTL.
 
     The hash holds the config, the fingerprint and the jobs running now (read from Celery's
     `reserved_requests` in this process); it expires `heartbeat_ttl` seconds after the worker dies.
@@ -319,7 +319,7 @@ def store_crash(job_doc: Any, exc: BaseException) -> None:
 
 
 # -- the task ---------------------------------------------------------------------------------------
-class FarmTask(Task):  # type: ignore[misc]
+class FarmTask(Task):
     """The job task. `on_failure` also runs in the worker's parent when a hard time limit kills
     the job's process: the job is then stored as `timeout` before the message is acknowledged."""
 

@@ -36,7 +36,7 @@ def machine_tag(hostname: str | None = None) -> str:
 @functools.lru_cache(maxsize=1)
 def _cpu_info() -> tuple[str, str, tuple[str, ...]]:
     try:
-        import cpuinfo
+        import cpuinfo  # lazily: py-cpuinfo takes a while to import and is needed once per process
 
         info = cpuinfo.get_cpu_info()
         model = info.get("brand_raw") or platform.processor() or "unknown"
@@ -52,7 +52,7 @@ def _cpu_info() -> tuple[str, str, tuple[str, ...]]:
 def nvml_gpus() -> tuple[GpuInfo, ...]:
     """GPUs seen by NVML, without initialising CUDA. Empty when there is no NVIDIA driver."""
     try:
-        import pynvml
+        import pynvml  # lazily: only machines with an NVIDIA driver have anything to read
 
         pynvml.nvmlInit()
     except Exception:
@@ -103,7 +103,7 @@ def fingerprint(with_torch: bool = True) -> MachineFingerprint:
     cpu_model, arch, flags = _cpu_info()
     torch_v = cuda_v = cudnn_v = None
     if with_torch:
-        import torch
+        import torch  # lazily: a worker's parent and the CLI fingerprint without loading torch
 
         torch_v = torch.__version__
         cuda_v = torch.version.cuda
@@ -143,7 +143,7 @@ def cpu_peak(dtype: str, matmul_precision: str, threads: int, size: int = 2048, 
     the machine is low, and `refresh=True` (used when a phase beats the cached peak) measures
     again and keeps the larger figure, so a busy moment never makes an honest result `invalid`.
     """
-    import torch
+    import torch  # lazily: this module is read by processes that never load torch (see above)
 
     cpu_model, _, _ = _cpu_info()
     key = f"{cpu_model}|{torch.__version__}|{threads}|{dtype}|{matmul_precision}|{size}"

@@ -7,6 +7,8 @@ no logits. Same loss and gradients as `F.cross_entropy(h @ w.T, targets)`, witho
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 # Rows of the (rows, vocab) logits block the fused LM-head loss handles at a time: 512 x 50257 float32
@@ -31,9 +33,10 @@ class _LMHeadCrossEntropy(torch.autograd.Function):
     Targets equal to `ignore_index` count for nothing, as in F.cross_entropy.
     """
 
+    # ctx is autograd's context object; it carries attributes set here, so it is typed Any.
     @staticmethod
-    def forward(  # type: ignore[override]
-        ctx: torch.autograd.function.FunctionCtx,
+    def forward(
+        ctx: Any,
         h: torch.Tensor,  # (N, C) final hidden states
         w: torch.Tensor,  # (V, C) LM head (tied embedding)
         targets: torch.Tensor,  # (N,) token ids
@@ -59,7 +62,7 @@ class _LMHeadCrossEntropy(torch.autograd.Function):
             tgt = lg.gather(1, safe_t[s:e, None]).squeeze(1)  # (n,) logit of the target
             v = valid[s:e]
             loss_sum += ((lse - tgt) * v).sum()
-            if not need_grad:
+            if grad_h is None or grad_w is None:  # no gradient wanted
                 continue
             # dloss_sum/dlogits = softmax - onehot (rows of ignored targets: zero)
             lg.sub_(lse[:, None]).exp_()
@@ -76,13 +79,13 @@ class _LMHeadCrossEntropy(torch.autograd.Function):
             else:
                 grad_w += torch.mm(g.t(), hm[s:e]).float()
         count = valid.sum().clamp(min=1).to(torch.float32)
-        if need_grad:
+        if grad_h is not None and grad_w is not None:
             ctx.save_for_backward(grad_h, grad_w, count)
             ctx.w_dtype = w.dtype
         return loss_sum / count
 
     @staticmethod
-    def backward(ctx: torch.autograd.function.FunctionCtx, grad_out: torch.Tensor):  # type: ignore[override]
+    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         grad_h, grad_w, count = ctx.saved_tensors
         scale = grad_out / count  # d(mean)/d(sum) times the incoming gradient
         return (grad_h * scale.to(grad_h.dtype), (grad_w * scale).to(ctx.w_dtype), None, None, None, None)

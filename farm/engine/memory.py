@@ -60,7 +60,7 @@ class PeakMemory:
 
     def __enter__(self) -> PeakMemory:
         if self.device.type == "cuda":
-            import torch
+            import torch  # lazily: CPU-only use of PeakMemory never loads torch
 
             torch.cuda.reset_peak_memory_stats(self.device)
             return self
@@ -73,7 +73,7 @@ class PeakMemory:
 
     def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
         if self.device.type == "cuda":
-            import torch
+            import torch  # lazily, as in __enter__
 
             self.peak_bytes = int(torch.cuda.max_memory_allocated(self.device))
             return

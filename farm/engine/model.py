@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -24,7 +25,7 @@ __all__ = ["GPT", "from_hf_checkpoint", "hf_state_dict", "read_hf_config"]
 
 
 class CausalSelfAttention(nn.Module):
-    def __init__(self, cfg: ModelShape, **factory) -> None:
+    def __init__(self, cfg: ModelShape, **factory: Any) -> None:
         super().__init__()
         self.n_head = cfg.n_head
         self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, **factory)  # q, k, v in one matmul
@@ -43,7 +44,7 @@ class CausalSelfAttention(nn.Module):
 
 
 class MLP(nn.Module):
-    def __init__(self, cfg: ModelShape, **factory) -> None:
+    def __init__(self, cfg: ModelShape, **factory: Any) -> None:
         super().__init__()
         self.c_fc = nn.Linear(cfg.n_embd, 4 * cfg.n_embd, **factory)
         self.c_proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd, **factory)
@@ -53,7 +54,7 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, cfg: ModelShape, **factory) -> None:
+    def __init__(self, cfg: ModelShape, **factory: Any) -> None:
         super().__init__()
         self.ln_1 = nn.LayerNorm(cfg.n_embd, eps=1e-5, **factory)
         self.attn = CausalSelfAttention(cfg, **factory)
@@ -76,7 +77,7 @@ class GPT(nn.Module):
     ) -> None:
         super().__init__()
         self.config = cfg = resolve_model(cfg)
-        factory = {"device": torch.device(device), "dtype": dtype or torch.float32}
+        factory: dict[str, Any] = {"device": torch.device(device), "dtype": dtype or torch.float32}
         self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd, **factory)
         self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd, **factory)
         self.h = nn.ModuleList(Block(cfg, **factory) for _ in range(cfg.n_layer))
@@ -188,7 +189,7 @@ def from_hf_checkpoint(path: str | Path, device: torch.device | str = "cpu", dty
     cfg = read_hf_config(path)
     try:
         if (path / "model.safetensors").is_file():
-            from safetensors.torch import load_file
+            from safetensors.torch import load_file  # lazily: only checkpoint loading needs it
 
             hf_sd = load_file(str(path / "model.safetensors"))
         elif (path / "pytorch_model.bin").is_file():

@@ -188,14 +188,15 @@ def run_train(ctx: JobContext) -> PhaseResult:
     scaler = torch.amp.GradScaler(dev.type) if (spec.dtype == "float16" and spec.mode_for() == "autocast") else None
     fn: Callable[..., tuple[torch.Tensor, torch.Tensor | None]] = model
     amp = autocast(spec, dev)
-    losses: list[float] = []
+    losses: list[torch.Tensor] = []  # 0-d, read after timing
 
     def step() -> None:
         opt.zero_grad(set_to_none=True)
         with amp:
             # The loss without the full (B, T, vocab) logits: the same FLOPs, chunk by chunk
-            # (farm.engine.model.lm_head_loss); the logits are not needed by a training step.
+            # (farm.engine.loss.lm_head_loss); the logits are not needed by a training step.
             _, loss = fn(x, y, return_logits=False)
+        assert loss is not None  # given targets, the model always returns the loss
         if scaler is not None:
             scaler.scale(loss).backward()
             scaler.step(opt)

@@ -175,7 +175,7 @@ def run_job(
     try:
         with precision_settings(spec) as precision:
             result.precision = precision
-            result.threads = int(precision["threads"])
+            result.threads = torch.get_num_threads()
             ctx.peak = peak_for(spec, device, result.threads)
             if ctx.peak is None:
                 result.warnings.append(f"no peak FLOP/s known for {device}: MFU and the plausibility check are off")

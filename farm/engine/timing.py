@@ -22,7 +22,7 @@ def _no_sync() -> None:
 
 def synchronizer(device: Any) -> Sync:
     """The function that waits for all queued work on `device` (a torch.device or string)."""
-    import torch
+    import torch  # lazily: the Timer itself is torch-free (tests time fake devices with it)
 
     dev = torch.device(device)
     if dev.type == "cuda":

@@ -38,8 +38,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from celery.schedules import crontab
+
+from farm.cluster.controller import expand_wildcards, live_workers
 from farm.errors import SpecError
 from farm.flops import predict_peak
+from farm.settings import Settings
 from farm.spec import BenchSpec, load_spec_file, parse_device_tag, parse_spec
 
 NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
@@ -221,13 +225,11 @@ def load_sweep(path: str | Path, *, max_memory: int | None = None, strict: bool 
     return parse_sweep(data, default_name=p.stem, max_memory=max_memory, strict=strict)
 
 
-def resolve_wildcards(specs: list[BenchSpec], settings: Any = None) -> tuple[list[BenchSpec], list[str]]:
+def resolve_wildcards(specs: list[BenchSpec], settings: Settings | None = None) -> tuple[list[BenchSpec], list[str]]:
     """Expand `cuda:*`-style tags against the live workers; a wildcard no worker matches is dropped
     (noted), not fatal: a nightly sweep on a night without GPU workers still runs its CPU points."""
     if not any(d.endswith(":*") for s in specs for d in s.devices):
         return specs, []
-    from farm.cluster.controller import expand_wildcards, live_workers
-
     workers = live_workers(settings)
     out, notes = [], []
     for spec in specs:
@@ -258,8 +260,6 @@ def parse_cron(expr: str, app: Any = None) -> Any:
     fields = expr.split()
     if len(fields) != 5:
         raise SpecError("cron", f"{expr!r} must have 5 fields: minute hour day-of-month month day-of-week")
-    from celery.schedules import crontab
-
     minute, hour, dom, month, dow = fields
     try:
         return crontab(minute=minute, hour=hour, day_of_month=dom, month_of_year=month, day_of_week=dow, app=app)

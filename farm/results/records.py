@@ -29,7 +29,7 @@ import numpy as np
 
 from farm.flops import param_count
 from farm.results.result import JobResult
-from farm.spec import PRESETS, ModelShape
+from farm.spec import PRESETS, BenchSpec, ModelShape
 
 
 @dataclass(slots=True)
@@ -113,6 +113,10 @@ def paused_gc() -> Iterator[None]:
             gc.enable()
 
 
+# A stored result holds its whole spec; a field missing from an older one takes BenchSpec's default.
+_SPEC_DEFAULTS: dict[str, Any] = {name: f.default for name, f in BenchSpec.model_fields.items()}
+
+
 @functools.lru_cache(maxsize=256)
 def _preset_params(name: str) -> int:
     return param_count(PRESETS[name])
@@ -128,7 +132,7 @@ def _params(model: Any) -> int:
 
 def _phase(name: str, p: dict[str, Any]) -> PhaseRecord:
     s = p.get("stats")
-    med = p.get("median_s")
+    med = s["median_s"] if s else None
     return PhaseRecord(
         name=name,
         status=p.get("status", "ok"),
@@ -166,11 +170,11 @@ def record_from_dict(d: dict[str, Any]) -> Record:
         warnings=d.get("warnings") or [],
         spec_hash=d["spec_hash"],
         model_name=d["model_name"],
-        params=_params(spec.get("model", "gpt2")),
-        batch=spec.get("batch", 8),
-        seq=spec.get("seq", 1024),
-        dtype=spec.get("dtype", "float32"),
-        matmul_precision=spec.get("matmul_precision", "highest"),
+        params=_params(spec.get("model", _SPEC_DEFAULTS["model"])),
+        batch=spec.get("batch", _SPEC_DEFAULTS["batch"]),
+        seq=spec.get("seq", _SPEC_DEFAULTS["seq"]),
+        dtype=spec.get("dtype", _SPEC_DEFAULTS["dtype"]),
+        matmul_precision=spec.get("matmul_precision", _SPEC_DEFAULTS["matmul_precision"]),
         machine_tag=m.get("machine_tag"),
         hostname=m.get("hostname"),
         cpu_model=m.get("cpu_model"),

@@ -12,7 +12,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, computed_field, model_validator
 
 from farm import __version__
 from farm.flops import min_phase_flops, phase_flops, predict_memory
@@ -40,8 +40,7 @@ class PhaseResult(BaseModel):
     error: str | None = None
     times_s: list[float] = []
     warmup_times_s: list[float] = []
-    stats: Stats | None = None
-    median_s: float | None = None
+    stats: Stats | None = None  # derived from times_s; the median lives here and only here
     flops: int = 0  # FLOPs of one repeat (PaLM convention, see farm.flops)
     achieved_flops: float | None = None  # flops / median time
     peak_flops: float | None = None
@@ -55,6 +54,20 @@ class PhaseResult(BaseModel):
     # transfer_s, compile_s, load_s; and values such as loss_first / loss_last.
     breakdown: dict[str, float] = {}
     invalid_reason: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_derived(cls, data: Any) -> Any:
+        """`median_s` is derived (from `stats`): written out for readers, never read back in."""
+        if isinstance(data, dict) and "median_s" in data:
+            data = {k: v for k, v in data.items() if k != "median_s"}
+        return data
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def median_s(self) -> float | None:
+        """The median of the timed repeats (`stats.median_s`), None for a phase that measured nothing."""
+        return self.stats.median_s if self.stats else None
 
 
 def measured_phase(
@@ -98,7 +111,6 @@ def measured_phase(
         times_s=list(times_s),
         warmup_times_s=list(warmup_times_s),
         stats=stats,
-        median_s=med,
         flops=flops,
         achieved_flops=achieved,
         peak_flops=peak.flops if peak else None,

@@ -156,7 +156,9 @@ class ResultStore:
     """Results, runs, job states, workers and schedules in Redis, behind named methods."""
 
     def __init__(self, client: redis.Redis, prefix: str = "farm") -> None:
-        self.r = client
+        # redis-py types every reply as bytes | str whatever the client decodes; this client decodes
+        # (decode_responses=True in `connect`), so its replies are handled as the strs they are.
+        self.r: Any = client
         self.p = prefix
         self._put = self.r.register_script(_PUT_RESULT)
         self._fetch = self.r.register_script(_FETCH_SUMMARIES)
