@@ -8,7 +8,8 @@ import pytest
 from typer.testing import CliRunner
 
 from farm.cli.main import app
-from farm.reports.diff import diff_json, diff_markdown, environment_diff
+from farm.reports.diff import diff_listing, environment_diff
+from farm.reports.formats import render
 from farm.results import synthetic as syn
 from farm.results.store import ResultStore
 from farm.settings import get_settings
@@ -53,10 +54,10 @@ def test_diff_of_a_result_with_itself_is_empty() -> None:
 def test_diff_formats_and_cli(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     a, b = _pair()
     d = environment_diff(a, b)
-    assert "| software | torch_version | 2.5.1 | 2.4.0 |" in diff_markdown(d)
-    assert {"section": "software", "key": "torch_version", "a": "2.5.1", "b": "2.4.0"} in json.loads(diff_json(d))[
-        "differences"
-    ]
+    assert "| software | torch_version | 2.5.1 | 2.4.0 |" in render(diff_listing(d), "markdown")
+    assert {"section": "software", "key": "torch_version", "a": "2.5.1", "b": "2.4.0"} in json.loads(
+        render(diff_listing(d), "json")
+    )["differences"]
     monkeypatch.setenv("FARM_REDIS_URL", redis_url)
     get_settings.cache_clear()
     store = ResultStore.from_url(redis_url)

@@ -4,8 +4,6 @@ no Celery worker: the paths tested here never run a model)."""
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 
 import pytest
@@ -119,16 +117,6 @@ def test_embedded_default_skips_devices_this_machine_lacks(monkeypatch: pytest.M
 def test_without_redis_url_or_embedded_farm_commands_say_what_to_do() -> None:
     with pytest.raises(BrokerError, match="farm up"):
         embedded.resolve_redis_url(get_settings())
-
-
-def test_results_csv_one_row_per_phase() -> None:
-    from farm.cli.farm_cmds import results_csv
-
-    job = parse_spec({**TINY, "devices": ["cpu"]}).expand("r")[0]
-    res = JobResult.failure(job, "failed", "boom\nline two")
-    rows = list(csv.DictReader(io.StringIO(results_csv([res]))))
-    assert len(rows) == 1 and rows[0]["phase"] == ""
-    assert rows[0]["status"] == "failed" and rows[0]["error"] == "boom" and rows[0]["job_id"] == job.job_id
 
 
 # -- the task body, against a real redis-server ------------------------------------------------

@@ -172,7 +172,7 @@ def _ready(*workers: WorkerProcess) -> None:
 @pytest.mark.slow
 def test_kill9_job_process(farm: Farm) -> None:
     """kill -9 the pool child running a job: the job is requeued, runs again, one result is stored."""
-    a, b = farm.cluster.worker(), farm.cluster.worker()
+    a, b = farm.worker(), farm.worker()
     _ready(a, b)
     (job,) = farm.submit(long_job())
     h = wait_until(lambda: farm.running(job), "the job to be running")
@@ -194,7 +194,7 @@ def test_kill9_job_process(farm: Farm) -> None:
 def test_kill9_worker_main(farm: Farm) -> None:
     """kill -9 a worker's main process mid-job: the message is redelivered after the visibility
     timeout to the surviving worker, and the job has exactly one result."""
-    a, b = farm.cluster.worker(SHORT_VT), farm.cluster.worker(SHORT_VT)
+    a, b = farm.worker(SHORT_VT), farm.worker(SHORT_VT)
     _ready(a, b)
     (job,) = farm.submit(long_job())
     h = wait_until(lambda: farm.running(job), "the job to be running")
@@ -218,7 +218,7 @@ def test_kill9_worker_main(farm: Farm) -> None:
 @pytest.mark.slow
 def test_sigterm_worker(farm: Farm) -> None:
     """SIGTERM mid-job: warm shutdown finishes (or requeues) the job; the queued one waits; none lost."""
-    a = farm.cluster.worker()
+    a = farm.worker()
     _ready(a)
     first, second = farm.submit(long_job(), tiny())
     wait_until(lambda: farm.running(first), "the first job to be running")
@@ -227,7 +227,7 @@ def test_sigterm_worker(farm: Farm) -> None:
     done = farm.results([first, second])
     print(f"after warm shutdown (exit {a.proc.returncode}): stored {sorted(done)}")
     assert second not in done or first in done  # one job at a time: the queued job never jumped ahead
-    b = farm.cluster.worker()
+    b = farm.worker()
     _ready(b)
     res = farm.wait_results([first, second])
     assert all(r.status in COMPLETED for r in res.values()), {j: r.error for j, r in res.items()}
@@ -240,7 +240,7 @@ def test_sigterm_worker(farm: Farm) -> None:
 def test_kill9_redis(farm: Farm) -> None:
     """kill -9 redis-server with a job running and jobs queued, restart it on the same append-only
     file: the worker reconnects, every job gets one result, an earlier result is still there."""
-    a = farm.cluster.worker(SHORT_VT)
+    a = farm.worker(SHORT_VT)
     _ready(a)
     (before,) = farm.submit(tiny())
     farm.wait_results([before])
@@ -250,7 +250,7 @@ def test_kill9_redis(farm: Farm) -> None:
     time.sleep(1.0)
     farm.redis.restart()
     farm._store = None  # a fresh connection pool
-    assert farm.results.store.get_result(before).status in COMPLETED  # a stored result survived the crash
+    assert farm.store.get_result(before).status in COMPLETED  # a stored result survived the crash
     # The running job's message comes back after the visibility timeout (kombu checks every 10 s).
     res = farm.wait_results(jobs, timeout=240)
     assert all(r.status in COMPLETED for r in res.values()), {j: r.error for j, r in res.items()}
@@ -294,7 +294,7 @@ def test_oom_in_job(farm: Farm) -> None:
     """A job that passes the memory prediction (the machine has the RAM) but cannot allocate under
     the worker's address-space limit: stored as `oom` with predicted and observed memory; the next
     job on the same worker runs."""
-    a = farm.cluster.worker()
+    a = farm.worker()
     _ready(a)
     _limit_address_space(a, headroom=768 << 20)
     # About 1.25 GiB predicted (logits 64 x 1024 x 4096 floats): fits the machine, not the limit.
@@ -315,7 +315,7 @@ def test_time_limit(farm: Farm) -> None:
     """Beyond its time limit a job is stored as `timeout`; the worker keeps serving.
     Job 1: the spec's own time_limit_s. Job 2: the worker's soft time limit (Celery's)."""
     env = {"FARM_TASK_SOFT_TIME_LIMIT": "2", "FARM_TASK_TIME_LIMIT": "6", "FARM_VISIBILITY_TIMEOUT": "30"}
-    a = farm.cluster.worker(env)
+    a = farm.worker(env)
     _ready(a)
     jobs = farm.submit(long_job(time_limit_s=1.0, repeats=200), long_job(repeats=200), tiny())
     res = farm.wait_results(jobs)
@@ -351,7 +351,7 @@ def test_pickle_rejected(farm: Farm, tmp_path: Path) -> None:
 
     marker = tmp_path / "pwned-marker"
     payload = pickle.dumps(([_Touch(marker)], {}, {"callbacks": None, "errbacks": None, "chain": None, "chord": None}))
-    a = farm.cluster.worker()
+    a = farm.worker()
     _ready(a)
     with Connection(farm.url) as conn:
         conn.Producer().publish(
@@ -371,4 +371,4 @@ def test_pickle_rejected(farm: Farm, tmp_path: Path) -> None:
     lines = [ln for ln in a.log().splitlines() if "pickle" in ln.lower()]
     print("worker log:", lines[:3])
     assert any("refus" in ln.lower() or "disallow" in ln.lower() or "untrusted" in ln.lower() for ln in lines)
-    assert not farm.results.store.r.exists(farm.results.store.key("result", "evil-pickle-1"))
+    assert not farm.store.r.exists(farm.store.key("result", "evil-pickle-1"))

@@ -88,15 +88,16 @@ def test_history_page(stored: ResultStore, tmp_path: Path) -> None:
 
 
 def test_history_section_goes_into_the_html_report_through_its_hook(stored: ResultStore) -> None:
-    from farm.reports.history import TITLE, report_section
+    from farm.reports.history import TITLE, results_section
     from farm.reports.html import render_html
     from farm.reports.report import Selection, select
 
-    report = select(stored, Selection(runs=("n014",)))
-    section = report_section(stored, report)
+    report = select(stored, Selection(runs=("n014",)), history=True)
+    assert report.history is not None
+    section = results_section(report.history)
     assert section is not None and section[0] == TITLE
     assert section[1].count("<img") == 2  # both series of run n014, each with its 15 nights
-    page = render_html(report, extra_sections=[section])
+    page = render_html(report)
     assert TITLE in page and "box7 cpu" in page
 
 
@@ -108,3 +109,15 @@ def test_farm_report_html_carries_the_history_view(stored: ResultStore, tmp_path
     assert code == 0, text
     doc = page.read_text()
     assert TITLE in doc and "box7 cpu" in doc
+
+
+def test_render_html_of_a_report_with_history_is_the_cli_page(stored: ResultStore, tmp_path: Path) -> None:
+    from farm.reports.formats import render
+    from farm.reports.history import TITLE
+    from farm.reports.report import Selection, select
+
+    report = select(stored, Selection(runs=("n014",)), history=True)
+    assert report.history
+    page = render(report, "html")
+    assert TITLE in page and page.count("<img") >= 2
+    assert TITLE not in render(select(stored, Selection(runs=("n014",))), "html")  # not asked for: none

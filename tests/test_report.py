@@ -8,10 +8,11 @@ import json
 
 import pytest
 
+from farm.dates import parse_when
 from farm.errors import SpecError
 from farm.reports.compare import Baseline
 from farm.reports.formats import render, to_markdown
-from farm.reports.report import Report, Selection, build_report, parse_when
+from farm.reports.report import Report, Selection, build_report
 from farm.results import synthetic as syn
 from farm.results.records import records_from_results
 from farm.spec import BenchSpec

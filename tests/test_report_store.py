@@ -110,6 +110,7 @@ from farm.results.records import records_from_results
 from farm.reports.report import build_report
 import farm.reports.compare, farm.reports.plots, farm.reports.html, farm.reports.diff
 import farm.reports.importer, farm.reports.formats, farm.nightly.regress, farm.results.store
+import farm.cli.main, farm.nightly.schedule, farm.cluster.controller  # the CLI starts without torch
 t = {"forward": [0.5, 0.51, 0.49], "train": [1.6, 1.61, 1.59]}
 g = {"forward": [0.005, 0.0051, 0.0049], "train": [0.016, 0.0161, 0.0159]}
 rep = build_report(records_from_results([syn.result("r", 0, "cpu", t), syn.result("r", 1, "cuda", g)]))

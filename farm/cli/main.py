@@ -1,13 +1,120 @@
-"""Entry point of the `farm` console script: registers every command module on the app."""
+"""The `farm` console script: the Typer app, its commands, and the one place where errors become
+messages and exit codes.
+
+Every command runs under `FarmGroup.invoke`, which maps what escapes it to one line on stderr
+(control characters escaped, never read as markup) and an exit code:
+
+| exit | meaning |
+| ---- | ------- |
+| 0 | success |
+| 1 | a job did not succeed (failed, oom, timeout, invalid), another farm error, or an OS error (a file) |
+| 2 | bad input (SpecError, ConfigError, CheckpointError): nothing was run or queued |
+| 3 | Redis cannot be reached or refused the farm (BrokerError, any redis-py or kombu error) |
+| 4 | the run, job, result or schedule asked for does not exist (NotFoundError) |
+| 5 | jobs were left that no live worker can serve (`--wait`) |
+
+Command modules hold plain functions (they never import this module); this module registers them.
+"""
 
 from __future__ import annotations
 
-# Each import registers its commands on `app` (one module per concept).
-from farm.cli import farm_cmds as _farm_cmds  # noqa: F401  submit, status, workers, results, cancel, worker, up, down
-from farm.cli import report_cmds as _report_cmds  # noqa: F401  report, compare, diff, import
-from farm.cli import run as _run  # noqa: F401  run
-from farm.cli import sweep_cmds as _sweep_cmds  # noqa: F401  sweep, schedule, beat, regressions, check
-from farm.cli.app import app
+from typing import Any
+
+import redis
+import typer
+from kombu.exceptions import OperationalError
+from typer.core import TyperGroup
+
+from farm import __version__
+from farm.cli import farm_cmds, report_cmds, run, sweep_cmds
+from farm.cli.output import EXIT_BAD_INPUT, EXIT_BROKER, EXIT_JOB_FAILED, EXIT_NOT_FOUND, fail, out
+from farm.errors import BrokerError, CheckpointError, ConfigError, FarmError, NotFoundError, SpecError
+from farm.results.store import broker_error
+
+_EXIT_CODES: list[tuple[type[FarmError], int]] = [
+    (SpecError, EXIT_BAD_INPUT),
+    (ConfigError, EXIT_BAD_INPUT),
+    (CheckpointError, EXIT_BAD_INPUT),
+    (BrokerError, EXIT_BROKER),
+    (NotFoundError, EXIT_NOT_FOUND),
+    (FarmError, EXIT_JOB_FAILED),
+]
+
+
+def exit_code_for(exc: FarmError) -> int:
+    return next(code for cls, code in _EXIT_CODES if isinstance(exc, cls))
+
+
+def _os_message(e: OSError) -> str:
+    text = e.strerror or str(e)
+    return f"{e.filename}: {text}" if e.filename else text
+
+
+class FarmGroup(TyperGroup):
+    """The root group: every command (subgroups too) runs inside its `invoke`, which maps errors."""
+
+    def invoke(self, ctx: Any) -> Any:  # typer's (vendored) click Context
+        try:
+            return super().invoke(ctx)
+        except FarmError as e:
+            raise fail(str(e), exit_code_for(e)) from None
+        except redis.RedisError as e:
+            raise fail(str(broker_error(e)), EXIT_BROKER) from None
+        except OperationalError as e:
+            raise fail(f"Redis failed under the command: {e}", EXIT_BROKER) from None
+        except OSError as e:
+            raise fail(_os_message(e), EXIT_JOB_FAILED) from None
+
+
+app = typer.Typer(
+    name="farm",
+    cls=FarmGroup,
+    help="Time GPT-2 models on CPUs and GPUs: build (init), forward and train, honestly.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+schedule_app = typer.Typer(help="Nightly (cron) or interval schedules of sweeps, fired by `farm beat`.")
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"farm {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+) -> None:
+    """Time GPT-2 models on CPUs and GPUs: build (init), forward and train, honestly."""
+
+
+for _fn in (
+    run.run,
+    farm_cmds.submit,
+    farm_cmds.status,
+    farm_cmds.workers,
+    farm_cmds.results,
+    farm_cmds.cancel,
+    farm_cmds.worker,
+    farm_cmds.up,
+    farm_cmds.down,
+    report_cmds.report,
+    report_cmds.compare,
+    report_cmds.diff,
+    sweep_cmds.sweep,
+    sweep_cmds.beat,
+    sweep_cmds.regressions,
+    sweep_cmds.check,
+):
+    app.command()(_fn)
+app.command("import")(report_cmds.import_)
+schedule_app.command("add")(sweep_cmds.schedule_add)
+schedule_app.command("list")(sweep_cmds.schedule_list)
+schedule_app.command("remove")(sweep_cmds.schedule_remove)
+schedule_app.command("run")(sweep_cmds.schedule_run)
+app.add_typer(schedule_app, name="schedule")
 
 
 def main() -> None:

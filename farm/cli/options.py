@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
+from farm.errors import SpecError
 from farm.spec import BenchSpec, load_spec_file, parse_spec
 
 SpecFile = Annotated[Path | None, typer.Argument(help="YAML or JSON spec file; options below override it.")]
@@ -55,8 +56,6 @@ def parse_tags(tags: list[str] | None) -> dict[str, str] | None:
     for t in tags:
         key, sep, value = t.partition("=")
         if not sep:
-            from farm.errors import SpecError
-
             raise SpecError("tags", f"--tag {t!r} must be KEY=VALUE")
         out[key] = value
     return out

@@ -1,18 +1,15 @@
-"""`farm run`: run a spec locally, in this process, with no broker."""
+"""`farm run`: run a spec locally, in this process, with no broker (thin over farm.engine.runner.run_spec)."""
 
 from __future__ import annotations
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
 from farm.cli import options as o
-from farm.cli.app import app, err, out
-from farm.cli.errors import EXIT_JOB_FAILED, handles_errors
-from farm.cli.render import breakdown_lines, results_json, results_table
+from farm.cli.output import EXIT_JOB_FAILED, Format, Output, emit_results, err, fmt_of
+from farm.spec import Job
 
 
-@app.command()
-@handles_errors
 def run(
     spec_file: o.SpecFile = None,
     model: o.Model = None,
@@ -33,33 +30,34 @@ def run(
     checkpoint: o.Checkpoint = None,
     tag: o.Tag = None,
     json_out: bool = typer.Option(False, "--json", help="Print the job results as a JSON list."),
+    fmt: Format = None,
+    output: Output = None,
 ) -> None:
     """Run a benchmark spec on this machine, in this process (no broker, no workers)."""
     spec = o.build_spec(spec_file, **o.spec_options(locals()))
-    from farm.engine.runner import prepare_local, run_job  # imports torch: only once the input is valid
+    fmt_name = fmt_of(fmt, output, json_out)
+    # farm.engine.runner imports torch: only once the input is valid, and only for this command.
+    from farm.engine.runner import run_spec
 
-    jobs = prepare_local(spec)
-    results = []
-    with Progress(
-        TextColumn("{task.description}"),
+    progress = Progress(
+        TextColumn("{task.description}", markup=False),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
         console=err,
-        transient=json_out,
-    ) as progress:
-        for job in jobs:
-            tasks = {p: progress.add_task(f"{job.device} {job.spec.model_name} {p}", total=None) for p in spec.phases}
+        transient=fmt_name != "terminal" or output is not None,
+    )
+    bars: dict[tuple[str, str], TaskID] = {}
 
-            def on_progress(phase: str, done: int, total: int, _tasks: dict = tasks) -> None:
-                progress.update(_tasks[phase], completed=done, total=total)
+    def on_progress(job: Job, phase: str, done: int, total: int) -> None:
+        key = (job.job_id, phase)
+        if key not in bars:
+            bars[key] = progress.add_task(f"{job.device} {job.spec.model_name} {phase}", total=None)
+        progress.update(bars[key], completed=done, total=total)
 
-            results.append(run_job(job, on_progress=on_progress))
-    if json_out:
-        print(results_json(results))
-    else:
-        out.print(results_table(results, title=f"{spec.model_name}, batch {spec.batch} x seq {spec.seq}, {spec.dtype}"))
-        for line in breakdown_lines(results):
-            out.print(line, highlight=False)
+    with progress:
+        results = run_spec(spec, on_progress=on_progress)
+    title = f"{spec.model_name}, batch {spec.batch} x seq {spec.seq}, {spec.dtype}"
+    emit_results(results, fmt_name, output, title=title)
     if any(r.status != "ok" for r in results):
         raise typer.Exit(EXIT_JOB_FAILED)

@@ -1,170 +1,105 @@
-"""Sweeps, schedules and regressions: sweep, schedule, beat, regressions, check."""
+"""Sweeps, schedules and regressions: sweep, schedule, beat, regressions, check.
+
+Plain functions; `farm.cli.main` registers them on the app and maps their errors."""
 
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated, Any
 
 import typer
-from rich.markup import escape
-from rich.table import Table
+from rich.text import Text
 
-from farm.cli.app import app, err, out
-from farm.cli.errors import EXIT_JOB_FAILED, EXIT_UNSERVED, handles_errors
-from farm.errors import SpecError
+from farm.cli.follow import follow_and_print
+from farm.cli.output import EXIT_JOB_FAILED, Format, Output, emit, err, fmt_of, note, warn, write
+from farm.cluster import embedded
+from farm.cluster.controller import store_for, submit
+from farm.dates import parse_when
+from farm.nightly.regress import Verdict, changes, check_run, detect
+from farm.nightly.schedule import ScheduleBook, fire, run_beat
+from farm.nightly.sweep import Sweep, load_sweep, nightly_run_id, parse_bytes, resolve_wildcards
+from farm.nightly.webhook import notify as post
+from farm.reports.cells import fmt_bytes, fmt_seconds
+from farm.reports.history import write_page
+from farm.reports.listing import Listing
 from farm.settings import get_settings
-
-if TYPE_CHECKING:
-    from farm.nightly.sweep import Sweep
-    from farm.spec import BenchSpec
-
-schedule_app = typer.Typer(help="Nightly (cron) or interval schedules of sweeps, fired by `farm beat`.")
-app.add_typer(schedule_app, name="schedule")
 
 MaxMemory = Annotated[str | None, typer.Option("--max-memory", help="Skip points predicted above this, e.g. 16GiB.")]
 Strict = Annotated[bool, typer.Option("--strict", help="Refuse the sweep if any point is invalid or skipped.")]
-
-
-def _parse_date(value: str | None, option: str) -> datetime | None:
-    if value is None:
-        return None
-    try:
-        d = datetime.fromisoformat(value)
-    except ValueError:
-        raise SpecError(option, f"{value!r} is not a date such as 2026-11-28 or 2026-11-28T02:00") from None
-    return d if d.tzinfo else d.replace(tzinfo=UTC)
+JsonAlias = Annotated[bool, typer.Option("--json", help="Print JSON (the same as --format json).")]
 
 
 def _load(file: Path, max_memory: str | None, strict: bool) -> Sweep:
-    from farm.nightly.sweep import load_sweep, parse_bytes
-
     sweep = load_sweep(file, max_memory=parse_bytes(max_memory) if max_memory else None, strict=strict)
     for line in sweep.problems:
-        err.print(f"[yellow]skipped[/] {escape(line)}", highlight=False)
+        err.print(Text.assemble(("skipped", "yellow"), f" {line}"), highlight=False)
     return sweep
 
 
-def _follow(run_id: str, json_out: bool, timeout: float | None) -> None:
-    """Wait for a run; print its results (table or JSON); exit 1 on a failed job, 5 when unserved."""
-    from farm.cli.render import results_table
-    from farm.cluster.controller import job_views, store_for, wait
-
-    last: list[str] = []
-
-    def progress(views: list) -> None:
-        counts: dict[str, int] = {}
-        for v in views:
-            key = v.status or ("unserved" if v.unserved else v.state)
-            counts[key] = counts.get(key, 0) + 1
-        line = ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
-        if line != (last[0] if last else None):
-            last[:] = [line]
-            err.print(f"{run_id}: {line}", highlight=False)
-
-    results = wait(run_id, timeout=timeout, on_update=progress)
-    views = job_views(run_id, store_for())
-    if json_out:
-        print(json.dumps({"run_id": run_id, "results": [r.model_dump(mode="json") for r in results]}, indent=2))
-    else:
-        out.print(results_table(results, title=f"run {run_id}"))
-    if any(v.unserved for v in views):
-        queues = ", ".join(sorted({v.queue for v in views if v.unserved}))
-        err.print(f"[red]unserved[/] jobs left: no live worker serves {escape(queues)}")
-        raise typer.Exit(EXIT_UNSERVED)
-    if any(r.status != "ok" for r in results):
-        raise typer.Exit(EXIT_JOB_FAILED)
+def _points_listing(sw: Sweep) -> Listing:
+    wild = " (a wildcard tag counted once)" if any(d.endswith(":*") for s in sw.specs for d in s.devices) else ""
+    points = [{"index": p.index, "params": p.params, "ok": p.ok, "error": p.error, "dropped": p.dropped,
+               "devices": list(p.spec.devices) if p.spec else [], "predicted_bytes": p.predicted_bytes}
+              for p in sw.points]  # fmt: skip
+    lst = Listing(
+        f"sweep {sw.name}: {len(sw.specs)} of {len(sw.points)} points, {sw.job_count()} jobs{wild}",
+        ["#", *sw.grid, "devices", "predicted peak", "status"],
+        doc={"name": sw.name, "jobs": sw.job_count(), "points": points},
+    )
+    for p in sw.points:
+        status = "ok" if p.ok else f"skipped: {p.error or ''}"
+        if p.dropped:
+            status += f" (dropped {', '.join(d.split(': ')[0] for d in p.dropped)})"
+        devices = ",".join(p.spec.devices) if p.spec else None
+        params = [str(v) for v in p.params.values()]
+        lst.add(p.index, *params, devices, fmt_bytes(p.predicted_bytes), status, status="ok" if p.ok else "skipped")
+    return lst
 
 
-def _local_points(specs: list[BenchSpec]) -> list[BenchSpec]:
-    """Embedded farm: keep the devices this machine has (as `farm submit` does); drop empty points."""
-    from farm.cluster.embedded import local_only
-
-    kept, dropped = [], set()
-    for spec in specs:
-        try:
-            local, skipped = local_only(spec)
-        except SpecError:
-            dropped.update(spec.devices)
-            continue
-        dropped.update(skipped)
-        kept.append(local)
-    for d in sorted(dropped):
-        err.print(f"[yellow]warning:[/] skipping device {d!r}: this machine has none (embedded farm)")
-    if not kept:
-        raise SpecError("devices", "no point of the sweep has a device this machine has, and no FARM_REDIS_URL is set")
-    return kept
-
-
-@app.command()
-@handles_errors
 def sweep(
     file: Annotated[Path, typer.Argument(help="Sweep file (YAML/JSON): spec fields, `grid:`, `name:`.")],
     wait: bool = typer.Option(False, "--wait", help="Follow the run until every job has a result."),
-    json_out: bool = typer.Option(False, "--json", help="With --wait: print {run_id, results} as JSON."),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Show the points (--json: as JSON); submit nothing."),
+    json_out: bool = typer.Option(False, "--json", help="Print JSON (the same as --format json)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Show the points; submit nothing."),
     strict: Strict = False,
     max_memory: MaxMemory = None,
     nightly: bool = typer.Option(False, "--nightly", help="Run id <name>-<YYYYMMDD>: a night runs once."),
     date: str | None = typer.Option(None, "--date", help="With --nightly: the night (default today, UTC)."),
     timeout: float | None = typer.Option(None, "--timeout", help="With --wait: give up after this many seconds."),
+    fmt: Format = None,
+    output: Output = None,
 ) -> None:
     """Validate a sweep, show its job count, and submit every valid point as one run."""
-    from farm.nightly.sweep import nightly_run_id
-    from farm.reports.cells import fmt_bytes
-
+    fmt = fmt_of(fmt, output, json_out)
     sw = _load(file, max_memory, strict)
     if dry_run:
-        if json_out:
-            points = [{"index": p.index, "params": p.params, "ok": p.ok, "error": p.error, "dropped": p.dropped,
-                       "devices": list(p.spec.devices) if p.spec else [], "predicted_bytes": p.predicted_bytes}
-                      for p in sw.points]  # fmt: skip
-            print(json.dumps({"name": sw.name, "jobs": sw.job_count(), "points": points}, indent=2))
-            return
-        wild = " (a wildcard tag counted once)" if any(d.endswith(":*") for s in sw.specs for d in s.devices) else ""
-        t = Table(title=f"sweep {sw.name}: {len(sw.specs)} of {len(sw.points)} points, {sw.job_count()} jobs{wild}")
-        for col in ["#", *sw.grid, "devices", "predicted peak", "status"]:
-            t.add_column(col)
-        for p in sw.points:
-            status = "[green]ok[/]" if p.ok else f"[red]skipped[/]: {escape(p.error or '')}"
-            if p.dropped:
-                status += f" ([yellow]dropped[/] {escape(', '.join(d.split(': ')[0] for d in p.dropped))})"
-            devices = ",".join(p.spec.devices) if p.spec else "-"
-            params = (escape(str(v)) for v in p.params.values())
-            t.add_row(str(p.index), *params, devices, fmt_bytes(p.predicted_bytes), status)
-        out.print(t)
+        emit(_points_listing(sw), fmt, output)
         return
-    from farm.cluster import embedded
-    from farm.cluster.controller import submit
-    from farm.nightly.sweep import resolve_wildcards
-
-    specs = sw.specs
     settings = get_settings()
-    if embedded.is_embedded(settings):
-        specs = _local_points(specs)
-        if not embedded.running_url(settings):
-            err.print("starting the embedded farm (redis-server and local workers; `farm down` stops them)")
-        embedded.resolve_redis_url(settings, start=True)
+    specs, _, _ = embedded.ensure_local(sw.specs, settings, say=note)
     specs, notes = resolve_wildcards(specs)
     for line in notes:
-        err.print(f"[yellow]skipped[/] {escape(line)}", highlight=False)
-    run_id = nightly_run_id(sw.name, _parse_date(date, "date")) if nightly else None
+        err.print(Text.assemble(("skipped", "yellow"), f" {line}"), highlight=False)
+    run_id = nightly_run_id(sw.name, parse_when(date, "date")) if nightly else None
     sub = submit(specs, run_id=run_id, name=sw.name, tags={"sweep": sw.name})
     verb = "submitted" if sub.created else "already exists (nothing enqueued)"
-    err.print(f"run {sub.run_id} {verb}: {len(sub.jobs)} jobs from {len(specs)} points", highlight=False)
+    note(f"run {sub.run_id} {verb}: {len(sub.jobs)} jobs from {len(specs)} points")
     if sub.unserved:
-        err.print(f"[yellow]warning[/]: no live worker serves {', '.join(sub.unserved)}")
+        warn(f"no live worker serves {', '.join(sub.unserved)}")
     if wait:
-        _follow(sub.run_id, json_out, timeout)
-    elif json_out:
-        print(json.dumps({"run_id": sub.run_id, "created": sub.created, "jobs": [j.job_id for j in sub.jobs]}))
+        follow_and_print(sub.run_id, fmt, output, timeout=timeout)
+    elif fmt == "json":
+        write(
+            json.dumps({"run_id": sub.run_id, "created": sub.created, "jobs": [j.job_id for j in sub.jobs]}),
+            output,
+            fmt,
+        )
     else:
-        out.print(sub.run_id)
+        write(sub.run_id, output, fmt)
 
 
-@schedule_app.command("add")
-@handles_errors
 def schedule_add(
     name: Annotated[str, typer.Argument(help="Schedule name.")],
     sweep_file: Path = typer.Option(..., "--sweep", help="Sweep file; its content is stored with the schedule."),
@@ -175,98 +110,79 @@ def schedule_add(
     max_memory: MaxMemory = None,
 ) -> None:
     """Add (or with --replace, update) a schedule."""
-    from farm.nightly.schedule import ScheduleBook
-
     sw = _load(sweep_file, max_memory, strict)
     s = ScheduleBook().add(name, sw, cron=cron, every_s=every, source=str(sweep_file), replace=replace)
-    out.print(f"schedule {s.name}: {s.when}, sweep {sw.name} ({len(sw.specs)} points, {sw.job_count()} jobs)")
+    write(
+        f"schedule {s.name}: {s.when}, sweep {sw.name} ({len(sw.specs)} points, {sw.job_count()} jobs)",
+        None,
+        "terminal",
+    )
 
 
-@schedule_app.command("list")
-@handles_errors
-def schedule_list(json_out: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+def schedule_list(json_out: JsonAlias = False, fmt: Format = None, output: Output = None) -> None:
     """List schedules with their next firing and last run."""
-    from farm.nightly.schedule import ScheduleBook
-
     book = ScheduleBook()
-    rows = [(s, (book.fires(s.name, 1) or [None])[0]) for s in book.all()]
-    if json_out:
-        docs = [
-            {**s.__dict__, "next_at": s.next_at.isoformat() if s.next_at else None, "last": last} for s, last in rows
-        ]
-        print(json.dumps(docs, indent=2))
-        return
-    t = Table(title=f"{len(rows)} schedules")
-    for col in ("name", "when", "sweep", "source", "next (UTC)", "last run"):
-        t.add_column(col)
+    rows = [(s, next(iter(book.fires(s.name, 1)), None)) for s in book.all()]
+    docs = [{**s.__dict__, "next_at": s.next_at.isoformat() if s.next_at else None, "last": last} for s, last in rows]
+    lst = Listing(f"{len(rows)} schedules", ["name", "when", "sweep", "source", "next (UTC)", "last run"], doc=docs)
     for s, last in rows:
         # redbeat's estimate can land a fraction of a second early: show it to the nearest second.
-        nxt = f"{(s.next_at + timedelta(seconds=0.5)).astimezone(UTC):%Y-%m-%d %H:%M:%S}" if s.next_at else "-"
-        last_run = "-"
+        nxt = f"{(s.next_at + timedelta(seconds=0.5)).astimezone(UTC):%Y-%m-%d %H:%M:%S}" if s.next_at else None
+        last_run, status = None, None
         if last and last.get("error"):
-            last_run = f"[red]failed[/]: {last['error'][:60]}"
+            last_run, status = f"failed: {last['error'][:60]}", "failed"
         elif last:
             last_run = f"{last['run_id']}{'' if last['created'] else ' (existing)'}"
-        t.add_row(s.name, s.when, s.sweep_name, s.source, nxt, last_run)
-    out.print(t)
+        lst.add(s.name, s.when, s.sweep_name, s.source, nxt, last_run, status=status)
+    emit(lst, fmt_of(fmt, output, json_out), output)
 
 
-@schedule_app.command("remove")
-@handles_errors
 def schedule_remove(name: Annotated[str, typer.Argument(help="Schedule name.")]) -> None:
     """Remove a schedule (runs it already made are kept)."""
-    from farm.nightly.schedule import ScheduleBook
-
     ScheduleBook().remove(name)
-    out.print(f"schedule {name} removed")
+    write(f"schedule {name} removed", None, "terminal")
 
 
-@schedule_app.command("run")
-@handles_errors
 def schedule_run(
     name: Annotated[str, typer.Argument(help="Schedule name.")],
     fresh: bool = typer.Option(False, "--fresh", help="A new run even if this night's run exists."),
     wait: bool = typer.Option(False, "--wait", help="Follow the run."),
     json_out: bool = typer.Option(False, "--json", help="With --wait: print {run_id, results}."),
+    fmt: Format = None,
+    output: Output = None,
 ) -> None:
     """Fire a schedule now, as `farm beat` would (tonight's run id: a second firing adds nothing)."""
-    from farm.nightly.schedule import fire
-
+    fmt = fmt_of(fmt, output, json_out)
     f = fire(name, fresh=fresh)
     verb = "submitted" if f.created else "already exists (nothing enqueued; --fresh for a new run)"
-    err.print(f"run {f.run_id} {verb}: {f.jobs} jobs", highlight=False)
+    note(f"run {f.run_id} {verb}: {f.jobs} jobs")
     for line in f.skipped:
-        err.print(f"[yellow]skipped[/] {escape(line)}", highlight=False)
+        err.print(Text.assemble(("skipped", "yellow"), f" {line}"), highlight=False)
     if f.unserved:
-        err.print(f"[yellow]warning[/]: no live worker serves {', '.join(f.unserved)}")
+        warn(f"no live worker serves {', '.join(f.unserved)}")
     if wait:
-        _follow(f.run_id, json_out, None)
+        follow_and_print(f.run_id, fmt, output)
     else:
-        out.print(f.run_id)
+        write(f.run_id, output, fmt)
 
 
-@app.command()
-@handles_errors
 def beat(
     max_interval: float = typer.Option(30.0, "--max-interval", help="Longest sleep between checks (s)."),
     loglevel: str = typer.Option("info", "--loglevel", help="Celery log level."),
 ) -> None:
     """Fire schedules: Celery beat with the celery-redbeat scheduler (one active beat per farm)."""
-    from farm.nightly.schedule import run_beat
-
     run_beat(get_settings(), max_interval=max_interval, loglevel=loglevel)
 
 
-def _verdict_table(verdicts: list, title: str) -> Table:
-    from farm.cli.render import fmt_seconds
-
-    t = Table(title=title)
-    for col in ("kind", "machine", "device", "model", "spec", "phase", "new", "baseline", "change", "z", "p", "conf."):
-        t.add_column(col)
-    style = {"regression": "bold red", "improvement": "green", "no-verdict": "dim"}
+def _verdicts(verdicts: list[Verdict], title: str, doc: Any) -> Listing:
+    lst = Listing(
+        title,
+        ["kind", "machine", "device", "model", "spec", "phase", "new", "baseline", "change", "z", "p", "conf."],
+        doc=doc,
+    )
     for v in verdicts:
-        t.add_row(
-            f"[{style[v.kind]}]{v.kind}[/]" if v.kind in style else v.kind,
+        lst.add(
+            v.kind,
             v.machine,
             v.device,
             v.model,
@@ -274,24 +190,21 @@ def _verdict_table(verdicts: list, title: str) -> Table:
             v.phase,
             fmt_seconds(v.new_s),
             fmt_seconds(v.baseline_s),
-            f"{v.change:+.1%}" if v.change is not None else "-",
-            f"{v.robust_z:.1f}" if v.robust_z is not None else "-",
-            f"{v.p_value:.2g}" if v.p_value is not None else "-",
-            f"{v.confidence:.2%}" if v.confidence is not None else "-",
+            f"{v.change:+.1%}" if v.change is not None else None,
+            f"{v.robust_z:.1f}" if v.robust_z is not None else None,
+            f"{v.p_value:.2g}" if v.p_value is not None else None,
+            f"{v.confidence:.2%}" if v.confidence is not None else None,
+            status=v.kind,
         )
-    return t
+    return lst
 
 
-def _notify(verdicts: list, notify: bool) -> None:
-    from farm.nightly.webhook import notify as post
-
+def _notify(verdicts: list[Verdict], notify: bool) -> None:
     for d in post(get_settings().webhook_url if notify else None, verdicts):
         if not d.ok:
-            err.print(f"[yellow]webhook[/] {d.job_id} {d.phase}: {d.detail}", highlight=False)
+            err.print(Text.assemble(("webhook", "yellow"), f" {d.job_id} {d.phase}: {d.detail}"), highlight=False)
 
 
-@app.command()
-@handles_errors
 def regressions(
     since: str | None = typer.Option(
         None, "--since", help="Judge every result since then (ISO date/time, UTC, or 12h, 7d), not only the newest."
@@ -302,49 +215,47 @@ def regressions(
     html: Path | None = typer.Option(None, "--html", help="Also write a history page (per-night plots)."),
     machine: list[str] | None = typer.Option(None, "--machine", help="Only this machine tag (repeatable)."),
     device: list[str] | None = typer.Option(None, "--device", help="Only this device tag (repeatable)."),
+    fmt: Format = None,
+    output: Output = None,
 ) -> None:
     """Regressions and improvements: each series' newest result against its history."""
-    from farm.cluster.controller import store_for
-    from farm.nightly.regress import changes, detect
-    from farm.reports.report import parse_when
-
     results = store_for().query(machines=machine or (), devices=device or ())
     verdicts = detect(results, since=parse_when(since, "since"))
     shown = verdicts if show_all else changes(verdicts)
-    if json_out:
-        print(json.dumps([v.model_dump(mode="json") for v in shown], indent=2))
-    else:
-        n_reg = sum(v.kind == "regression" for v in verdicts)
-        out.print(_verdict_table(shown, f"{n_reg} regressions in {len(verdicts)} judged series points"))
+    n_reg = sum(v.kind == "regression" for v in verdicts)
+    doc = [v.model_dump(mode="json") for v in shown]
+    emit(
+        _verdicts(shown, f"{n_reg} regressions in {len(verdicts)} judged series points", doc),
+        fmt_of(fmt, output, json_out),
+        output,
+    )
     if html is not None:
-        from farm.reports.history import write_page
-
         write_page(html, results)  # every point judged, so each night's verdict is marked
-        err.print(f"history page: {html}")
+        note(f"history page: {html}")
     _notify(verdicts, notify)
 
 
-@app.command()
-@handles_errors
 def check(
-    run_id: Annotated[str, typer.Argument(help="The run to judge against history.")],
+    run_id: Annotated[str, typer.Argument(help="The run to judge against history ('latest' for the newest run).")],
     json_out: bool = typer.Option(False, "--json", help="Print the verdicts as JSON."),
     notify: bool = typer.Option(True, "--notify/--no-notify", help="POST each regression to FARM_WEBHOOK_URL."),
+    fmt: Format = None,
+    output: Output = None,
 ) -> None:
     """Exit 1 when any result of the run regressed (for CI gating); 4 when the run does not exist."""
-    from farm.cluster.controller import store_for
-    from farm.nightly.regress import check_run
-
     store = store_for()
+    run_id = store.resolve_run(run_id)
     run = store.get_run(run_id)
     verdicts = check_run(store.query(), run_id)
-    if json_out:
-        print(json.dumps({"run_id": run_id, "verdicts": [v.model_dump(mode="json") for v in verdicts]}, indent=2))
-    else:
-        jobs = f"{len(run['jobs'])} jobs, " if run["jobs"] else ""
-        out.print(_verdict_table(verdicts, f"run {run_id}: {jobs}{len(verdicts)} phase results judged"))
+    doc = {"run_id": run_id, "verdicts": [v.model_dump(mode="json") for v in verdicts]}
+    jobs = f"{len(run['jobs'])} jobs, " if run["jobs"] else ""
+    emit(
+        _verdicts(verdicts, f"run {run_id}: {jobs}{len(verdicts)} phase results judged", doc),
+        fmt_of(fmt, output, json_out),
+        output,
+    )
     _notify(verdicts, notify)
     regressed = [v for v in verdicts if v.kind == "regression"]
     if regressed:
-        err.print(f"[bold red]{len(regressed)} regression(s)[/] in run {run_id}")
+        err.print(Text.assemble((f"{len(regressed)} regression(s)", "bold red"), f" in run {run_id}"))
         raise typer.Exit(EXIT_JOB_FAILED)

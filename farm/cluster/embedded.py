@@ -18,7 +18,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -274,3 +274,43 @@ def local_only(spec: BenchSpec) -> tuple[BenchSpec, list[str]]:
     if not keep:
         raise SpecError("devices", f"this machine has none of {', '.join(spec.devices)} and no FARM_REDIS_URL is set")
     return spec.model_copy(update={"devices": tuple(keep)}), skipped
+
+
+def ensure_local(
+    specs: Sequence[BenchSpec], settings: Settings | None = None, *, say: Callable[[str], None] | None = None
+) -> tuple[list[BenchSpec], list[str], bool]:
+    """Embedded default (no FARM_REDIS_URL): keep what this machine can serve and start the farm.
+
+    Drops from each spec the devices this machine lacks (`local_only`; a spec left with none is
+    dropped) and starts the embedded farm (`up`) if it is not running. `say` hears, before the
+    (slow) start, one warning per skipped device and that the farm starts. Returns (specs kept,
+    devices skipped, started). With a configured Redis: the specs as given, [], False. SpecError
+    when no spec keeps a device.
+    """
+    settings = settings or get_settings()
+    if not is_embedded(settings):
+        return list(specs), [], False
+    kept: list[BenchSpec] = []
+    skipped: list[str] = []
+    first_error: SpecError | None = None
+    for spec in specs:
+        try:
+            local, dropped = local_only(spec)
+        except SpecError as e:
+            first_error = first_error or e
+            local, dropped = None, list(spec.devices)
+        skipped.extend(d for d in dropped if d not in skipped)
+        if local is not None:
+            kept.append(local)
+    if not kept:
+        if len(specs) == 1 and first_error is not None:
+            raise first_error
+        raise SpecError("devices", "no point of the sweep has a device this machine has, and no FARM_REDIS_URL is set")
+    started = running_url(settings) is None
+    if say is not None:
+        for d in skipped:
+            say(f"warning: skipping device {d!r}: this machine has none (embedded farm)")
+        if started:
+            say("starting the embedded farm (redis-server and local workers; `farm down` stops them)")
+    resolve_redis_url(settings, start=True)
+    return kept, skipped, started

@@ -18,7 +18,7 @@ import torch
 
 from farm.engine.memory import PeakMemory
 from farm.engine.model import GPT, from_hf_checkpoint
-from farm.engine.timing import Timer, repeat
+from farm.engine.timing import Timed, Timer, repeat
 from farm.errors import JobTimeout
 from farm.results.peaks import Peak
 from farm.results.result import PhaseResult, judge
@@ -51,6 +51,19 @@ class JobContext:
                 raise JobTimeout(f"{phase}: time limit of {self.spec.time_limit_s} s reached after {done}/{total}")
 
         return _step
+
+    def judged(self, phase: str, timed: Timed, mem: PeakMemory, breakdown: dict[str, float]) -> PhaseResult:
+        """The phase's result from its timed repeats and memory (`farm.results.result.judge`)."""
+        return judge(
+            self.spec,
+            phase,
+            timed.times_s,
+            timed.warmup_times_s,
+            peak=self.peak,
+            peak_memory_bytes=mem.peak_bytes,
+            memory_kind=mem.kind,
+            breakdown=breakdown,
+        )
 
 
 def weight_dtype(spec: BenchSpec) -> torch.dtype:
@@ -146,16 +159,7 @@ def run_forward(ctx: JobContext) -> PhaseResult:
             fn = torch.compile(model)
             breakdown["compile_s"], _ = ctx.timer.time(forward)  # first call compiles
         timed = repeat(forward, repeats=spec.repeats, warmup=spec.warmup, timer=ctx.timer, on_step=ctx.step("forward"))
-    return judge(
-        spec,
-        "forward",
-        timed.times_s,
-        timed.warmup_times_s,
-        peak=ctx.peak,
-        peak_memory_bytes=mem.peak_bytes,
-        memory_kind=mem.kind,
-        breakdown=breakdown,
-    )
+    return ctx.judged("forward", timed, mem, breakdown)
 
 
 def make_optimizer(spec: BenchSpec, model: GPT, device: torch.device) -> torch.optim.Optimizer:
@@ -218,16 +222,7 @@ def run_train(ctx: JobContext) -> PhaseResult:
     finally:
         opt.zero_grad(set_to_none=True)  # gradients freed; optimizer state goes with the frame
         _free(ctx)
-    return judge(
-        spec,
-        "train",
-        timed.times_s,
-        timed.warmup_times_s,
-        peak=ctx.peak,
-        peak_memory_bytes=mem.peak_bytes,
-        memory_kind=mem.kind,
-        breakdown=breakdown,
-    )
+    return ctx.judged("train", timed, mem, breakdown)
 
 
 PHASE_RUNNERS: dict[str, Callable[[JobContext], PhaseResult]] = {

@@ -123,7 +123,7 @@ class ScheduleBook:
         try:
             self.store.ping()
         except BrokerError as e:
-            raise BrokerError(f"cannot reach Redis at {mask_url(url)}: {e}") from None
+            raise type(e)(f"Redis at {mask_url(url)}: {e}") from None
 
     def _entry_key(self, name: str) -> str:
         return str(self.app.redbeat_conf.key_prefix) + name

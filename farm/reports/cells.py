@@ -8,6 +8,23 @@ from typing import Any
 from farm.reports.report import Report, Row
 
 SEVERE = {"invalid", "failed", "oom", "timeout", "cancelled"}
+
+# The one status-colour map (Rich styles) of every format and listing: job and phase statuses,
+# job states and regression verdicts.
+STATUS_STYLE = {
+    "ok": "green",
+    "done": "green",
+    "invalid": "bold magenta",
+    "failed": "bold red",
+    "oom": "bold red",
+    "timeout": "bold yellow",
+    "cancelled": "dim",
+    "unserved": "yellow",
+    "skipped": "red",
+    "regression": "bold red",
+    "improvement": "green",
+    "no-verdict": "dim",
+}
 COLUMNS = [
     "run",
     "machine",

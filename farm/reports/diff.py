@@ -11,8 +11,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from rich.table import Table
-
+from farm.reports.listing import Listing
 from farm.results.result import JobResult
 
 SOFTWARE = {"torch_version", "cuda_version", "cudnn_version", "python", "farm_version", "git_commit", "os"}
@@ -91,24 +90,20 @@ def environment_diff(a: JobResult, b: JobResult, show_all: bool = False) -> EnvD
     return EnvDiff(a.job_id, b.job_id, rows, same)
 
 
-def diff_table(d: EnvDiff) -> Table:
-    t = Table(title=f"environment: {d.a} vs {d.b} ({len(d.rows)} listed, {d.same} equal)", header_style="bold")
-    for col in ("section", "key", d.a, d.b):
-        t.add_column(col, overflow="fold")
-    for section, key, va, vb in d.rows:
-        style = "yellow" if va != vb else None
-        t.add_row(section, key, va, vb, style=style)
-    return t
-
-
-def diff_markdown(d: EnvDiff) -> str:
-    esc = lambda s: s.replace("|", "\\|")  # noqa: E731
-    lines = [f"| section | key | {esc(d.a)} | {esc(d.b)} |", "|---|---|---|---|"]
-    lines += [f"| {s} | {esc(k)} | {esc(va)} | {esc(vb)} |" for s, k, va, vb in d.rows]
-    lines.append(f"\n{len(d.rows)} keys listed, {d.same} equal.")
-    return "\n".join(lines)
-
-
-def diff_json(d: EnvDiff) -> str:
+def diff_doc(d: EnvDiff) -> dict[str, Any]:
+    """The diff as the JSON document `farm diff --json` prints."""
     rows = [{"section": s, "key": k, "a": va, "b": vb} for s, k, va, vb in d.rows]
-    return json.dumps({"a": d.a, "b": d.b, "equal": d.same, "differences": rows}, indent=1)
+    return {"a": d.a, "b": d.b, "equal": d.same, "differences": rows}
+
+
+def diff_listing(d: EnvDiff) -> Listing:
+    """The diff as a listing (every format of `farm.reports.formats`); differing rows stand out."""
+    lst = Listing(
+        f"environment: {d.a} vs {d.b} ({len(d.rows)} listed, {d.same} equal)",
+        ["section", "key", d.a, d.b],
+        doc=diff_doc(d),
+        notes=[f"{len(d.rows)} keys listed, {d.same} equal."],
+    )
+    for section, key, va, vb in d.rows:
+        lst.add(section, key, va, vb, status="unserved" if va != vb else None)  # the yellow of a pending row
+    return lst

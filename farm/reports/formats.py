@@ -1,7 +1,10 @@
-"""Report formats: terminal (Rich), Markdown, CSV (one row per job and phase) and JSON.
+"""The one output layer: reports and listings in every format (`FORMATS`).
 
-Every format carries the same flags: a short label in the table, the full text below it (CSV and
-JSON: a `flags` field per row and `notes` for the report). HTML is `farm.reports.html`.
+Reports: terminal (Rich), Markdown, CSV (one row per job and phase, `cells.row_dict`) and JSON
+here, HTML in `farm.reports.html` (with the history section when the report carries it). Every
+format carries the same flags: a short label in the table, the full text below it (CSV and JSON:
+a `flags` field per row and `notes` for the report). Listings (`farm.reports.listing.Listing`):
+the same formats. `render(obj, fmt)` is text; `terminal(obj)` the Rich renderable.
 This module never imports torch.
 """
 
@@ -16,23 +19,45 @@ from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
-from farm.reports.cells import COLUMNS, cells, flag_lines, header_lines, row_dict
+from farm.errors import SpecError
+from farm.reports import listing as lst
+from farm.reports.cells import COLUMNS, STATUS_STYLE, cells, flag_lines, header_lines, row_dict
+from farm.reports.listing import Listing
 from farm.reports.report import Report
 
 FORMATS = ("terminal", "markdown", "csv", "json", "html")
-_STYLE = {"invalid": "bold magenta", "failed": "bold red", "oom": "bold red", "timeout": "bold yellow"}
+SUFFIX_FORMATS = {
+    ".html": "html",
+    ".htm": "html",
+    ".md": "markdown",
+    ".csv": "csv",
+    ".json": "json",
+    ".txt": "terminal",
+}
+_ROW_STYLED = ("invalid", "failed", "oom", "timeout")  # flag kinds that colour a report row
+
+
+def choose_format(fmt: str | None, output: str | None = None) -> str:
+    """The format asked for; else from the output file's suffix; else terminal. SpecError if unknown."""
+    if fmt is None and output is not None:
+        suffix = output[output.rfind(".") :].lower() if "." in output.rsplit("/", 1)[-1] else ""
+        fmt = SUFFIX_FORMATS.get(suffix, "terminal")
+    fmt = fmt or "terminal"
+    if fmt not in FORMATS:
+        raise SpecError("format", f"{fmt!r} is not a format; allowed: {', '.join(FORMATS)}")
+    return fmt
 
 
 def to_terminal(report: Report) -> Group:
     """Rich renderables: one table per spec, then notes and flags."""
     parts: list[Any] = [Text(report.title, style="bold"), *(Text(line, style="dim") for line in header_lines(report))]
     for g in report.groups:
-        t = Table(title=g.title, header_style="bold", title_justify="left")
+        t = Table(title=Text(g.title), header_style="bold", title_justify="left")
         for i, col in enumerate(COLUMNS):
             t.add_column(col, justify="right" if 4 <= i <= 11 else "left")
         for row in g.rows:
-            style = next((_STYLE[f.kind] for f in row.flags if f.kind in _STYLE), None)
-            t.add_row(*cells(row), style=style)
+            style = next((STATUS_STYLE[f.kind] for f in row.flags if f.kind in _ROW_STYLED), None)
+            t.add_row(*(Text(c) for c in cells(row)), style=style)
         parts.append(t)
     for note in report.notes:
         parts.append(Text(f"note: {note}", style="yellow"))
@@ -92,18 +117,36 @@ def to_json(report: Report) -> str:
     return json.dumps(doc, indent=1)
 
 
-def render(report: Report, fmt: str) -> str:
-    """The report as text in a format of `FORMATS` (terminal: plain text, no colour)."""
-    if fmt == "terminal":
-        return to_text(report)
-    if fmt == "markdown":
-        return to_markdown(report)
-    if fmt == "csv":
-        return to_csv(report)
-    if fmt == "json":
-        return to_json(report)
-    if fmt == "html":
-        from farm.reports.html import render_html  # lazily: matplotlib is imported only for HTML
+def terminal(obj: Report | Listing) -> Group:
+    """The Rich renderable of a report or a listing (for a terminal: colours, no markup read)."""
+    return to_terminal(obj) if isinstance(obj, Report) else lst.to_terminal(obj)
 
-        return render_html(report)
-    raise ValueError(f"unknown format {fmt!r}; allowed: {', '.join(FORMATS)}")
+
+def render(obj: Report | Listing, fmt: str) -> str:
+    """A report or a listing as text in a format of `FORMATS` (terminal: plain text, no colour).
+
+    HTML of a report is the page `farm report --format html` writes, with its history section when
+    the report carries history (`select(..., history=True)`).
+    """
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown format {fmt!r}; allowed: {', '.join(FORMATS)}")
+    if isinstance(obj, Listing):
+        return {
+            "terminal": lst.to_text,
+            "markdown": lst.to_markdown,
+            "csv": lst.to_csv,
+            "json": lst.to_json,
+            "html": lst.to_html,
+        }[fmt](obj)
+    if fmt == "terminal":
+        return to_text(obj)
+    if fmt == "markdown":
+        return to_markdown(obj)
+    if fmt == "csv":
+        return to_csv(obj)
+    if fmt == "json":
+        return to_json(obj)
+    # matplotlib (drawn by farm.reports.html) is imported only for HTML: it costs a second at start-up.
+    from farm.reports.html import render_html
+
+    return render_html(obj)

@@ -14,14 +14,10 @@ import html
 import io
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 from farm.nightly.regress import Point, SeriesKey, Verdict, build_series, detect
 from farm.results.result import JobResult
-
-if TYPE_CHECKING:
-    from farm.reports.report import Report
-    from farm.results.store import ResultStore
 
 MAX_SERIES = 24
 TITLE = "History: time per night, regressions marked"
@@ -29,12 +25,13 @@ TITLE = "History: time per night, regressions marked"
 
 def _series_png(key: SeriesKey, points: Sequence[Point], marks: dict[str, str]) -> str:
     """A base64 PNG of one series."""
+    # matplotlib is imported only when a plot is drawn: it costs a second at start-up.
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # (lazily, as above)
 
-    xs = [p.when for p in points]
+    xs: list[Any] = [p.when for p in points]  # datetimes: matplotlib plots them (its stubs say floats)
     meds, lo, hi = [], [], []
     for p in points:
         st = p.result.phases[p.phase].stats
@@ -103,17 +100,11 @@ def history_section(
     return TITLE, "\n".join(parts)
 
 
-def report_section(store: ResultStore, report: Report, max_series: int = MAX_SERIES) -> tuple[str, str] | None:
-    """The history section for `farm report`'s HTML (`render_html(report, extra_sections=[...])`).
+def results_section(results: Sequence[JobResult], max_series: int = MAX_SERIES) -> tuple[str, str] | None:
+    """The history section of a report's HTML from its loaded history (`Report.history`).
 
-    Covers the (machine, device, spec) series of the report's results with their whole stored
-    history; None when no such series has two or more results (nothing to plot over time).
+    None when no series has two or more results (nothing to plot over time).
     """
-    keys = {(r.machine_tag or "unknown", r.device, r.spec_hash) for r in report.records}
-    if not keys:
-        return None
-    history = store.query(spec_hashes=sorted({k[2] for k in keys}), devices=sorted({k[1] for k in keys}))
-    results = [r for r in history if (r.machine.machine_tag if r.machine else "unknown", r.device, r.spec_hash) in keys]
     if not any(len(pts) >= 2 for pts in build_series(results).values()):
         return None
     return history_section(results, max_series=max_series)

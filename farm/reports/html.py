@@ -1,7 +1,8 @@
 """One self-contained HTML report: inline CSS, plots as base64 PNG, nothing fetched from a network.
 
-`render_html(report, extra_sections=())` is the hook other features use to add sections (the
-sweeps' history, for example): each extra section is `(title, html_fragment)`, appended after the
+`render_html(report, extra_sections=())` draws the history section itself when the report carries
+its history (`Report.history`, loaded by `select(..., history=True)`); `extra_sections` is the
+hook other features use to add sections: each extra section is `(title, html_fragment)`, appended after the
 report's own sections. The fragment is inserted as given (it is trusted HTML from farm code);
 the title is escaped. Plots are drawn for the first `MAX_PLOTTED_GROUPS` specs; every spec gets
 its table. This module never imports torch.
@@ -15,6 +16,7 @@ from html import escape
 
 from farm.reports import plots
 from farm.reports.cells import COLUMNS, SEVERE, cells, header_lines
+from farm.reports.history import results_section
 from farm.reports.report import Report, Row
 
 MAX_PLOTTED_GROUPS = 8
@@ -78,7 +80,8 @@ def _flags_html(report: Report) -> str:
 
 
 def render_html(report: Report, extra_sections: Sequence[tuple[str, str]] = ()) -> str:
-    """The report as one HTML document (tables, plots, flags, then `extra_sections`)."""
+    """The report as one HTML document (tables, plots, flags, the history when the report carries
+    it (`Report.history`), then `extra_sections`)."""
     parts = [
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">',
         f"<title>{escape(report.title)}</title><style>{CSS}</style></head><body>",
@@ -114,7 +117,8 @@ def render_html(report: Report, extra_sections: Sequence[tuple[str, str]] = ()) 
         parts.append(_img(scaling, "scaling plot", f"Median time against {axis} (log-log), 95% CI."))
         parts.append("</section>")
     parts.append(_flags_html(report))
-    for title, fragment in extra_sections:
+    history = results_section(report.history) if report.history else None
+    for title, fragment in [*([history] if history else []), *extra_sections]:
         parts.append(f'<section class="extra"><h2>{escape(title)}</h2>{fragment}</section>')
     parts.append('<p class="meta">Self-contained: no network needed. Made by farm.</p></body></html>')
     return "\n".join(parts)

@@ -10,19 +10,19 @@ This module never imports torch.
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
-from farm.errors import NotFoundError, SpecError
+from farm.errors import NotFoundError
 from farm.reports.compare import DEFAULT_BASELINE, Baseline, BaselineMatcher, Ratio, ratio_cis
 from farm.results.records import PhaseRecord, Record, paused_gc
+from farm.results.result import JobResult
 from farm.results.store import ResultStore
 from farm.spec import ALIASES, PHASES
 
-PHASE_ORDER = {p: i for i, p in enumerate(PHASES)}
+PHASE_ORDER: dict[str, int] = {p: i for i, p in enumerate(PHASES)}
 NOT_MEASURED = ("failed", "oom", "timeout", "cancelled")
 
 
@@ -73,26 +73,6 @@ class Selection:
         )
 
 
-_RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)\s*([mhdw])$")
-_UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
-
-
-def parse_when(text: str | None, field_name: str, now: datetime | None = None) -> datetime | None:
-    """ISO 8601 (`2026-11-01`, `2026-11-01T12:00`, UTC unless a zone is given) or relative `7d`, `12h`."""
-    if not text:
-        return None
-    m = _RELATIVE.match(text.strip())
-    if m:
-        return (now or datetime.now(UTC)) - timedelta(**{_UNITS[m[2]]: float(m[1])})
-    try:
-        when = datetime.fromisoformat(text.strip())
-    except ValueError:
-        raise SpecError(
-            field_name, f"{text!r} is not a date: use ISO 8601 (2026-11-01T12:00) or 30m, 12h, 7d, 2w"
-        ) from None
-    return when if when.tzinfo else when.replace(tzinfo=UTC)
-
-
 @dataclass(slots=True)
 class Flag:
     kind: str  # invalid, noisy, failed, oom, timeout, cancelled, versions, baseline
@@ -137,6 +117,9 @@ class Report:
     selection: Selection
     notes: list[str]
     generated_at: datetime
+    # The whole stored history of the report's (machine, device, spec) series, when asked for
+    # (`select(..., history=True)`); the HTML format draws it. None: not loaded.
+    history: list[JobResult] | None = None
 
     @property
     def rows(self) -> list[Row]:
@@ -229,8 +212,8 @@ def _build(
             records[i].run_id,
         ),
     )
-    farm_counts = Counter(r.farm_version for r in records)
-    torch_counts = Counter(r.torch_version for r in records)
+    farm_counts: Counter[str | None] = Counter(r.farm_version for r in records)
+    torch_counts: Counter[str | None] = Counter(r.torch_version for r in records)
     usual = (_usual(farm_counts), _usual(torch_counts))
     if usual[0] is not None or usual[1] is not None:
         usual = (usual[0] or records[0].farm_version, usual[1] or records[0].torch_version)
@@ -293,10 +276,28 @@ def _build(
     )
 
 
-def select(store: ResultStore, selection: Selection, baseline: Baseline = DEFAULT_BASELINE) -> Report:
-    """Query the store, fetch the baselines the selection left out, and build the report."""
+def select(
+    store: ResultStore, selection: Selection, baseline: Baseline = DEFAULT_BASELINE, *, history: bool = False
+) -> Report:
+    """Query the store, fetch the baselines the selection left out, and build the report.
+
+    With `history`, also load every stored result of the report's (machine, device, spec) series
+    into `Report.history` (the HTML format draws a phase's time per night from it).
+    """
     with paused_gc():
-        return _select(store, selection, baseline)
+        report = _select(store, selection, baseline)
+    if history:
+        report.history = history_results(store, report.records)
+    return report
+
+
+def history_results(store: ResultStore, records: Sequence[Record]) -> list[JobResult]:
+    """Every stored result of the (machine, device, spec hash) series of `records`, oldest first."""
+    keys = {(r.machine_tag or "unknown", r.device, r.spec_hash) for r in records}
+    if not keys:
+        return []
+    found = store.query(spec_hashes=sorted({k[2] for k in keys}), devices=sorted({k[1] for k in keys}))
+    return [r for r in found if (r.machine.machine_tag if r.machine else "unknown", r.device, r.spec_hash) in keys]
 
 
 def _select(store: ResultStore, selection: Selection, baseline: Baseline) -> Report:

@@ -22,7 +22,6 @@ from farm.results.stats import Stats, summarize
 from farm.spec import BenchSpec, Job
 
 Status = Literal["ok", "failed", "oom", "timeout", "invalid", "cancelled"]
-STATUSES: tuple[str, ...] = ("ok", "failed", "oom", "timeout", "invalid", "cancelled")
 SCHEMA_VERSION = 1
 
 

@@ -49,8 +49,6 @@ from farm.results.records import Record, paused_gc, record_from_dict, record_fro
 from farm.results.result import JobResult
 from farm.spec import BenchSpec, Job
 
-JOB_STATES = ("queued", "running", "done", "cancelled", "unserved")
-INDEX_KINDS = ("all", "run", "machine", "device", "spec", "model")
 FIRES_KEPT = 200  # firings kept per schedule
 
 # Every key pattern the farm writes, as `<prefix>:` + pattern (`*` one segment, `**` the rest).

@@ -1,0 +1,81 @@
+"""The one way the CLI follows a run: a progress bar per job on stderr (submit --wait, sweep --wait,
+schedule run --wait, status --watch), then its results and exit code."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+from rich.text import Text
+
+from farm.cli.output import EXIT_JOB_FAILED, EXIT_UNSERVED, emit_results, err, warn
+from farm.cluster import controller
+from farm.cluster.controller import JobView
+from farm.results.result import JobResult
+from farm.settings import Settings
+
+
+def _tracker(progress: Progress) -> Callable[[list[JobView]], None]:
+    """on_update for controller.wait: one bar per job, its phase and repeats, its state."""
+    bars: dict[str, TaskID] = {}
+
+    def update(views: list[JobView]) -> None:
+        for v in views:
+            if v.job_id not in bars:
+                bars[v.job_id] = progress.add_task(f"{v.job_id} {v.device}", total=None, state=v.state)
+            state = v.status or (v.state if v.served else f"unserved: no live worker on queue {v.queue}")
+            if v.phase and not v.finished:
+                state = f"{v.state} {v.phase}"
+            total = v.total or None
+            progress.update(bars[v.job_id], completed=v.done, total=total, state=state)
+            if v.finished:
+                progress.update(bars[v.job_id], completed=1 if total is None else total, total=total or 1)
+
+    return update
+
+
+def follow(
+    run_id: str, *, settings: Settings | None = None, timeout: float | None = None, transient: bool = False
+) -> list[JobResult]:
+    """Follow a run with progress bars until every servable job ends; its stored results."""
+    progress = Progress(
+        TextColumn("{task.description}", markup=False),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[state]}", markup=False),
+        TimeElapsedColumn(),
+        console=err,
+        transient=transient,
+    )
+    with progress:
+        return controller.wait(run_id, settings=settings, timeout=timeout, on_update=_tracker(progress))
+
+
+def follow_and_print(
+    run_id: str,
+    fmt: str,
+    output: Path | None = None,
+    *,
+    settings: Settings | None = None,
+    timeout: float | None = None,
+    skip_unserved: bool = False,
+) -> None:
+    """Follow a run, print its results; exit 1 when a job did not succeed, 5 when jobs are left unserved."""
+    results = follow(run_id, settings=settings, timeout=timeout, transient=fmt != "terminal" or output is not None)
+    store = controller.store_for(settings)
+    left = [v for v in controller.job_views(run_id, store) if not v.finished]
+    if left and skip_unserved:
+        cancelled, _ = controller.cancel(run_id, job_ids=[v.job_id for v in left], settings=settings)
+        err.print(Text.assemble(("cancelled", "yellow"), f" {len(cancelled)} unserved job(s): {', '.join(cancelled)}"))
+        left = []
+    for v in left:
+        warn(f"job {v.job_id} ({v.device}) waits on queue {v.queue!r}; no live worker serves it", label="unserved")
+    doc: dict[str, Any] = {"run_id": run_id, "results": [r.model_dump(mode="json") for r in results]}
+    emit_results(results, fmt, output, title=f"run {run_id}", json_doc=doc)
+    if left:
+        raise typer.Exit(EXIT_UNSERVED)
+    if any(r.status != "ok" for r in results):
+        raise typer.Exit(EXIT_JOB_FAILED)

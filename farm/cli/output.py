@@ -1,0 +1,127 @@
+"""The CLI's consoles, its one way to print data (`emit`, `emit_results`), and `fail`.
+
+Data (tables, results, JSON) go to stdout or `-o FILE`; progress, warnings and errors to stderr,
+so that `--json` output on stdout stays machine-readable. Exit codes: see `farm.cli.main`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.text import Text
+
+from farm.reports.cells import fmt_seconds
+from farm.reports.formats import choose_format, render, terminal
+from farm.reports.listing import Listing
+from farm.reports.report import Report, build_report
+from farm.results.records import records_from_results
+from farm.results.result import JobResult
+
+EXIT_OK, EXIT_JOB_FAILED, EXIT_BAD_INPUT, EXIT_BROKER, EXIT_NOT_FOUND, EXIT_UNSERVED = 0, 1, 2, 3, 4, 5
+
+# Piped output gets a wide console: Rich's 80-column default would fold the tables.
+out = Console(soft_wrap=False, width=None if sys.stdout.isatty() else 160)
+err = Console(stderr=True)
+
+Format = Annotated[
+    str | None,
+    typer.Option(
+        "--format", "-f", help="terminal, markdown, csv, json or html (default: from -o's suffix, else terminal)."
+    ),
+]
+Output = Annotated[Path | None, typer.Option("--output", "-o", help="Write to this file instead of stdout.")]
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def one_line(message: str) -> str:
+    """Control characters (a newline, an escape sequence) shown escaped: one line that cannot drive a terminal."""
+    return _CONTROL.sub(lambda m: repr(m[0])[1:-1], message)
+
+
+def fail(message: str, code: int) -> typer.Exit:
+    """Print a one-line error to stderr and return the Exit to raise.
+
+    The message is text, never markup: a path or value such as `[draft].yaml` is printed as is.
+    """
+    err.print(f"[bold red]error:[/] {escape(one_line(message))}", highlight=False, markup=True, soft_wrap=True)
+    return typer.Exit(code)
+
+
+def warn(message: str, label: str = "warning") -> None:
+    """A yellow `label:` and the message (text, not markup) on stderr."""
+    err.print(Text.assemble((f"{label}:", "yellow"), " ", message), highlight=False)
+
+
+def note(message: str) -> None:
+    """A plain line on stderr (text, not markup)."""
+    err.print(Text(message), highlight=False)
+
+
+def fmt_of(fmt: str | None, output: Path | None, json_alias: bool = False, csv_alias: bool = False) -> str:
+    """The format asked for: `--format`, its aliases (`--json`, `--csv`), -o's suffix, else terminal."""
+    if fmt is None and json_alias:
+        fmt = "json"
+    if fmt is None and csv_alias:
+        fmt = "csv"
+    return choose_format(fmt, str(output) if output is not None else None)
+
+
+def write(text: str, output: Path | None, fmt: str) -> None:
+    """Text to stdout, or to the output file (a line on stderr says so)."""
+    if output is None:
+        print(text, end="" if text.endswith("\n") else "\n")
+        return
+    try:
+        output.write_text(text, encoding="utf-8")
+    except OSError as e:
+        raise OSError(e.errno, f"cannot write {output}: {e.strerror}") from None
+    err.print(Text(f"wrote {output} ({fmt})"))
+
+
+def emit(obj: Report | Listing, fmt: str, output: Path | None = None, after: Sequence[str] = ()) -> None:
+    """A report or listing in its format; `after` lines follow the terminal table (not other formats)."""
+    if fmt == "terminal" and output is None:
+        out.print(terminal(obj))
+        for line in after:
+            out.print(Text(line), highlight=False)
+        return
+    write(render(obj, fmt), output, fmt)
+
+
+def results_report(results: Sequence[JobResult], title: str) -> Report:
+    """Results as a report (the one terminal table, CSV layout and HTML page)."""
+    return build_report(records_from_results(results), title=title)
+
+
+def emit_results(results: Sequence[JobResult], fmt: str, output: Path | None, title: str, json_doc: Any = None) -> None:
+    """Job results in a format; JSON is `json_doc` (default: the list of results, as stored)."""
+    if fmt == "json":
+        doc = json_doc if json_doc is not None else [r.model_dump(mode="json") for r in results]
+        write(json.dumps(doc, indent=2), output, fmt)
+        return
+    emit(results_report(results, title), fmt, output, after=breakdown_lines(results))
+
+
+def breakdown_lines(results: Iterable[JobResult]) -> list[str]:
+    """The parts timed apart from the phases (device set-up, transfers, compile), one line per job."""
+    lines = []
+    for r in results:
+        parts = [
+            f"{p}.{k}={fmt_seconds(v)}"
+            for p, ph in r.phases.items()
+            for k, v in ph.breakdown.items()
+            if k.endswith("_s")
+        ]
+        if parts:
+            lines.append(f"{r.device}: " + ", ".join(parts))
+        for w in r.warnings:
+            lines.append(f"{r.device}: warning: {w}")
+    return lines
