@@ -99,9 +99,7 @@ def main() -> None:
             sel = Selection()
             steps: list[tuple[str, float, float]] = []
             wall, cpu, report = timed(store, lambda: select(store, sel), repeats=1)
-            steps.append(
-                ("**first report: `reports.report.select` (summaries written at store time)**", wall, cpu)
-            )
+            steps.append(("**first report: `reports.report.select` (summaries written at store time)**", wall, cpu))
             wall, cpu, report = timed(store, lambda: select(store, sel))
             steps.append(("**later reports: `farm.reports.report.select` (query + fetch + build)**", wall, cpu))
             wall, cpu, ids = timed(store, lambda: sel.query_ids(store))

@@ -12,13 +12,24 @@ import typer
 
 from farm.cli import options as o
 from farm.cli.follow import follow, follow_and_print
-from farm.cli.output import EXIT_JOB_FAILED, Format, Output, emit, emit_results, err, fmt_of, note, out, warn, write
+from farm.cli.output import (
+    EXIT_JOB_FAILED,
+    Format,
+    JsonAlias,
+    Output,
+    emit,
+    emit_results,
+    err,
+    fmt_of,
+    note,
+    out,
+    warn,
+    write,
+)
 from farm.cluster import controller, embedded
 from farm.cluster.controller import JobView
 from farm.reports.listing import Listing
 from farm.settings import get_settings, mask_url
-
-JsonAlias = typer.Option(False, "--json", help="Print JSON (the same as --format json).")
 
 
 def submit(
@@ -95,7 +106,7 @@ def status(
     watch: bool = typer.Option(False, "--watch", help="Follow the run with progress bars until it ends."),
     fmt: Format = None,
     output: Output = None,
-    json_out: bool = JsonAlias,
+    json_out: JsonAlias = False,
 ) -> None:
     """Jobs of a run by state (queued, running, done, cancelled, unserved) and their progress."""
     store = controller.store_for()

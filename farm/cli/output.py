@@ -38,6 +38,7 @@ Format = Annotated[
     ),
 ]
 Output = Annotated[Path | None, typer.Option("--output", "-o", help="Write to this file instead of stdout.")]
+JsonAlias = Annotated[bool, typer.Option("--json", help="Print JSON (the same as --format json).")]
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 

@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 from rich.text import Text
 
-from farm.cli.output import Format, Output, emit, fmt_of, out, write
+from farm.cli.output import Format, JsonAlias, Output, emit, fmt_of, out, write
 from farm.cluster.controller import store_for
 from farm.dates import parse_when
 from farm.reports.compare import parse_baseline
@@ -31,7 +31,6 @@ ModelSel = Annotated[ListOpt, typer.Option("--model", help="Model preset name, e
 SpecHash = Annotated[ListOpt, typer.Option("--spec-hash", help="Spec hash (same work on any device).")]
 Since = Annotated[str | None, typer.Option(help="Finished at or after: ISO date/time (UTC) or 30m, 12h, 7d.")]
 Until = Annotated[str | None, typer.Option(help="Finished at or before: ISO date/time (UTC) or 30m, 12h, 7d.")]
-JsonAlias = Annotated[bool, typer.Option("--json", help="Print JSON (the same as --format json).")]
 
 
 def _split(values: ListOpt) -> tuple[str, ...]:

@@ -13,7 +13,7 @@ import typer
 from rich.text import Text
 
 from farm.cli.follow import follow_and_print
-from farm.cli.output import EXIT_JOB_FAILED, Format, Output, emit, err, fmt_of, note, warn, write
+from farm.cli.output import EXIT_JOB_FAILED, Format, JsonAlias, Output, emit, err, fmt_of, note, warn, write
 from farm.cluster import embedded
 from farm.cluster.controller import store_for, submit
 from farm.dates import parse_when
@@ -28,7 +28,6 @@ from farm.settings import get_settings
 
 MaxMemory = Annotated[str | None, typer.Option("--max-memory", help="Skip points predicted above this, e.g. 16GiB.")]
 Strict = Annotated[bool, typer.Option("--strict", help="Refuse the sweep if any point is invalid or skipped.")]
-JsonAlias = Annotated[bool, typer.Option("--json", help="Print JSON (the same as --format json).")]
 
 
 def _load(file: Path, max_memory: str | None, strict: bool) -> Sweep:
@@ -61,7 +60,7 @@ def _points_listing(sw: Sweep) -> Listing:
 def sweep(
     file: Annotated[Path, typer.Argument(help="Sweep file (YAML/JSON): spec fields, `grid:`, `name:`.")],
     wait: bool = typer.Option(False, "--wait", help="Follow the run until every job has a result."),
-    json_out: bool = typer.Option(False, "--json", help="Print JSON (the same as --format json)."),
+    json_out: JsonAlias = False,
     dry_run: bool = typer.Option(False, "--dry-run", help="Show the points; submit nothing."),
     strict: Strict = False,
     max_memory: MaxMemory = None,
