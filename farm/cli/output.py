@@ -58,12 +58,12 @@ def fail(message: str, code: int) -> typer.Exit:
 
 def warn(message: str, label: str = "warning") -> None:
     """A yellow `label:` and the message (text, not markup) on stderr."""
-    err.print(Text.assemble((f"{label}:", "yellow"), " ", message), highlight=False)
+    err.print(Text.assemble((f"{label}:", "yellow"), " ", message), highlight=False, soft_wrap=True)
 
 
 def note(message: str) -> None:
     """A plain line on stderr (text, not markup)."""
-    err.print(Text(message), highlight=False)
+    err.print(Text(message), highlight=False, soft_wrap=True)
 
 
 def fmt_of(fmt: str | None, output: Path | None, json_alias: bool = False, csv_alias: bool = False) -> str:
