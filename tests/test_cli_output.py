@@ -15,7 +15,7 @@ from farm.cli.main import app
 from farm.cli.output import fmt_of, results_report
 from farm.dates import parse_when
 from farm.errors import SpecError
-from farm.reports.cells import row_dict
+from farm.reports.cells import ROW_FIELDS, row_dict
 from farm.reports.formats import render
 from farm.reports.listing import Listing
 from farm.results.result import JobResult
@@ -34,7 +34,7 @@ def _failed() -> JobResult:
 def test_results_csv_is_the_report_csv() -> None:
     report = results_report([_failed()], "t")
     rows = list(csv.DictReader(io.StringIO(render(report, "csv"))))
-    assert len(rows) == 1 and list(rows[0]) == list(row_dict(report.rows[0]))  # the report's columns
+    assert len(rows) == 1 and list(rows[0]) == list(row_dict(report.rows[0])) == list(ROW_FIELDS)  # the report's
     assert rows[0]["status"] == "failed" and rows[0]["job_id"] == "r-000" and rows[0]["error"].startswith("boom")
 
 

@@ -119,6 +119,15 @@ def header_lines(report: Report) -> list[str]:
     ]
 
 
+# The columns of `row_dict`, in order: the CSV header, written even when a report has no rows.
+ROW_FIELDS = (
+    "run_id", "job_id", "machine", "device", "torch_device", "model", "params", "batch", "seq", "dtype",
+    "spec_hash", "phase", "status", "n", "median_s", "ci_low_s", "ci_high_s", "ci_coverage", "iqr_over_median",
+    "tokens_per_s", "achieved_flops", "mfu", "peak_flops", "peak_source", "peak_memory_bytes", "baseline_job_id",
+    "is_baseline", "speedup", "speedup_ci_low", "speedup_ci_high", "farm_version", "torch_version", "flags", "error",
+)  # fmt: skip
+
+
 def row_dict(row: Row) -> dict[str, Any]:
     """One job and phase as plain values (seconds, FLOP/s, bytes): the CSV and JSON row."""
     rec, p, s = row.record, row.phase, row.speedup

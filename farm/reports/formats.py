@@ -21,7 +21,7 @@ from rich.text import Text
 
 from farm.errors import SpecError
 from farm.reports import listing as lst
-from farm.reports.cells import COLUMNS, STATUS_STYLE, cells, flag_lines, header_lines, row_dict
+from farm.reports.cells import COLUMNS, ROW_FIELDS, STATUS_STYLE, cells, flag_lines, header_lines, row_dict
 from farm.reports.listing import Listing
 from farm.reports.report import Report
 
@@ -93,13 +93,11 @@ def to_markdown(report: Report) -> str:
 
 def to_csv(report: Report) -> str:
     buf = io.StringIO()
-    w: csv.DictWriter[str] | None = None
+    w = csv.DictWriter(buf, fieldnames=ROW_FIELDS, lineterminator="\n")
+    w.writeheader()
     for row in report.rows:
         d = row_dict(row)
         d["flags"] = "; ".join(d["flags"])
-        if w is None:
-            w = csv.DictWriter(buf, fieldnames=list(d), lineterminator="\n")
-            w.writeheader()
         w.writerow(d)
     return buf.getvalue()
 

@@ -3,8 +3,8 @@
 One small plot per series (machine, device, spec hash, phase): the median of each result with its
 confidence interval of the median as an error bar, the points judged `regression` as red
 triangles and `improvement` as green ones (`farm.nightly.regress`). The view is an HTML fragment with
-inline PNG images, for `farm report`'s HTML (`farm.reports.html.render_html(extra_sections=...)`)
-or for a standalone page (`farm regressions --html FILE`). Never imports torch.
+inline PNG images, for `farm report`'s HTML (`results_section` of `Report.history`, drawn by
+`farm.reports.html.render_html`) or for a standalone page (`farm regressions --html FILE`). Never imports torch.
 """
 
 from __future__ import annotations

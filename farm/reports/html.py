@@ -2,7 +2,7 @@
 
 `render_html(report, extra_sections=())` draws the history section itself when the report carries
 its history (`Report.history`, loaded by `select(..., history=True)`); `extra_sections` is the
-hook other features use to add sections: each extra section is `(title, html_fragment)`, appended after the
+hook other features use to add sections: each is `(title, html_fragment)`, appended after the
 report's own sections. The fragment is inserted as given (it is trusted HTML from farm code);
 the title is escaped. Plots are drawn for the first `MAX_PLOTTED_GROUPS` specs; every spec gets
 its table. This module never imports torch.
