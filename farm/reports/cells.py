@@ -3,7 +3,10 @@ the header lines, and the same row as plain values (CSV and JSON). Never imports
 
 from __future__ import annotations
 
+import io
 from typing import Any
+
+from rich.console import Console, RenderableType
 
 from farm.reports.report import Report, Row
 
@@ -167,3 +170,15 @@ def row_dict(row: Row) -> dict[str, Any]:
         "flags": [f"{f.kind}: {f.text}" for f in row.flags],
         "error": rec.error,
     }
+
+
+def md(text: str) -> str:
+    """Text for a Markdown table cell or line: pipes escaped, one line."""
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def plain_text(renderable: RenderableType, width: int = 200) -> str:
+    """A Rich renderable as plain text without colour codes (the terminal format written to a file)."""
+    console = Console(file=io.StringIO(), width=width, color_system=None, record=True)
+    console.print(renderable)
+    return console.export_text()

@@ -15,13 +15,23 @@ import io
 import json
 from typing import Any
 
-from rich.console import Console, Group
+from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
 from farm.errors import SpecError
 from farm.reports import listing as lst
-from farm.reports.cells import COLUMNS, ROW_FIELDS, STATUS_STYLE, cells, flag_lines, header_lines, row_dict
+from farm.reports.cells import (
+    COLUMNS,
+    ROW_FIELDS,
+    STATUS_STYLE,
+    cells,
+    flag_lines,
+    header_lines,
+    md,
+    plain_text,
+    row_dict,
+)
 from farm.reports.listing import Listing
 from farm.reports.report import Report
 
@@ -68,26 +78,20 @@ def to_terminal(report: Report) -> Group:
 
 def to_text(report: Report, width: int = 200) -> str:
     """The terminal format as plain text (for `-o report.txt`)."""
-    console = Console(file=io.StringIO(), width=width, color_system=None, record=True)
-    console.print(to_terminal(report))
-    return console.export_text()
-
-
-def _md(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
+    return plain_text(to_terminal(report), width)
 
 
 def to_markdown(report: Report) -> str:
-    out = [f"# {_md(report.title)}", "", *(f"{_md(line)}  " for line in header_lines(report)), ""]
+    out = [f"# {md(report.title)}", "", *(f"{md(line)}  " for line in header_lines(report)), ""]
     for g in report.groups:
-        out += [f"## {_md(g.title)}", "", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-        out += ["| " + " | ".join(_md(c) for c in cells(row)) + " |" for row in g.rows]
+        out += [f"## {md(g.title)}", "", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+        out += ["| " + " | ".join(md(c) for c in cells(row)) + " |" for row in g.rows]
         out.append("")
     if report.notes:
-        out += ["**Notes**", "", *(f"- {_md(n)}" for n in report.notes), ""]
+        out += ["**Notes**", "", *(f"- {md(n)}" for n in report.notes), ""]
     lines = flag_lines(report)
     if lines:
-        out += ["**Flags**", "", *(f"- {_md(line)}" for line in lines), ""]
+        out += ["**Flags**", "", *(f"- {md(line)}" for line in lines), ""]
     return "\n".join(out)
 
 

@@ -18,11 +18,11 @@ from dataclasses import dataclass, field
 from html import escape
 from typing import Any
 
-from rich.console import Console, Group
+from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from farm.reports.cells import STATUS_STYLE
+from farm.reports.cells import STATUS_STYLE, md, plain_text
 
 Value = str | int | float | bool | None
 
@@ -59,21 +59,15 @@ def to_terminal(listing: Listing) -> Group:
 
 
 def to_text(listing: Listing, width: int = 200) -> str:
-    console = Console(file=io.StringIO(), width=width, color_system=None, record=True)
-    console.print(to_terminal(listing))
-    return console.export_text()
-
-
-def _md(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
+    return plain_text(to_terminal(listing), width)
 
 
 def to_markdown(listing: Listing) -> str:
-    out = [f"# {_md(listing.title)}", "", "| " + " | ".join(_md(c) for c in listing.columns) + " |"]
+    out = [f"# {md(listing.title)}", "", "| " + " | ".join(md(c) for c in listing.columns) + " |"]
     out.append("|" + "---|" * len(listing.columns))
-    out += ["| " + " | ".join(_md(cell(v)) for v in row) + " |" for row in listing.rows]
+    out += ["| " + " | ".join(md(cell(v)) for v in row) + " |" for row in listing.rows]
     if listing.notes:
-        out += ["", *(f"- {_md(n)}" for n in listing.notes)]
+        out += ["", *(f"- {md(n)}" for n in listing.notes)]
     return "\n".join(out) + "\n"
 
 
