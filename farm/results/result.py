@@ -16,12 +16,14 @@ from pydantic import BaseModel, ConfigDict, Field, computed_field, model_validat
 
 from farm import __version__
 from farm.flops import min_phase_flops, phase_flops, predict_memory
+from farm.results.host import HostLoad
 from farm.results.machine import MachineFingerprint
 from farm.results.peaks import Peak
 from farm.results.stats import Stats, summarize
 from farm.spec import BenchSpec, Job
 
-Status = Literal["ok", "failed", "oom", "timeout", "invalid", "cancelled"]
+# `unverified`: measured, but no ceiling could be had for the device, so nothing rules the number out.
+Status = Literal["ok", "unverified", "failed", "oom", "timeout", "invalid", "cancelled"]
 SCHEMA_VERSION = 1
 
 
@@ -53,6 +55,11 @@ class PhaseResult(BaseModel):
     # transfer_s, compile_s, load_s; and values such as loss_first / loss_last.
     breakdown: dict[str, float] = {}
     invalid_reason: str | None = None
+    # The measured roofline beside the theoretical peak (e.g. best GEMM of the model's shapes).
+    roofline_flops: float | None = None
+    roofline_source: str | None = None
+    host: HostLoad | None = None  # the host lock's wait and others' load during the phase
+    repeats_stop: str | None = None  # `repeats: auto`: "target", "budget" or "max" (what stopped it)
 
     @model_validator(mode="before")
     @classmethod
@@ -174,6 +181,7 @@ class JobResult(BaseModel):
     precision: dict[str, Any] = {}  # dtype, mode, matmul precision, TF32 flags actually set
     threads: int | None = None
     attempt: int = 1
+    fresh_process: bool | None = None  # the job ran in a process that had not touched the device before
     farm_version: str = __version__
     started_at: datetime = Field(default_factory=utcnow)
     finished_at: datetime | None = None

@@ -36,6 +36,8 @@ class Stats(BaseModel):
     ci_high_s: float
     ci_coverage: float  # actual coverage of [ci_low_s, ci_high_s] as a median interval
     noisy: bool
+    outlier: bool = False  # one repeat far above the median (see farm.results.stats rules)
+    drift: bool = False  # the repeats trend up or down across the run
 
 
 def quantile(sorted_xs: Sequence[float], q: float) -> float:
