@@ -77,9 +77,25 @@ def get_settings() -> Settings:
 
 
 def mask_url(url: str | None) -> str:
-    """A URL with its password replaced by ***, for logs, errors and reports."""
+    """A URL with every secret replaced by ***, for logs, errors and reports.
+
+    The user-info ends at the *last* `@` before the host (a password may contain `@`); a lone
+    user-info (`redis://secret@host`) is masked too, since redis-py reads it as a password for
+    some schemes. Query parameters naming a secret (`password`, `ssl_password`, `ssl_key_password`,
+    `token`, `secret`, ...) are masked.
+    """
     if not url:
         return "-"
-    url = re.sub(r"^(\w+://)([^:@/]*):([^@/]*)@", r"\1\2:***@", url)
-    # redis-py also takes the password as a query parameter (?password=...).
-    return re.sub(r"([?&]password=)[^&#]*", r"\1***", url, flags=re.IGNORECASE)
+    # Up to the last `@` before any query: a password with an unescaped `/` still counts as one.
+    m = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*://)([^?#]*@[^/?#]*|[^/?#]*)(.*)$", url, flags=re.DOTALL)
+    if m:
+        scheme, netloc, rest = m.groups()
+        info, at, host = netloc.rpartition("@")
+        if at:
+            user, colon, _password = info.partition(":")
+            netloc = f"{user}:***@{host}" if colon else f"***@{host}"
+        url = scheme + netloc + rest
+    return _SECRET_PARAM.sub(r"\1***", url)
+
+
+_SECRET_PARAM = re.compile(r"([?&;][^=&#]*(?:password|passwd|secret|token)[^=&#]*=)[^&#]*", flags=re.IGNORECASE)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -43,6 +44,7 @@ from farm.settings import Settings, get_settings, mask_url
 from farm.spec import CONTROL_QUEUE
 
 MIN_EVERY_S = 1.0
+MAX_EVERY_S = 366 * 86400.0  # a year and a day: beyond that, use cron
 
 
 @dataclass(frozen=True)
@@ -157,8 +159,12 @@ class ScheduleBook:
             raise SpecError("cron", "give exactly one of --cron or --every")
         if cron is not None:
             parse_cron(cron)
-        if every_s is not None and every_s < MIN_EVERY_S:
-            raise SpecError("every", f"must be at least {MIN_EVERY_S:g} s, got {every_s:g}")
+        if every_s is not None and not (math.isfinite(every_s) and MIN_EVERY_S <= every_s <= MAX_EVERY_S):
+            # NaN compares false with everything: test that it lies inside, not that it is not outside
+            raise SpecError(
+                "every",
+                f"must be at least {MIN_EVERY_S:g} s and at most {MAX_EVERY_S:g} s (a finite number), got {every_s:g}",
+            )
         now = time.time()
         old = self.store.get_schedule(name)
         if old is not None and not replace:

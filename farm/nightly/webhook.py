@@ -15,6 +15,7 @@ webhook that is down must not hide the regression from the terminal or fail a ni
 from __future__ import annotations
 
 import json
+import threading
 import urllib.error
 import urllib.request
 from collections.abc import Iterable
@@ -50,24 +51,60 @@ def message(v: Verdict) -> dict[str, object]:
     return {"event": f"farm.{v.kind}", "text": describe(v), "verdict": v.model_dump(mode="json")}
 
 
-def post_json(url: str, payload: dict[str, object], timeout: float = 5.0) -> tuple[bool, str]:
-    """POST `payload` as JSON; (ok, detail). Only http(s) URLs are accepted."""
-    if not url.startswith(("http://", "https://")):
-        return False, f"webhook URL must start with http:// or https://, got {url[:40]!r}"
-    body = json.dumps(payload).encode()
-    req = urllib.request.Request(
-        url, data=body, method="POST", headers={"Content-Type": "application/json", "User-Agent": "farm-webhook"}
-    )
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """A redirect is an answer, not a delivery: it is reported, never followed."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):  # urllib.request signature
+        return None  # urllib then raises HTTPError(code) for the 3xx
+
+
+_OPENER = urllib.request.build_opener(_NoRedirect)
+DEADLINE_S = 5.0  # the whole POST (connect, send, every read) must finish within this
+
+
+def _post(req: urllib.request.Request, timeout: float, box: list[tuple[bool, str]]) -> None:
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:  # scheme checked above
-            return 200 <= resp.status < 300, f"HTTP {resp.status}"
+        with _OPENER.open(req, timeout=timeout) as resp:  # scheme checked by the caller
+            resp.read(4096)  # the body is not used; a bounded read ends the exchange
+            box.append((200 <= resp.status < 300, f"HTTP {resp.status}"))
     except urllib.error.HTTPError as e:
-        return False, f"HTTP {e.code}"
-    except (urllib.error.URLError, OSError) as e:
-        return False, f"cannot reach webhook: {getattr(e, 'reason', e)}"
+        if 300 <= e.code < 400:
+            box.append((False, f"HTTP {e.code}: the webhook answered with a redirect (not followed)"))
+        else:
+            box.append((False, f"HTTP {e.code}"))
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        reason = getattr(e, "reason", e)
+        box.append(
+            (False, f"cannot reach webhook: {type(reason).__name__ if isinstance(reason, BaseException) else reason}")
+        )
 
 
-def notify(url: str | None, verdicts: Iterable[Verdict], timeout: float = 5.0) -> list[Delivery]:
+def post_json(url: str, payload: dict[str, object], timeout: float = DEADLINE_S) -> tuple[bool, str]:
+    """POST `payload` as JSON; (ok, detail). Never raises, never follows a redirect, never echoes the URL.
+
+    `timeout` is an overall deadline: urllib's own timeout is per socket operation, so a server that
+    trickles its answer a byte at a time would hold the caller for minutes. The request runs in a
+    daemon thread that is abandoned at the deadline. Only http(s) URLs are accepted.
+    """
+    if not url.startswith(("http://", "https://")):
+        return False, "webhook URL must start with http:// or https:// (FARM_WEBHOOK_URL)"
+    body = json.dumps(payload).encode()
+    try:
+        req = urllib.request.Request(
+            url, data=body, method="POST", headers={"Content-Type": "application/json", "User-Agent": "farm-webhook"}
+        )
+    except ValueError:
+        return False, "webhook URL is not a valid URL (FARM_WEBHOOK_URL)"
+    box: list[tuple[bool, str]] = []
+    t = threading.Thread(target=_post, args=(req, timeout, box), daemon=True, name="farm-webhook")
+    t.start()
+    t.join(timeout)
+    if not box:
+        return False, f"no answer from the webhook within {timeout:g} s"
+    return box[0]
+
+
+def notify(url: str | None, verdicts: Iterable[Verdict], timeout: float = DEADLINE_S) -> list[Delivery]:
     """POST one message per regression in `verdicts` (improvements and the rest are not sent)."""
     if not url:
         return []
