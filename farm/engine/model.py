@@ -8,7 +8,6 @@ position indices) is created on the device its parameters live on.
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -18,8 +17,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from farm.engine.loss import FUSED_LOSS_DEVICES, lm_head_loss
-from farm.errors import CheckpointError
+from farm.errors import CheckpointError, SpecError
 from farm.spec import ModelShape, resolve_model
+from farm.untrusted import MAX_CONFIG_BYTES, load_document
 
 __all__ = ["GPT", "from_hf_checkpoint", "hf_state_dict", "read_hf_config"]
 
@@ -155,9 +155,9 @@ def read_hf_config(path: Path) -> ModelShape:
     if not cfg_file.is_file():
         raise CheckpointError(f"{path}: no config.json (expected a Hugging Face GPT-2 directory)")
     try:
-        cfg = json.loads(cfg_file.read_text())
-    except (OSError, UnicodeDecodeError, ValueError) as e:
-        raise CheckpointError(f"{path}: config.json is not readable JSON ({e})") from None
+        cfg = load_document(cfg_file, "config.json", max_bytes=MAX_CONFIG_BYTES, yaml_allowed=False)
+    except SpecError as e:
+        raise CheckpointError(f"{path}: {e}") from None
     if not isinstance(cfg, dict):
         raise CheckpointError(f"{path}: config.json must hold an object, got {type(cfg).__name__}")
     n_embd = cfg.get("n_embd", 768)
