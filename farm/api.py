@@ -1,0 +1,151 @@
+"""The farm as a Python library: what the CLI does, for notebooks and scripts.
+
+    import farm.api as fa
+
+    results = fa.run(model="gpt2-tiny", phases=["forward"], devices=["cpu"], seq=64)  # here, now
+    sub = fa.submit(model="gpt2-tiny", devices=["cpu"], seq=64)   # to the farm (FARM_REDIS_URL or `farm up`)
+    results = fa.wait(sub.run_id)
+    df = fa.to_dataframe(results)                                 # one row per job and phase (pandas)
+    rep = fa.report(runs=[sub.run_id])                            # the `farm report` table, as objects
+
+Spec fields are the spec file's (`farm.spec.BenchSpec`; `farm schema spec` prints its JSON Schema).
+Errors are the library's typed errors (`farm.errors`): `SpecError` for bad input (with `.field`),
+`BrokerError` when Redis cannot be reached, `NotFoundError` for an unknown run. Nothing here prints.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from farm.cluster import controller
+from farm.cluster.controller import Submission
+from farm.nightly.sweep import Sweep, load_sweep, parse_sweep
+from farm.reports.cells import row_dict
+from farm.reports.compare import DEFAULT_BASELINE, parse_baseline
+from farm.reports.report import Report, Selection, build_report, select
+from farm.results.records import records_from_results
+from farm.results.result import JobResult
+from farm.spec import BenchSpec, parse_spec
+
+if TYPE_CHECKING:
+    import pandas
+
+__all__ = [
+    "BenchSpec",
+    "JobResult",
+    "Report",
+    "Submission",
+    "report",
+    "results",
+    "run",
+    "spec",
+    "submit",
+    "submit_sweep",
+    "sweep",
+    "to_dataframe",
+    "to_rows",
+    "wait",
+]
+
+
+def spec(base: BenchSpec | Mapping[str, Any] | None = None, **fields: Any) -> BenchSpec:
+    """A validated spec from a mapping (or spec) and keyword fields, which win; SpecError if invalid."""
+    doc: dict[str, Any] = {}
+    if isinstance(base, BenchSpec):
+        doc = base.model_dump(mode="json")
+    elif base is not None:
+        doc = dict(base)
+    return parse_spec({**doc, **fields})
+
+
+def run(base: BenchSpec | Mapping[str, Any] | None = None, **fields: Any) -> list[JobResult]:
+    """Run a spec in this process, one job per device (like `farm run`); every job comes back as a result."""
+    from farm.engine.runner import run_spec  # lazily: loads torch, which submitting and reporting never need
+
+    return run_spec(spec(base, **fields))
+
+
+def submit(
+    base: BenchSpec | Mapping[str, Any] | None = None,
+    *,
+    name: str | None = None,
+    tags: Mapping[str, str] | None = None,
+    **fields: Any,
+) -> Submission:
+    """Queue a spec on the farm (like `farm submit`); `Submission.run_id` names the run."""
+    return controller.submit(spec(base, **fields), name=name, tags=dict(tags) if tags else None)
+
+
+def sweep(source: str | Mapping[str, Any]) -> Sweep:
+    """A validated sweep from a file path or a mapping (the sweep file's fields)."""
+    return load_sweep(source) if isinstance(source, str) else parse_sweep(dict(source))
+
+
+def submit_sweep(source: str | Mapping[str, Any] | Sweep, *, name: str | None = None) -> Submission:
+    """Queue every valid point of a sweep as one run (like `farm sweep`)."""
+    sw = source if isinstance(source, Sweep) else sweep(source)
+    return controller.submit(list(sw.specs), name=name or sw.name, tags={"sweep": sw.name})
+
+
+def wait(run_id: str, *, timeout: float | None = None) -> list[JobResult]:
+    """Follow a run until every job it can have has a result; the stored results."""
+    return controller.wait(run_id, timeout=timeout)
+
+
+def _selection(
+    runs: Sequence[str], machines: Sequence[str], devices: Sequence[str], models: Sequence[str]
+) -> Selection:
+    store = controller.store_for()
+    return Selection(
+        runs=tuple(store.resolve_run(r) for r in runs),
+        machines=tuple(machines),
+        devices=tuple(devices),
+        models=tuple(models),
+    )
+
+
+def results(
+    runs: Sequence[str] = ("latest",),
+    *,
+    machines: Sequence[str] = (),
+    devices: Sequence[str] = (),
+    models: Sequence[str] = (),
+) -> list[JobResult]:
+    """Stored results by run ("latest" is the newest run) and selectors, oldest first."""
+    store = controller.store_for()
+    return store.get_results(_selection(runs, machines, devices, models).query_ids(store))
+
+
+def report(
+    runs: Sequence[str] = ("latest",),
+    *,
+    machines: Sequence[str] = (),
+    devices: Sequence[str] = (),
+    models: Sequence[str] = (),
+    baseline: str | None = None,
+) -> Report:
+    """The `farm report` of stored results: rows, speedups with CIs and flags (render with farm.reports)."""
+    store = controller.store_for()
+    return select(store, _selection(runs, machines, devices, models), parse_baseline(baseline))
+
+
+def to_rows(results: Iterable[JobResult], baseline: str | None = None) -> list[dict[str, Any]]:
+    """One plain dict per job and phase: the columns of `farm report --format csv` (seconds, FLOP/s, bytes)."""
+    recs = records_from_results(results)
+    rep = build_report(recs, parse_baseline(baseline) if baseline else DEFAULT_BASELINE, pool=recs)
+    return [row_dict(row) for row in rep.rows]
+
+
+def to_dataframe(results: Iterable[JobResult], baseline: str | None = None) -> pandas.DataFrame:
+    """`to_rows` as a pandas DataFrame (pandas is the optional extra `farm[pandas]`)."""
+    try:
+        import pandas  # lazily: an optional extra, only notebooks need it
+    except ImportError:
+        raise ImportError("to_dataframe needs pandas: pip install 'farm[pandas]' (or pandas)") from None
+    rows = to_rows(results, baseline)
+    frame = pandas.DataFrame(rows)
+    for col in ("started_at", "finished_at"):
+        if col in frame:
+            frame[col] = pandas.to_datetime(frame[col], utc=True)
+    return frame
