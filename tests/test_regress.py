@@ -124,6 +124,15 @@ def test_mann_whitney_p_values() -> None:
     assert mann_whitney_p([5.0] * 4, [5.0] * 10) == 1.0  # all ties
 
 
+def test_mann_whitney_is_exact_at_small_n() -> None:
+    """5 new repeats all above 5 earlier ones: the exact two-sided p is 2 / C(10, 5) = 2/252.
+
+    The normal approximation used before gave 0.012 here, half again too large, at the sample
+    sizes a nightly check sees most (5 repeats against a short history)."""
+    assert mann_whitney_p([100, 101, 102, 103, 104], [1, 2, 3, 4, 5]) == pytest.approx(2 / 252)
+    assert mann_whitney_p([1, 2, 3], [4, 5, 6]) == pytest.approx(2 / 20)
+
+
 def test_series_are_kept_apart_by_machine_and_failed_results_are_ignored() -> None:
     rng = random.Random(7)
     results = history(12)

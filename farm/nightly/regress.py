@@ -26,8 +26,9 @@ rank test on the raw times:
 3. flagged when |new - baseline| > max(k x spread, min_rel x baseline) (k = 4, min_rel = 5%),
 4. and, when the newest point has at least 3 raw times, a two-sided Mann-Whitney U test of its
    raw times against the pooled raw times of the window is significant (p < alpha = 0.01).
-   The normal approximation with tie and continuity corrections is used (no SciPy needed);
-   with fewer raw times the rank test cannot reach significance and is skipped (noted).
+   scipy's `mannwhitneyu` gives the exact p-value for small samples without ties and the
+   tie-corrected normal approximation otherwise; with fewer raw times the rank test cannot
+   reach significance and is skipped (noted).
 
 A flagged slower point is a `regression`, a faster one an `improvement`; otherwise `unchanged`,
 or `no-verdict` (with the reason). Each verdict carries the relative change, the robust z and
@@ -46,6 +47,7 @@ from datetime import datetime
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
+from scipy.stats import mannwhitneyu, norm
 
 from farm.results.result import JobResult
 
@@ -100,39 +102,19 @@ class Verdict(Assessment):
         return (self.machine, self.device, self.spec_hash, self.phase)
 
 
-def _normal_sf(z: float) -> float:
-    """P(Z > z) for a standard normal Z."""
-    return 0.5 * math.erfc(z / math.sqrt(2))
-
-
 def mann_whitney_p(xs: Sequence[float], ys: Sequence[float]) -> float:
-    """Two-sided p-value of the Mann-Whitney U test (normal approximation, tie + continuity corrected)."""
-    n1, n2 = len(xs), len(ys)
-    if n1 == 0 or n2 == 0:
+    """Two-sided p-value of the Mann-Whitney U test (scipy.stats.mannwhitneyu).
+
+    scipy's `method="auto"` gives the exact distribution of U for small samples without ties
+    (n <= 8 on a side: 5 new repeats against a short history, where a normal approximation is
+    off by a factor of about 1.5), and the tie-corrected normal approximation otherwise.
+    """
+    if not xs or not ys:
         return 1.0
-    pooled = sorted([(v, 0) for v in xs] + [(v, 1) for v in ys])
-    ranks = [0.0] * len(pooled)
-    tie_term = 0.0
-    i = 0
-    while i < len(pooled):
-        j = i
-        while j + 1 < len(pooled) and pooled[j + 1][0] == pooled[i][0]:
-            j += 1
-        avg = (i + j) / 2 + 1  # ranks are 1-based; ties share their average rank
-        for m in range(i, j + 1):
-            ranks[m] = avg
-        t = j - i + 1
-        tie_term += t**3 - t
-        i = j + 1
-    r1 = sum(r for r, (_, g) in zip(ranks, pooled, strict=True) if g == 0)
-    u1 = r1 - n1 * (n1 + 1) / 2
-    mu = n1 * n2 / 2
-    n = n1 + n2
-    var = n1 * n2 / 12 * ((n + 1) - tie_term / (n * (n - 1)))
-    if var <= 0:
-        return 1.0  # every value equal: no evidence of a shift
-    z = (abs(u1 - mu) - 0.5) / math.sqrt(var)
-    return min(1.0, 2 * _normal_sf(max(z, 0.0)))
+    if len(set(xs) | set(ys)) == 1:
+        return 1.0  # every value equal: no evidence of a shift (scipy would divide by a zero variance)
+    p = float(mannwhitneyu(xs, ys, alternative="two-sided", method="auto").pvalue)
+    return 1.0 if math.isnan(p) else min(1.0, p)
 
 
 def assess(
@@ -166,7 +148,7 @@ def assess(
     else:
         p = None
         significant = True
-        confidence = min(0.999, 1 - 2 * _normal_sf(abs(robust_z))) if math.isfinite(robust_z) else 0.999
+        confidence = min(0.999, 1 - 2 * float(norm.sf(abs(robust_z)))) if math.isfinite(robust_z) else 0.999
         notes.append(f"rank test skipped: {len(new_times)} raw times (<{cfg.min_raw})")
     big = abs(delta) > threshold
     if big and significant:
