@@ -26,7 +26,7 @@ from kombu.exceptions import OperationalError
 from typer.core import TyperGroup
 
 from farm import __version__
-from farm.cli import farm_cmds, report_cmds, run, schema, sweep_cmds
+from farm.cli import farm_cmds, publish, report_cmds, run, schema, sweep_cmds
 from farm.cli.output import EXIT_BAD_INPUT, EXIT_BROKER, EXIT_JOB_FAILED, EXIT_NOT_FOUND, fail, out
 from farm.errors import BrokerError, CheckpointError, ConfigError, FarmError, NotFoundError, SpecError
 from farm.results.store import broker_error
@@ -108,6 +108,7 @@ for _fn in (
     sweep_cmds.regressions,
     sweep_cmds.check,
     schema.schema,
+    publish.publish,
 ):
     app.command()(_fn)
 app.command("import")(report_cmds.import_)
