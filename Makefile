@@ -6,16 +6,22 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 FARM := $(VENV)/bin/farm
 
-.PHONY: setup system-deps demo test lint bench clean
+.PHONY: setup setup-runtime system-deps demo test lint bench clean
 
 # torch 2.13.0 first: a plain `torch` requirement would pull a multi-GB CUDA build.
-$(VENV)/.installed: pyproject.toml
+# The demo needs only the package (.runtime); tests and linters add the dev extras (.installed).
+$(VENV)/.runtime: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e .
+	touch $@
+
+$(VENV)/.installed: $(VENV)/.runtime
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $@
 
+setup-runtime: $(VENV)/.runtime
 setup: $(VENV)/.installed
 
 # redis-server, Chromium (HTML report browser test) and shellcheck (deploy scripts), from Debian.
@@ -29,7 +35,7 @@ system-deps:
 
 # The embedded farm (no FARM_* settings): a private redis-server and local workers start, cuda is
 # skipped with a warning on a machine without a GPU, and `farm down` runs whatever the result.
-demo: setup
+demo: setup-runtime
 	$(FARM) submit --model gpt2 --phases all --devices cpu,cuda --batch 1 --seq 256 --wait; \
 	  rc=$$?; $(FARM) down; exit $$rc
 
