@@ -73,7 +73,9 @@ def test_every_module_sits_in_a_layer_folder_or_is_vocabulary() -> None:
     for m in MODULES:
         parts = m.split(".")
         assert len(parts) <= 3, f"{m}: one folder per layer, no deeper"
-        assert m in VOCABULARY or m in ENTRY_POINTS or parts[1] in LAYERS, f"{m}: neither a layer folder nor the shared vocabulary"
+        assert m in VOCABULARY or m in ENTRY_POINTS or parts[1] in LAYERS, (
+            f"{m}: neither a layer folder nor the shared vocabulary"
+        )
 
 
 def test_no_import_circle_among_farm_modules() -> None:
