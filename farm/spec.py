@@ -1,9 +1,10 @@
 """Benchmark specifications: what to time, validated before anything runs or is queued.
 
-A `BenchSpec` (model preset or custom shape, batch, seq, repeats, warm-up, dtype, phases,
+A `BenchSpec` (model preset or custom shape, batch, seq, repeats or `auto`, warm-up, dtype, phases,
 devices, threads, compile, seed, time limit) expands into one `Job` per device tag. Every model
 here is frozen and forbids unknown fields; `parse_spec` turns pydantic's errors into a
-`SpecError` that names the field and what is allowed. This module never imports torch.
+`SpecError` that names the field and what is allowed. `BenchSpec.spec_hash` names the work
+(`WORK_FIELDS`), never how it is measured (`MEASUREMENT_FIELDS`). This module never imports torch.
 """
 
 from __future__ import annotations
@@ -17,10 +18,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from farm.errors import SpecError
+from farm.untrusted import MAX_SPEC_BYTES, load_document
 
 Phase = Literal["init", "forward", "train"]
 PHASES: tuple[Phase, ...] = ("init", "forward", "train")
@@ -33,6 +34,9 @@ DType = Literal["float32", "bfloat16", "float16"]
 # The character set is restricted because tags become queue names and Redis keys.
 _NARROW = r"[a-z0-9][a-z0-9_-]{0,62}"
 DEVICE_TAG_RE = re.compile(rf"^(?P<kind>{'|'.join(DEVICE_KINDS)})(?::(?P<narrow>{_NARROW}|\*))?$")
+MAX_REPEATS = 10000
+AUTO_MIN_REPEATS = 5  # `repeats: auto` never stops before this many timed repeats
+
 SAFE_TEXT_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 RUN_ID_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,95}$"
 
@@ -130,7 +134,13 @@ class BenchSpec(BaseModel):
     model: str | ModelShape = "gpt2"
     batch: int = Field(default=8, gt=0, le=4096)
     seq: int = Field(default=1024, gt=0)
-    repeats: int = Field(default=5, gt=0, le=10000)
+    # A count, or "auto": repeat until the median's 95% CI half-width is under `ci_target` of the
+    # median, or `repeat_budget_s` is spent, or `max_repeats` are done (never fewer than
+    # AUTO_MIN_REPEATS); `PhaseResult.repeats_stop` says which. See docs/farm.md, "Measurement".
+    repeats: int | Literal["auto"] = 5
+    ci_target: float = Field(default=0.02, gt=0, lt=1)  # repeats: auto, relative CI half-width
+    repeat_budget_s: float = Field(default=60.0, gt=0)  # repeats: auto, seconds of repeats per phase
+    max_repeats: int = Field(default=100, ge=AUTO_MIN_REPEATS, le=MAX_REPEATS)  # repeats: auto
     warmup: int = Field(default=1, ge=0, le=1000)
     dtype: DType = "float32"
     # How a low-precision dtype is applied: "autocast" keeps float32 master weights and runs
@@ -162,10 +172,32 @@ class BenchSpec(BaseModel):
                 raise ValueError(e.message) from None
         return v
 
-    @field_validator("batch", "seq", "repeats", "warmup", "threads", "seed", mode="before")
+    @field_validator("batch", "seq", "warmup", "threads", "seed", "max_repeats", mode="before")
     @classmethod
     def _ints_not_bools(cls, v: Any) -> Any:
         return _reject_bool(v)
+
+    @field_validator("repeats", mode="plain")
+    @classmethod
+    def _repeats(cls, v: Any) -> int | Literal["auto"]:
+        """A count from 1 to MAX_REPEATS, or "auto" (one validator: the union's branch errors never leak)."""
+        if isinstance(v, str):
+            text = v.strip().lower()
+            if text == "auto":
+                return "auto"
+            if not re.fullmatch(r"[+-]?[0-9]{1,12}", text):
+                raise ValueError("Input should be a valid integer or 'auto'")
+            v = int(text)
+        if isinstance(v, float) and v.is_integer():
+            v = int(v)
+        if isinstance(v, bool) or not isinstance(v, int):
+            _reject_bool(v)
+            raise ValueError("Input should be a valid integer or 'auto'")
+        if v <= 0:
+            raise ValueError("Input should be greater than 0 (or 'auto')")
+        if v > MAX_REPEATS:
+            raise ValueError(f"Input should be less than or equal to {MAX_REPEATS} (or 'auto')")
+        return v
 
     @field_validator("phases", mode="before")
     @classmethod
@@ -236,14 +268,26 @@ class BenchSpec(BaseModel):
     def model_name(self) -> str:
         return self.shape.name
 
+    @property
+    def auto_repeats(self) -> bool:
+        return self.repeats == "auto"
+
     def workload(self) -> dict[str, Any]:
-        """The fields that define what is timed (not where, not labels)."""
-        return self.model_dump(mode="json", exclude={"devices", "tags", "seed", "time_limit_s"})
+        """The fields that define the work timed (`WORK_FIELDS`), as the spec hash sees them.
+
+        The model is its shape's dimensions (a preset and the same shape written out, under any
+        name, are the same work), and `precision_mode` is "none" for float32, where it changes
+        nothing.
+        """
+        doc = self.model_dump(mode="json", include=set(WORK_FIELDS))
+        doc["model"] = self.shape.model_dump(mode="json", exclude={"name"})
+        if self.dtype == "float32":
+            doc["precision_mode"] = "none"
+        return doc
 
     def spec_hash(self) -> str:
-        """A short stable hash of the workload: the same work on any device has the same hash."""
-        doc = self.workload()
-        doc["model"] = self.shape.model_dump(mode="json")
+        """A short stable hash of the work: the same work on any device, measured any way, has the same hash."""
+        doc = {"v": SPEC_HASH_VERSION, **self.workload()}
         blob = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
         return hashlib.sha256(blob).hexdigest()[:12]
 
@@ -256,6 +300,22 @@ class BenchSpec(BaseModel):
             spec = self.model_copy(update={"devices": (tag,)})
             jobs.append(Job(job_id=f"{run_id}-{i:03d}", run_id=run_id, device=tag, spec=spec))
         return jobs
+
+
+# Spec identity (`BenchSpec.spec_hash`). Every field is one or the other (tests/test_spec_identity.py):
+# a new field must choose. Version 2 dropped repeats, warmup and phases (measurement) and the
+# model's name; stored results under a version-1 hash are re-indexed by the store (docs/farm.md).
+SPEC_HASH_VERSION = 2
+WORK_FIELDS: tuple[str, ...] = (
+    "model", "batch", "seq", "dtype", "precision_mode", "matmul_precision", "threads", "compile", "optimizer",
+    "checkpoint",
+)  # fmt: skip
+# How the work is measured, where, and labels. `seed` picks the random weights and tokens: the
+# same FLOPs on the same shapes, so the same work.
+MEASUREMENT_FIELDS: tuple[str, ...] = (
+    "repeats", "ci_target", "repeat_budget_s", "max_repeats", "warmup", "phases", "devices", "seed", "time_limit_s",
+    "tags",
+)  # fmt: skip
 
 
 class Job(BaseModel):
@@ -329,18 +389,11 @@ def parse_spec(data: Any) -> BenchSpec:
 
 
 def load_spec_file(path: str | Path) -> dict[str, Any]:
-    """Read a YAML or JSON spec file into a mapping (not yet validated)."""
+    """Read a YAML or JSON spec (or sweep) file into a mapping, bounded (`farm.untrusted`); not yet validated."""
     p = Path(path)
-    if not p.is_file():
-        raise SpecError("spec_file", f"{str(p)!r} does not exist or is not a file")
-    try:
-        text = p.read_text(encoding="utf-8")
-        data = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, yaml.YAMLError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise SpecError("spec_file", f"{str(p)!r} is not valid YAML/JSON: {first}") from None
+    data = load_document(p, "spec_file", max_bytes=MAX_SPEC_BYTES)
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise SpecError("spec_file", f"{str(p)!r} must hold a mapping of spec fields, got {type(data).__name__}")
+        raise SpecError("spec_file", f"{str(p)[:200]!r} must hold a mapping of spec fields, got {type(data).__name__}")
     return data

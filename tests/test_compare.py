@@ -56,6 +56,17 @@ def test_single_time_gives_a_ratio_without_interval_and_empty_gives_none() -> No
     assert ratio_ci([0.0, 0.0], [1.0, 1.0]) is None
 
 
+def test_below_five_repeats_a_ratio_has_no_interval_and_says_why() -> None:
+    # Within-run "95%" intervals covered 67% at n = 2 and 90% at n = 3 (issue 12): none is shown.
+    for n in (2, 3, 4):
+        r = ratio_ci([1.0 + 0.01 * i for i in range(n)], [0.5 + 0.01 * i for i in range(n)])
+        assert r is not None and r.low is None and r.high is None and r.note == "no CI: n<5"
+    mixed = ratio_ci([1.0, 1.1, 0.9, 1.05, 0.95], [0.5, 0.52, 0.48])
+    assert mixed is not None and mixed.low is None and mixed.note == "no CI: n<5"
+    five = ratio_ci([1.0, 1.1, 0.9, 1.05, 0.95], [0.5, 0.52, 0.48, 0.51, 0.49])
+    assert five is not None and five.low is not None and five.note is None and five.coverage is None
+
+
 def test_even_sizes_use_paired_resamples_and_still_cover() -> None:
     assert _coverage(6, trials=120) >= 0.85
 

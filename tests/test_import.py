@@ -9,11 +9,13 @@ import pytest
 from typer.testing import CliRunner
 
 from farm.cli.main import app
-from farm.reports.importer import recheck
+from farm.errors import SpecError
+from farm.reports.importer import recheck, validate
 from farm.results import synthetic as syn
 from farm.results.peaks import Peak
 from farm.results.store import ResultStore
 from farm.settings import get_settings
+from farm.spec import BenchSpec
 
 CPU = {"init": [1.2], "forward": [0.50, 0.51, 0.49, 0.50, 0.52], "train": [1.60, 1.62, 1.58, 1.61, 1.59]}
 FAKE_PEAK = Peak(flops=1e18, source="table: made up", tolerance=1.0)
@@ -82,12 +84,63 @@ def test_impossible_gpu_result_is_stored_invalid_with_the_reason(store: ResultSt
     assert "re-checked as invalid" in " ".join(stored.warnings)
 
 
-def test_impossible_cpu_result_against_its_recorded_peak() -> None:
+def test_impossible_cpu_result_against_its_theoretical_peak_not_the_recorded_one() -> None:
     res = syn.result("lab3", 0, "cpu", {"forward": [1e-6, 1e-6, 1e-6]}, peak=FAKE_PEAK)
-    res.phases["forward"].peak_flops = 2e11  # the calibration the lab's worker recorded
+    res.phases["forward"].peak_flops = 2e20  # whatever the lab's worker recorded is not used
     res.phases["forward"].peak_source = "measured: 2048^3 float32 matmul, 8 threads"
     checked = recheck(res, "lab3.json")
-    assert checked.status == "invalid" and "x 1.25" in (checked.phases["forward"].invalid_reason or "")
+    reason = checked.phases["forward"].invalid_reason or ""
+    assert checked.status == "invalid" and "theoretical: 2 cores x 64 FLOP/cycle (AVX-512" in reason
+    assert checked.phases["forward"].peak_flops == pytest.approx(2 * 64 * 6500e6)
+
+
+def test_phase_keys_must_be_phase_names(store: ResultStore, tmp_path: Path) -> None:
+    docs = _lab_results()
+    docs[0]["phases"]["warmup"] = docs[0]["phases"].pop("forward")
+    with pytest.raises(SpecError) as e:
+        validate(docs)
+    assert e.value.field == "results[0].phases" and "'warmup' is not a phase name" in e.value.message
+    docs = _lab_results()
+    docs[1]["phases"]["forward"]["name"] = "train"  # a train phase filed as the forward
+    with pytest.raises(SpecError) as e:
+        validate(docs)
+    assert e.value.field == "results[1].phases.forward.name"
+    f = tmp_path / "keys.json"
+    f.write_text(json.dumps(docs))
+    res = CliRunner().invoke(app, ["import", str(f)])
+    assert res.exit_code == 2 and "results[1].phases.forward.name" in res.output
+    assert len(res.output.strip().splitlines()) == 1
+    assert store.query_ids() == []
+
+
+def test_spec_hash_and_model_name_come_from_the_spec() -> None:
+    doc = _lab_results()[0]
+    doc["model_name"] = "gpt5-huge"
+    doc["spec_hash"] = "0123456789ab"
+    (res,) = validate([doc])
+    checked = recheck(res, "x")
+    assert checked.model_name == "gpt2" and checked.spec_hash == checked.spec.spec_hash()
+    assert any("model name re-derived" in w and "gpt5-huge" in w for w in checked.warnings)
+
+
+def test_seed_imports_none_come_back_ok(store: ResultStore, tmp_path: Path) -> None:
+    """The seed's GPU forward (390 TFLOP/s) filed from an unknown GPU, a GPU-less fingerprint and a
+    tabled GPU, each claiming a made-up peak that let it pass: unverified, unverified, invalid."""
+    fast = {"forward": [0.006] * 5}
+    spec = BenchSpec(model="gpt2", batch=8, seq=1024, repeats=5, dtype="bfloat16")
+    fps = [syn.machine("x1", gpu="NVIDIA Future GPU 9000"), syn.machine("x2"), syn.machine("x3", gpu="NVIDIA L4")]
+    docs = [
+        syn.result("seed9", i, "cuda", fast, spec=spec, fingerprint=fp, peak=FAKE_PEAK).model_dump(mode="json")
+        for i, fp in enumerate(fps)
+    ]
+    assert all(d["status"] == "ok" for d in docs)
+    f = tmp_path / "seed.json"
+    f.write_text(json.dumps(docs))
+    code, text = cli("import", str(f), "--json")
+    assert code == 0, text
+    assert json.loads(text)["flagged"].keys() == {"seed9-000", "seed9-001", "seed9-002"}
+    got = [store.get_result(f"seed9-{i:03d}").status for i in range(3)]
+    assert got == ["unverified", "unverified", "invalid"]
 
 
 def test_bad_times_are_invalid_not_crashes() -> None:

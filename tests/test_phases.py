@@ -13,7 +13,7 @@ from farm.engine.hardware import cpu_peak
 from farm.engine.model import GPT
 from farm.engine.phases import JobContext, precision_settings, run_forward, run_init, run_train
 from farm.engine.runner import check_fits, resolve_device, run_job
-from farm.engine.timing import Timer
+from farm.engine.timing import Timer, ci_half_width
 from farm.flops import forward_flops, predict_memory, predict_peak, train_flops
 from farm.spec import PRESETS, BenchSpec, ModelShape, parse_spec
 
@@ -75,7 +75,7 @@ def test_forward_phase() -> None:
     assert phase.flops == forward_flops(TINY, 2, 32)
     assert phase.achieved_flops == pytest.approx(phase.flops / phase.median_s)  # type: ignore[operator]
     assert phase.mfu is not None and 0 < phase.mfu < 1
-    assert phase.peak_source is not None and phase.peak_source.startswith("measured:")
+    assert phase.peak_source  # the ceiling is named (farm.engine.hardware.cpu_peak)
     assert phase.tokens_per_s == pytest.approx(64 / phase.median_s)  # type: ignore[operator]
     assert phase.breakdown["transfer_s"] >= 0  # tokens moved to the device, timed apart
     assert ctx.model is not None and not ctx.model.training  # built untimed, in eval mode
@@ -106,7 +106,7 @@ def test_forward_without_init_and_no_warmup() -> None:
     ctx = _ctx(_spec(warmup=0, repeats=2, batch=1, seq=64), peak=False)
     phase = run_forward(ctx)
     assert phase.warmup_times_s == [] and len(phase.times_s) == 2
-    assert phase.mfu is None and phase.status == "ok"
+    assert phase.mfu is None and phase.status == "unverified"  # no ceiling: nothing checks the number
 
 
 @pytest.mark.parametrize(
@@ -122,7 +122,7 @@ def test_train_options(kw: dict[str, str]) -> None:
     spec = _spec(repeats=2, warmup=0, **kw)
     ctx = _ctx(spec, peak=False)
     phase = run_train(ctx)
-    assert phase.status == "ok" and len(phase.times_s) == 2
+    assert phase.status == "unverified" and len(phase.times_s) == 2  # no peak given: unchecked
     assert ctx.model is not None
     # On a CPU the default ("auto") casts the weights; float16 too.
     want = getattr(torch, kw["dtype"]) if "dtype" in kw else torch.float32
@@ -215,3 +215,34 @@ def test_checkpoint_of_a_preset_shape_keeps_its_name_and_a_broken_one_fails(tmp_
     (tmp_path / "empty").mkdir()
     broken = run_job(spec.model_copy(update={"checkpoint": str(tmp_path / "empty")}).expand(run_id="t7")[0])
     assert broken.status == "failed" and "config.json" in (broken.error or "")
+
+
+@pytest.mark.parametrize(
+    ("kw", "stop", "n"),
+    [
+        ({"ci_target": 1e-9, "repeat_budget_s": 1e-3}, "budget", 5),  # budget spent at once: the minimum
+        ({"ci_target": 1e-9, "max_repeats": 7}, "max", 7),
+    ],
+)
+def test_repeats_auto_says_what_stopped_it(kw: dict[str, float], stop: str, n: int) -> None:
+    phase = run_forward(_ctx(_spec(repeats="auto", **kw)))
+    assert phase.status == "ok" and phase.repeats_stop == stop
+    assert len(phase.times_s) == n and len(phase.warmup_times_s) == 1
+
+
+def test_run_job_with_repeats_auto_stops_by_its_rule() -> None:
+    """gpt2-tiny forward and train with `repeats: auto`: the recorded times satisfy the stop given."""
+    spec = _spec(repeats="auto", ci_target=0.05, repeat_budget_s=3.0, max_repeats=40, threads=1)
+    result = run_job(spec.expand(run_id="auto1")[0])
+    assert result.status == "ok", result.error
+    assert result.phases["init"].repeats_stop is None  # init is one construction
+    for name in ("forward", "train"):
+        p = result.phases[name]
+        assert p.repeats_stop in ("target", "budget", "max") and 5 <= len(p.times_s) <= 40
+        if p.repeats_stop == "target":
+            assert ci_half_width(p.times_s) <= 0.05
+        elif p.repeats_stop == "budget":
+            assert sum(p.times_s) >= 3.0 or ci_half_width(p.times_s) > 0.05
+        else:
+            assert len(p.times_s) == 40
+    assert run_job(_spec(repeats=2).expand(run_id="auto2")[0]).phases["forward"].repeats_stop is None

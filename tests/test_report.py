@@ -46,7 +46,8 @@ def test_rows_speedups_and_flags(report: Report) -> None:
     assert fwd.speedup is not None and fwd.speedup.value == pytest.approx(0.50 / 0.0050)
     assert fwd.speedup.low <= fwd.speedup.value <= fwd.speedup.high
     assert _row(report, "cpu", "forward").is_baseline
-    assert [f.kind for f in _row(report, "cuda", "train").flags] == ["noisy"]
+    # 0.030 s is 1.43x the median and beyond the others' far-out fence (farm.results.stats rules)
+    assert [f.kind for f in _row(report, "cuda", "train").flags] == ["noisy", "outlier"]
     bad = _row(report, "cuda:a100", "forward")
     assert bad.speedup is None  # an impossible number is never reported as a speedup
     assert {f.kind for f in bad.flags} == {"invalid", "versions"}
@@ -140,3 +141,11 @@ def test_mixed_versions_flag_rows_without_a_baseline_relation_in_csv() -> None:
     assert odd and all("versions: farm 0.0.9, torch 2.3.0, unlike most results here" in r["flags"] for r in odd)
     assert all("versions" not in r["flags"] for r in rows if r["run_id"] != "n9")
     assert any("mixed farm versions" in n for n in rep.notes)
+
+
+def test_fmt_seconds_picks_the_unit_after_rounding() -> None:
+    from farm.reports.cells import fmt_seconds
+
+    assert [fmt_seconds(x) for x in (0.9996, 0.0009996, 0.5, 2.5, 123.4, 1e-7)] == [
+        "1 s", "1 ms", "500 ms", "2.5 s", "123 s", "0.1 µs",
+    ]  # fmt: skip

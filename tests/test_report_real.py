@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from farm.reports.cells import mfu_text
 from farm.reports.formats import render
 from farm.reports.report import build_report
 from farm.results.records import records_from_results
@@ -15,7 +16,7 @@ pytest.importorskip("torch")
 def test_report_over_a_real_run() -> None:
     from farm.engine.runner import run_job
 
-    spec = BenchSpec(model="gpt2-tiny", batch=1, seq=32, repeats=2, warmup=1, devices=("cpu", "cpu:again"))
+    spec = BenchSpec(model="gpt2-tiny", batch=1, seq=32, repeats=5, warmup=1, devices=("cpu", "cpu:again"))
     results = [run_job(job) for job in spec.expand("real")]
     assert [r.status for r in results] == ["ok", "ok"], [r.error for r in results]
     report = build_report(records_from_results(results))
@@ -24,7 +25,9 @@ def test_report_over_a_real_run() -> None:
     assert fwd.baseline is not None and fwd.baseline.device == "cpu"
     assert fwd.speedup is not None and fwd.speedup.low is not None and fwd.speedup.value > 0
     p = fwd.phase
-    assert p is not None and p.n == 2 and p.tokens_per_s and p.achieved_flops and p.mfu and p.peak_memory_bytes
+    assert p is not None and p.n == 5 and p.tokens_per_s and p.achieved_flops and p.mfu and p.peak_memory_bytes
+    assert mfu_text(fwd).startswith(f"{p.mfu:.1%} of ")  # the MFU names the kind of its peak
+    assert any(p.peak_source in line for line in report.peaks)  # ... and the peak's source is printed
     md = render(report, "markdown")
     assert "gpt2-tiny · batch 1 × seq 32 · float32" in md and "baseline" in md and "×" in md
     html = render(report, "html")

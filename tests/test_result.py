@@ -1,11 +1,11 @@
-"""Results: FLOP/s, MFU, and the `invalid` verdict on a measurement faster than the device allows."""
+"""Results: FLOP/s, MFU, `invalid` above the device's ceiling and `unverified` without one."""
 
 from __future__ import annotations
 
 import pytest
 
 from farm.flops import forward_flops, min_phase_flops, train_flops
-from farm.results.peaks import MEASURED_TOLERANCE, Peak, gpu_peak
+from farm.results.peaks import UNCERTAIN_TOLERANCE, Peak, gpu_peak
 from farm.results.result import JobResult, measured_phase
 from farm.spec import PRESETS, parse_spec
 
@@ -64,8 +64,8 @@ def test_seed_gpu_train_needs_tf32() -> None:
 
 
 def test_plausible_cpu_forward_is_ok() -> None:
-    """The seed's CPU forward: 20 s for 5 (about 0.58 TFLOP/s) against a 1 TFLOP/s measured peak."""
-    peak = Peak(flops=1e12, source="measured: test", tolerance=MEASURED_TOLERANCE)
+    """The seed's CPU forward: 20 s for 5 (about 0.58 TFLOP/s) against a 1 TFLOP/s theoretical peak."""
+    peak = Peak(flops=1e12, source="theoretical: test")
     phase = _forward([4.1, 3.9, 4.0, 4.2, 3.8], peak)
     assert phase.status == "ok"
     assert phase.median_s == 4.0
@@ -73,17 +73,38 @@ def test_plausible_cpu_forward_is_ok() -> None:
     assert phase.mfu == pytest.approx(phase.achieved_flops / 1e12)
     assert 0.5 < phase.mfu < 0.65
     assert phase.tokens_per_s == pytest.approx(8 * 1024 / 4.0)
-    assert phase.peak_source == "measured: test"
+    assert phase.peak_source == "theoretical: test"
     assert phase.stats is not None and phase.stats.n == 5
 
 
 def test_verdict_uses_the_fastest_repeat_and_the_tolerance() -> None:
-    peak = Peak(flops=1e12, source="measured: test", tolerance=1.25)
     fmin = min_phase_flops(GPT2, 8, 1024, "forward")
-    # The median is plausible, but one repeat ran at 1.2x peak: inside the measured tolerance.
-    assert _forward([fmin / 1.2e12, 4.0, 4.0], peak).status == "ok"
-    # One repeat at 1.3x peak is beyond it, whatever the median.
-    assert _forward([fmin / 1.3e12, 4.0, 4.0], peak).status == "invalid"
+    known = Peak(flops=1e12, source="theoretical: test")
+    uncertain = Peak(flops=1e12, source="theoretical: clock not known", tolerance=UNCERTAIN_TOLERANCE)
+    # The median is plausible, but one repeat ran at 1.2x peak: above a known ceiling, invalid.
+    assert _forward([fmin / 1.2e12, 4.0, 4.0], known).status == "invalid"
+    assert _forward([fmin / 0.9e12, 4.0, 4.0], known).status == "ok"
+    # Above an uncertain ceiling (a CPU whose max clock is not known): unverified, with the reason ...
+    above = _forward([fmin / 1.2e12, 4.0, 4.0], uncertain)
+    assert above.status == "unverified"
+    assert "uncertain ceiling" in (above.invalid_reason or "") and "clock not known" in (above.invalid_reason or "")
+    # ... and invalid beyond its tolerance (2x), whatever the median.
+    far = _forward([fmin / 2.1e12, 4.0, 4.0], uncertain)
+    assert far.status == "invalid" and "x 2" in (far.invalid_reason or "")
+
+
+def test_ok_never_shows_mfu_above_100_percent() -> None:
+    """The causal count (the check) can be under the ceiling while the full count (MFU) is above it."""
+    full = forward_flops(GPT2, 8, 1024)
+    fmin = min_phase_flops(GPT2, 8, 1024, "forward")
+    peak = Peak(flops=1e12, source="theoretical: test")
+    t = (full + fmin) / 2 / 1e12  # the full count runs at more than 1e12 FLOP/s, the causal one at less
+    phase = _forward([t, t, t], peak)
+    assert phase.mfu is not None and phase.mfu > 1
+    assert phase.status == "unverified" and "MFU" in (phase.invalid_reason or "")
+    for times in ([4.0, 4.1, 3.9], [0.5, 0.5], [fmin / 0.999e12] * 3):
+        p = _forward(times, peak)
+        assert p.status != "ok" or (p.mfu is not None and p.mfu <= 1)
 
 
 def test_a_zero_time_is_invalid() -> None:
@@ -96,11 +117,30 @@ def test_a_zero_time_is_invalid() -> None:
     assert _forward([0.0, 0.5], None).status == "invalid"  # even with no peak known
 
 
-def test_no_peak_no_verdict_and_init_has_no_flops() -> None:
+def test_no_ceiling_is_unverified_and_init_has_no_flops() -> None:
     phase = _forward([0.006] * 5, None)
-    assert phase.status == "ok" and phase.mfu is None and phase.peak_flops is None
+    assert phase.status == "unverified" and phase.mfu is None and phase.peak_flops is None
+    assert "no ceiling" in (phase.invalid_reason or "")
     init = measured_phase("init", [1.2], [], flops=0, min_flops=0, tokens=0, peak=None)
     assert init.status == "ok" and init.achieved_flops is None and init.tokens_per_s is None
+
+
+def test_job_is_unverified_when_a_phase_is_but_invalid_and_failed_win() -> None:
+    job = parse_spec({"devices": "cuda"}).expand(run_id="r1")[0]
+    unchecked = _forward([0.5] * 5, None)
+    tf32 = gpu_peak(A100, "float32", "high")
+    res = JobResult.for_job(job, phases={"forward": unchecked, "train": _train([0.32] * 5, tf32)}).settle_status()
+    assert res.status == "unverified" and res.error == unchecked.invalid_reason
+    # An invalid phase wins over an unverified one, in either order.
+    bad = _train([1e-4] * 5, tf32)
+    for phases in ({"forward": unchecked, "train": bad}, {"train": bad, "forward": unchecked}):
+        res = JobResult.for_job(job, phases=phases).settle_status()
+        assert res.status == "invalid" and res.error == bad.invalid_reason
+    # A job already unverified (set by the importer) turns invalid when a phase is.
+    res = JobResult.for_job(job, status="unverified", error="no GPU", phases={"train": bad}).settle_status()
+    assert res.status == "invalid" and res.error == bad.invalid_reason
+    failed = JobResult.for_job(job, status="failed", error="crash", phases={"forward": unchecked}).settle_status()
+    assert failed.status == "failed" and failed.error == "crash"
 
 
 def test_job_status_follows_an_invalid_phase_and_round_trips() -> None:

@@ -185,3 +185,21 @@ def test_precision_mode_auto_is_cast_on_cpu_and_autocast_on_gpus() -> None:
     assert cpu_job.spec.spec_hash() == gpu_job.spec.spec_hash()  # same work, comparable across devices
     forced = parse_spec({"dtype": "bfloat16", "precision_mode": "autocast"})
     assert forced.mode_for("cpu") == "autocast"
+
+
+def test_repeats_auto_and_its_fields() -> None:
+    spec = parse_spec({"repeats": "auto", "ci_target": 0.01, "repeat_budget_s": 5, "max_repeats": 20})
+    assert spec.repeats == "auto" and spec.auto_repeats
+    assert (spec.ci_target, spec.repeat_budget_s, spec.max_repeats) == (0.01, 5.0, 20)
+    assert parse_spec({"repeats": "AUTO"}).repeats == "auto" and parse_spec({"repeats": "7"}).repeats == 7
+    assert BenchSpec.model_validate_json(spec.model_dump_json()) == spec
+    bad_cases = [
+        ({"repeats": "often"}, "integer or 'auto'"),
+        ({"repeats": 10001}, "10000"),
+        ({"max_repeats": 2}, "greater than or equal to 5"),
+        ({"ci_target": 0}, "greater than 0"),
+    ]
+    for bad, words in bad_cases:
+        with pytest.raises(SpecError) as e:
+            parse_spec(bad)
+        assert e.value.field == next(iter(bad)) and words in e.value.message

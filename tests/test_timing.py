@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from farm.engine.timing import Timer, repeat, synchronizer
+from farm.engine.timing import Timer, ci_half_width, repeat, repeat_adaptive, synchronizer
 
 
 class FakeDevice:
@@ -91,6 +91,43 @@ def test_repeat_without_warmup() -> None:
     timed = repeat(lambda: dev.launch(1.0), repeats=2, warmup=0, timer=Timer(sync=dev.sync, clock=dev.clock))
     assert timed.warmup_times_s == []
     assert timed.times_s == pytest.approx([1.0, 1.0])
+
+
+def _adaptive(durations: list[float], **kw: object) -> tuple[FakeDevice, object]:
+    dev = FakeDevice()
+    it = iter(durations)
+    args = {"warmup": 1, "target": 0.02, "budget_s": 1e9, "max_repeats": 50, "min_repeats": 5, **kw}
+    timed = repeat_adaptive(
+        lambda: dev.launch(next(it)),
+        timer=Timer(sync=dev.sync, clock=dev.clock),
+        monotonic=lambda: dev.now,
+        **args,  # type: ignore[arg-type]
+    )
+    return dev, timed
+
+
+def test_adaptive_stops_on_the_target_never_before_the_minimum() -> None:
+    steady = [9.0] + [1.0] * 20  # a slow warm-up, then identical repeats: the CI is a point at once
+    dev, timed = _adaptive(steady)
+    assert timed.stop == "target" and len(timed.times_s) == 5  # type: ignore[attr-defined]
+    assert timed.warmup_times_s == pytest.approx([9.0])  # type: ignore[attr-defined]
+    assert dev.log.count("sync") == 2 * 6
+
+
+def test_adaptive_on_noise_stops_on_budget_or_max() -> None:
+    noisy = [1.0] + [1.0, 1.5] * 50  # the median's CI never narrows below 2%
+    _, timed = _adaptive(noisy, budget_s=10.0)
+    assert timed.stop == "budget" and sum(timed.times_s) >= 10.0  # type: ignore[attr-defined]
+    _, timed = _adaptive(noisy, max_repeats=8)
+    assert timed.stop == "max" and len(timed.times_s) == 8  # type: ignore[attr-defined]
+    # The job's deadline: stop before a repeat that would pass it (the deadline is virtual time).
+    _, timed = _adaptive(noisy, deadline=100.0 + 1.0 + 9.0)
+    assert timed.stop == "budget" and 5 <= len(timed.times_s) <= 8  # type: ignore[attr-defined]
+
+
+def test_ci_half_width_is_relative_to_the_median() -> None:
+    xs = [1.0, 1.0, 1.0, 1.2, 0.8, 1.0]  # n = 6: the CI is [x(1), x(6)] = [0.8, 1.2]
+    assert ci_half_width(xs) == pytest.approx(0.2)
 
 
 def test_synchronizer_for_cuda_calls_cuda_synchronize(monkeypatch: pytest.MonkeyPatch) -> None:

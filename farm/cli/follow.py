@@ -14,7 +14,7 @@ from rich.text import Text
 from farm.cli.output import EXIT_JOB_FAILED, EXIT_UNSERVED, emit_results, err, warn
 from farm.cluster import controller
 from farm.cluster.controller import JobView
-from farm.results.result import JobResult
+from farm.results.result import MEASURED_STATUSES, JobResult
 from farm.settings import Settings
 
 
@@ -77,5 +77,5 @@ def follow_and_print(
     emit_results(results, fmt, output, title=f"run {run_id}", json_doc=doc)
     if left:
         raise typer.Exit(EXIT_UNSERVED)
-    if any(r.status != "ok" for r in results):
+    if any(r.status not in MEASURED_STATUSES for r in results):  # unverified is measured (and flagged)
         raise typer.Exit(EXIT_JOB_FAILED)

@@ -18,7 +18,14 @@ Phases = Annotated[str | None, typer.Option(help="'all' or a comma list of init,
 Devices = Annotated[str | None, typer.Option(help="Comma list of device tags: cpu, cuda, cuda:h100, 'cuda:*'.")]
 Batch = Annotated[int | None, typer.Option(help="Batch size (default 8).")]
 Seq = Annotated[int | None, typer.Option(help="Sequence length (default 1024, at most the model's context).")]
-Repeats = Annotated[int | None, typer.Option(help="Timed repeats of forward and train (default 5).")]
+Repeats = Annotated[
+    str | None,
+    typer.Option(
+        metavar="N|auto",
+        help="Timed repeats of forward and train (default 5), or 'auto': until the median's 95% CI is within "
+        "ci_target (2%) of it, or repeat_budget_s (60 s) per phase is spent, or max_repeats (100); at least 5.",
+    ),
+]
 Warmup = Annotated[int | None, typer.Option(help="Untimed warm-up repeats (default 1).")]
 DType = Annotated[str | None, typer.Option(help="float32, bfloat16 or float16.")]
 PrecisionMode = Annotated[

@@ -27,8 +27,9 @@ from farm.results.result import JobResult
 
 EXIT_OK, EXIT_JOB_FAILED, EXIT_BAD_INPUT, EXIT_BROKER, EXIT_NOT_FOUND, EXIT_UNSERVED = 0, 1, 2, 3, 4, 5
 
-# Piped output gets a wide console: Rich's 80-column default would fold the tables.
-out = Console(soft_wrap=False, width=None if sys.stdout.isatty() else 160)
+# Piped output gets a wide console: Rich's 80-column default would fold the tables (a report's
+# table, with MFU naming its peak and the roofline beside it, is about 220 columns).
+out = Console(soft_wrap=False, width=None if sys.stdout.isatty() else 240)
 err = Console(stderr=True)
 
 Format = Annotated[
@@ -112,7 +113,9 @@ def emit_results(results: Sequence[JobResult], fmt: str, output: Path | None, ti
 
 
 def breakdown_lines(results: Iterable[JobResult]) -> list[str]:
-    """The parts timed apart from the phases (device set-up, transfers, compile), one line per job."""
+    """The parts timed apart from the phases (device set-up, transfers, compile), one line per job;
+    then how it was measured: the host lock's wait, the host's load, what stopped `repeats: auto`,
+    whether the process was fresh."""
     lines = []
     for r in results:
         parts = [
@@ -123,6 +126,18 @@ def breakdown_lines(results: Iterable[JobResult]) -> list[str]:
         ]
         if parts:
             lines.append(f"{r.device}: " + ", ".join(parts))
+        how = []
+        for name, ph in r.phases.items():
+            if ph.host is not None and ph.host.lock_wait_s > 0:
+                how.append(f"{name}.host_lock_wait={fmt_seconds(ph.host.lock_wait_s)} (not timed)")
+            if ph.host is not None and ph.host.load_avg_1m is not None:
+                how.append(f"{name}.load_avg_1m={ph.host.load_avg_1m:.2f}")
+            if ph.repeats_stop:
+                how.append(f"{name}: repeats auto stopped by {ph.repeats_stop} (n={len(ph.times_s)})")
+        if r.fresh_process is not None:
+            how.append("fresh process" if r.fresh_process else "not a fresh process (the device was used before)")
+        if how:
+            lines.append(f"{r.device}: " + ", ".join(how))
         for w in r.warnings:
             lines.append(f"{r.device}: warning: {w}")
     return lines

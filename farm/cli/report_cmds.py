@@ -18,6 +18,7 @@ from farm.reports.compare import parse_baseline
 from farm.reports.diff import diff_listing, environment_diff
 from farm.reports.importer import import_file, read_file, validate
 from farm.reports.listing import Listing
+from farm.reports.pool import pool_listing, select_pooled
 from farm.reports.report import Selection, select
 
 ListOpt = list[str] | None
@@ -89,11 +90,34 @@ def compare(
     since: Since = None,
     until: Until = None,
     baseline: Baseline = None,
+    pool: bool = typer.Option(
+        False,
+        "--pool",
+        help="One row per machine and device x spec x phase, pooling every selected run: "
+        "the median of per-run medians, an interval that resamples runs and repeats, the between-run spread.",
+    ),
     fmt: Format = None,
     output: Output = None,
+    json_out: JsonAlias = False,
 ) -> None:
     """Compare results across runs, machines and devices chosen by selectors (all stored results if none)."""
-    _report(_split(run), machine, device, model, spec_hash, since, until, baseline, fmt, output)
+    if not pool:
+        fmt = "json" if json_out and fmt is None else fmt
+        _report(_split(run), machine, device, model, spec_hash, since, until, baseline, fmt, output)
+        return
+    fmt = fmt_of(fmt, output, json_out)
+    s = store_for()
+    selection = Selection(
+        runs=tuple(s.resolve_run(r) for r in _split(run)),
+        machines=_split(machine),
+        devices=_split(device),
+        models=_split(model),
+        spec_hashes=_split(spec_hash),
+        since=parse_when(since, "since"),
+        until=parse_when(until, "until"),
+    )
+    base = parse_baseline(baseline)
+    emit(pool_listing(select_pooled(s, selection, base), base, selection), fmt, output)
 
 
 def diff(

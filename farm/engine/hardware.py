@@ -1,30 +1,39 @@
-"""This machine: its fingerprint, its GPUs (NVML), its tag, and the measured CPU peak FLOP/s.
+"""This machine: its fingerprint, its GPUs (NVML, and torch in the job process), its CPU's ceiling
+and the measured GEMM roofline beside it (docs/ceilings.md).
 
-The data models (`MachineFingerprint`, `GpuInfo`) live in `farm.results.machine`; the published
-GPU peaks in `farm.results.peaks`. CPU peaks are measured here by a short matmul calibration,
-cached per machine. Nothing here
-initialises CUDA: GPU facts come from NVML (nvidia-ml-py), so a worker's parent process can read
-them before it forks job processes. torch is imported only inside the functions that need it.
+The data models (`MachineFingerprint`, `GpuInfo`) live in `farm.results.machine`; the ceilings
+themselves (published table, derivation from GPU properties, the CPU's theoretical peak) in
+`farm.results.peaks`, as pure functions that `farm import` applies to a file's fingerprint too.
+Here the facts are read: the CPU's ISA flags, cores and max clock; a GPU's compute capability
+and max SM clock from NVML and its SM count from `torch.cuda.get_device_properties` (only in the
+job process: NVML never initialises CUDA, so a worker's parent reads it before it forks). torch is
+imported only inside the functions that need it.
 """
 
 from __future__ import annotations
 
 import functools
+import glob
 import json
+import math
 import os
 import platform
 import re
 import socket
 import subprocess
 import time
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any, Literal
 
 import psutil
 
 from farm import __version__
+from farm.engine.hostlock import CpuSnapshot, host_load
 from farm.paths import cache_dir
-from farm.results.machine import GpuInfo, MachineFingerprint, gpu_tag
-from farm.results.peaks import MEASURED_TOLERANCE, Peak
+from farm.results.machine import MAX_SM_CLOCK_MHZ, MAX_SM_COUNT, GpuInfo, MachineFingerprint, gpu_tag
+from farm.results.peaks import Peak, cores_used, cpu_theoretical_peak, machine_cpu_ceiling
+from farm.spec import BenchSpec
 
 
 def machine_tag(hostname: str | None = None) -> str:
@@ -68,7 +77,19 @@ def nvml_gpus() -> tuple[GpuInfo, ...]:
             uuid = pynvml.nvmlDeviceGetUUID(h)
             uuid = uuid.decode() if isinstance(uuid, bytes) else uuid
             drv = driver.decode() if isinstance(driver, bytes) else driver
-            out.append(GpuInfo(index=i, name=name, tag=gpu_tag(name), memory_bytes=mem, driver=drv, uuid=uuid))
+            cc, clock = _nvml_cc_and_clock(pynvml, h)
+            out.append(
+                GpuInfo(
+                    index=i,
+                    name=name,
+                    tag=gpu_tag(name),
+                    memory_bytes=mem,
+                    driver=drv,
+                    uuid=uuid,
+                    compute_capability=cc,
+                    max_sm_clock_mhz=clock,
+                )
+            )
         return tuple(out)
     except Exception:
         return ()
@@ -77,6 +98,22 @@ def nvml_gpus() -> tuple[GpuInfo, ...]:
             pynvml.nvmlShutdown()
         except Exception:
             pass
+
+
+def _nvml_cc_and_clock(pynvml: object, handle: object) -> tuple[str | None, int | None]:
+    """A GPU's compute capability and max SM clock from NVML (None where the driver has no answer)."""
+    cc = clock = None
+    try:
+        major, minor = pynvml.nvmlDeviceGetCudaComputeCapability(handle)  # type: ignore[attr-defined]
+        cc = f"{int(major)}.{int(minor)}"
+    except Exception:
+        pass
+    try:
+        mhz = int(pynvml.nvmlDeviceGetMaxClockInfo(handle, pynvml.NVML_CLOCK_SM))  # type: ignore[attr-defined]
+        clock = mhz if 0 < mhz <= MAX_SM_CLOCK_MHZ else None
+    except Exception:
+        pass
+    return cc, clock
 
 
 @functools.lru_cache(maxsize=1)
@@ -112,6 +149,7 @@ def fingerprint(with_torch: bool = True) -> MachineFingerprint:
         except Exception:
             cudnn_v = None
     host = socket.gethostname()
+    clock, clock_kind = cpu_clock()
     return MachineFingerprint(
         hostname=host,
         machine_tag=machine_tag(host),
@@ -123,6 +161,8 @@ def fingerprint(with_torch: bool = True) -> MachineFingerprint:
         physical_cores=psutil.cpu_count(logical=False),
         logical_cores=psutil.cpu_count(logical=True),
         memory_bytes=psutil.virtual_memory().total,
+        cpu_clock_mhz=clock,
+        cpu_clock_kind=clock_kind,
         torch_version=torch_v,
         cuda_version=cuda_v,
         cudnn_version=cudnn_v,
@@ -132,53 +172,258 @@ def fingerprint(with_torch: bool = True) -> MachineFingerprint:
     )
 
 
-def _calibration_file() -> Path:
-    return cache_dir() / "calibration.json"
+# -- CPU clock and ceiling ----------------------------------------------------------------------
+SYSFS_MAX_FREQ = "/sys/devices/system/cpu/cpu*/cpufreq/cpuinfo_max_freq"
 
 
-def cpu_peak(dtype: str, matmul_precision: str, threads: int, size: int = 2048, refresh: bool = False) -> Peak:
-    """Measured CPU matmul peak for a dtype, cached per CPU model, thread count and torch version.
+@functools.lru_cache(maxsize=1)
+def cpu_clock() -> tuple[float | None, Literal["max", "current"] | None]:
+    """(MHz, kind) of the clock a CPU ceiling uses: kind "max" from cpufreq's cpuinfo_max_freq (or
+    psutil's max), else "current" from /proc/cpuinfo "cpu MHz" (a VM without cpufreq: the max boost
+    is not known); (None, None) when none can be read."""
+    khz = []
+    for path in glob.glob(SYSFS_MAX_FREQ):
+        try:
+            khz.append(int(Path(path).read_text().strip()))
+        except (OSError, ValueError):
+            continue
+    if khz and max(khz) > 0:
+        return max(khz) / 1000.0, "max"
+    try:
+        freq = psutil.cpu_freq()
+    except Exception:  # psutil raises on platforms without the counters
+        freq = None
+    if freq is not None and freq.max and freq.max > 0:
+        return float(freq.max), "max"
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return None, None
+    mhz = [float(m) for m in re.findall(r"^cpu MHz\s*:\s*([0-9.]+)", text, flags=re.M)]
+    if mhz and max(mhz) > 0:
+        return max(mhz), "current"
+    return None, None
 
-    The cache keeps the highest rate ever measured: a calibration taken while other work loaded
-    the machine is low, and `refresh=True` (used when a phase beats the cached peak) measures
-    again and keeps the larger figure, so a busy moment never makes an honest result `invalid`.
-    """
+
+def cpu_peak(dtype: str, matmul_precision: str, threads: int) -> Peak | None:
+    """This CPU's theoretical peak for a dtype at `threads` threads (`farm.results.peaks`); None
+    when its architecture or clock is not known."""
+    return machine_cpu_ceiling(fingerprint(with_torch=False), threads, dtype, matmul_precision)
+
+
+def cpu_ceiling(spec: BenchSpec, threads: int) -> Peak | None:
+    """The CPU ceiling of a spec's job (theoretical peak) with the measured GEMM roofline beside it."""
+    peak = cpu_peak(spec.dtype, spec.matmul_precision, threads)
+    if peak is None:
+        return None
+    roof = roofline(spec, threads)
+    source = roof.source
+    fp = fingerprint(with_torch=False)
+    if roof.flops > peak.flops and peak.uncertain and fp.cpu_clock_mhz:
+        # The clock the OS names is not the max (a VM's nominal clock; boost unseen): the GEMM ran faster
+        # than that clock allows, so the ceiling uses the lowest clock consistent with it (50 MHz steps).
+        implied = math.ceil(fp.cpu_clock_mhz * roof.flops / peak.flops / 50) * 50
+        raised = cpu_theoretical_peak(
+            flags=fp.cpu_flags, arch=fp.cpu_arch, cores=cores_used(fp, threads), clock_mhz=implied,
+            clock_kind="implied", dtype=spec.dtype, matmul_precision=spec.matmul_precision,
+        )  # fmt: skip
+        if raised is not None:
+            source += f"; the OS names {fp.cpu_clock_mhz:g} MHz, slower than this GEMM ran"
+            peak = raised
+    return peak.model_copy(update={"roofline_flops": roof.flops, "roofline_source": source})
+
+
+# -- GPU facts in the job process ----------------------------------------------------------------
+@functools.cache
+def cuda_gpu_info(index: int) -> GpuInfo:
+    """The GPU a job runs on, from torch (name, compute capability, SM count) and NVML (max SM clock,
+    matched by UUID). Call it in the job process only, after the timed device set-up."""
     import torch  # lazily: this module is read by processes that never load torch (see above)
 
+    props = torch.cuda.get_device_properties(index)
+    uuid = str(getattr(props, "uuid", "") or "") or None
+    nv = next((g for g in nvml_gpus() if uuid and g.uuid and g.uuid.removeprefix("GPU-") == uuid), None)
+    if nv is None and len(nvml_gpus()) == 1 and torch.cuda.device_count() == 1:
+        nv = nvml_gpus()[0]  # one GPU each way: the same one, whatever CUDA_VISIBLE_DEVICES says
+    cuda = torch.version.hip is None  # ROCm reports its gfx target as a "compute capability"
+    clock = nv.max_sm_clock_mhz if nv else None
+    khz = getattr(props, "clock_rate", None)  # kHz, where torch exposes it
+    if clock is None and isinstance(khz, int) and khz > 0:
+        clock = khz // 1000
+    sms = int(props.multi_processor_count)
+    return GpuInfo(
+        index=nv.index if nv else index,
+        name=props.name,
+        tag=gpu_tag(props.name),
+        memory_bytes=int(props.total_memory),
+        driver=nv.driver if nv else None,
+        uuid=nv.uuid if nv else (f"GPU-{uuid}" if uuid else None),
+        compute_capability=f"{props.major}.{props.minor}" if cuda else None,
+        sm_count=sms if 0 < sms <= MAX_SM_COUNT else None,
+        max_sm_clock_mhz=clock if clock and 0 < clock <= MAX_SM_CLOCK_MHZ else None,
+    )
+
+
+def with_gpu(machine: MachineFingerprint | None, gpu: GpuInfo) -> MachineFingerprint | None:
+    """The fingerprint with `gpu` in place of its NVML entry (same UUID, else same index), so that
+    the SM count the ceiling was derived from is stored with the result (and `farm import` can
+    derive it again)."""
+    if machine is None:
+        return None
+    gpus = list(machine.gpus)
+    at = next((i for i, g in enumerate(gpus) if gpu.uuid and g.uuid == gpu.uuid), None)
+    if at is None:
+        at = next((i for i, g in enumerate(gpus) if g.index == gpu.index), None)
+    if at is None:
+        gpus.append(gpu)
+    else:
+        gpus[at] = gpu
+    return machine.model_copy(update={"gpus": gpus})
+
+
+# -- the measured GEMM roofline ------------------------------------------------------------------
+ROOFLINE_TARGET_CALL_S = 0.05  # a shape's rows grow (x4, up to the model's) until one GEMM takes this long
+ROOFLINE_SHAPE_BUDGET_S = 0.5  # timed calls per shape stop after this, once ROOFLINE_REPS are done
+ROOFLINE_REPS = 3
+ROOFLINE_START_ROWS = 16
+ROOFLINE_MIN_ROWS = 256
+REMEASURE_LOADED_AFTER_S = 600.0  # a roofline taken under load is measured again once this old
+
+
+def roofline_shapes(spec: BenchSpec) -> list[tuple[str, int, int, int]]:
+    """The model's GEMMs (label, M, K, N) for M = batch x seq tokens and d = n_embd."""
+    m, d, v = spec.batch * spec.seq, spec.shape.n_embd, spec.shape.vocab_size
+    return [
+        ("qkv", m, d, 3 * d),
+        ("attn proj", m, d, d),
+        ("mlp fc", m, d, 4 * d),
+        ("mlp proj", m, 4 * d, d),
+        ("lm head", m, d, v),
+    ]
+
+
+def _roofline_file() -> Path:
+    return cache_dir() / "roofline.json"
+
+
+def _roofline_key(spec: BenchSpec, threads: int) -> str:
+    import torch  # lazily: see the module docstring
+
     cpu_model, _, _ = _cpu_info()
-    key = f"{cpu_model}|{torch.__version__}|{threads}|{dtype}|{matmul_precision}|{size}"
-    path = _calibration_file()
-    cache: dict[str, float] = {}
-    try:
-        cache = json.loads(path.read_text())
-    except (OSError, ValueError):
-        cache = {}
-    source = f"measured: {size}^3 {dtype} matmul, {threads} threads, {matmul_precision} precision"
-    if key in cache and not refresh:
-        return Peak(flops=cache[key], source=source, tolerance=MEASURED_TOLERANCE)
-    tdtype = getattr(torch, dtype)
+    shapes = ",".join(f"{m}x{k}x{n}" for _, m, k, n in roofline_shapes(spec))
+    host = socket.gethostname()
+    return f"{host}|{cpu_model}|{torch.__version__}|{threads}|{spec.dtype}|{spec.matmul_precision}|{shapes}"
+
+
+def _measure_shape(m: int, k: int, n: int, dtype: object) -> tuple[float, int]:
+    """(best FLOP/s, rows used) of one GEMM shape: rows grow until a call takes ROOFLINE_TARGET_CALL_S."""
+    import torch  # lazily: see the module docstring
+
+    rows = min(m, ROOFLINE_START_ROWS)
+    # Constant operands: a GEMM's speed does not depend on the values (no denormals), and filling
+    # a 768 x 50257 matrix with randn alone costs a third of a second.
+    b = torch.full((k, n), 0.5, dtype=dtype)  # type: ignore[call-overload]
+    while True:
+        a = torch.full((rows, k), 0.5, dtype=dtype)  # type: ignore[call-overload]
+        out = torch.empty(rows, n, dtype=dtype)  # type: ignore[call-overload]
+        t0 = time.perf_counter()
+        torch.mm(a, b, out=out)  # warm-up at this size: thread pool, packing buffers
+        dt = time.perf_counter() - t0
+        # Grow to a call of ROOFLINE_TARGET_CALL_S, and past ROOFLINE_MIN_ROWS where that stays in
+        # twice the budget: a wide, short GEMM (the vocab head) is bound by reading its weights until M is.
+        short = rows < ROOFLINE_MIN_ROWS and dt * 4 < 2 * ROOFLINE_SHAPE_BUDGET_S
+        if rows >= m or (dt >= ROOFLINE_TARGET_CALL_S and not short):
+            break
+        rows = min(m, rows * 4)
+    best, spent, reps = 0.0, 0.0, 0
+    while reps < ROOFLINE_REPS or spent < min(ROOFLINE_SHAPE_BUDGET_S, 20 * max(dt, 1e-4)):
+        t0 = time.perf_counter()
+        torch.mm(a, b, out=out)
+        dt = time.perf_counter() - t0
+        spent += dt
+        reps += 1
+        if dt > 0:
+            best = max(best, 2 * rows * k * n / dt)
+        if spent >= ROOFLINE_SHAPE_BUDGET_S and reps >= 1:
+            break
+    return best, rows
+
+
+def measure_roofline(spec: BenchSpec, threads: int) -> dict[str, Any]:
+    """Measure the best GEMM of the model's shapes now: the cache entry `roofline` stores."""
+    import torch  # lazily: see the module docstring
+
+    tdtype = getattr(torch, spec.dtype)
     prev_threads, prev_prec = torch.get_num_threads(), torch.get_float32_matmul_precision()
     torch.set_num_threads(threads)
-    torch.set_float32_matmul_precision(matmul_precision)
+    torch.set_float32_matmul_precision(spec.matmul_precision)
+    load_before = psutil.getloadavg()[0]
+    start = CpuSnapshot.now()
+    per_shape: dict[str, dict[str, float | int]] = {}
     try:
-        a = torch.randn(size, size, dtype=tdtype)
-        b = torch.randn(size, size, dtype=tdtype)
-        torch.mm(a, b)  # warm-up: thread pool, packing buffers
-        best = 0.0
-        for _ in range(5):
-            t0 = time.perf_counter()
-            torch.mm(a, b)
-            best = max(best, 2 * size**3 / (time.perf_counter() - t0))
+        for label, m, k, n in roofline_shapes(spec):
+            rate, rows = _measure_shape(m, k, n, tdtype)
+            per_shape[label] = {"flops": rate, "rows": rows, "m": m, "k": k, "n": n}
     finally:
         torch.set_num_threads(prev_threads)
         torch.set_float32_matmul_precision(prev_prec)
-    best = max(best, cache.get(key, 0.0))
-    cache[key] = best
+    load = host_load(start, CpuSnapshot.now(), cores=threads)
+    best_label = max(per_shape, key=lambda x: float(per_shape[x]["flops"]))
+    return {
+        "flops": float(per_shape[best_label]["flops"]),
+        "best": best_label,
+        "shapes": per_shape,
+        "hostname": socket.gethostname(),
+        "load_avg_1m": load_before,
+        "other_cpu_s": load.other_cpu_s,
+        "loaded": load.contended,
+        "measured_at": time.time(),
+    }
+
+
+def _roofline_source(entry: dict[str, Any], spec: BenchSpec, threads: int) -> str:
+    best = entry["best"]
+    shape = entry["shapes"][best]
+    rows = "" if shape["rows"] == shape["m"] else f", {shape['rows']} of its {shape['m']} rows"
+    when = datetime.fromtimestamp(entry["measured_at"], UTC).strftime("%Y-%m-%d %H:%M UTC")
+    loaded = ", under load" if entry["loaded"] else ""
+    return (
+        f"measured: best GEMM of {len(entry['shapes'])} model shapes, best of {ROOFLINE_REPS}+ each: {best} "
+        f"{shape['m']}x{shape['k']}x{shape['n']}{rows}; {threads} threads, {spec.dtype} {spec.matmul_precision}; "
+        f"on {entry['hostname']} at load {entry['load_avg_1m']:.2f}{loaded}, {when}"
+    )
+
+
+def roofline(spec: BenchSpec, threads: int, refresh: bool = False) -> Peak:
+    """The measured GEMM roofline for a spec's CPU job, cached per host, CPU, torch, threads, dtype,
+    precision and shapes. Measured when not cached, when `refresh`, or when the cached one was taken
+    under load (others used the CPU meanwhile) more than REMEASURE_LOADED_AFTER_S ago; a new figure
+    replaces the old unless it was itself taken under load and is lower."""
+    key = _roofline_key(spec, threads)
+    path = _roofline_file()
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(cache, indent=1))
-        tmp.replace(path)
-    except OSError:
-        pass  # a read-only home still gets a peak, just not cached
-    return Peak(flops=best, source=source, tolerance=MEASURED_TOLERANCE)
+        cache = json.loads(path.read_text())
+        if not isinstance(cache, dict):
+            cache = {}
+    except (OSError, ValueError):
+        cache = {}
+    old = cache.get(key)
+    stale = (
+        isinstance(old, dict)
+        and old.get("loaded")
+        and time.time() - old.get("measured_at", 0) > REMEASURE_LOADED_AFTER_S
+    )
+    if not isinstance(old, dict) or "flops" not in old or refresh or stale:
+        new = measure_roofline(spec, threads)
+        if isinstance(old, dict) and "flops" in old and new["loaded"] and float(new["flops"]) <= old["flops"]:
+            new = old
+        cache[key] = new
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(cache, indent=1))
+            tmp.replace(path)
+        except OSError:
+            pass  # a read-only home still gets a roofline, just not cached
+        old = new
+    return Peak(flops=float(old["flops"]), source=_roofline_source(old, spec, threads))

@@ -4,6 +4,7 @@ Each phase returns a `PhaseResult` with raw times; every clock reading is synchr
 device by the context's `Timer`. Work that is not the phase itself (CUDA context creation, the
 host-to-device copy of the tokens, torch.compile's first call, moving a CPU-built model) is timed
 apart and stored in the phase's `breakdown`, so "GPU init is slower" is explained, not asserted.
+Forward and train repeat a fixed count or, with `repeats: auto`, adaptively (`JobContext.measure`).
 """
 
 from __future__ import annotations
@@ -18,11 +19,11 @@ import torch
 
 from farm.engine.memory import PeakMemory
 from farm.engine.model import GPT, from_hf_checkpoint
-from farm.engine.timing import Timed, Timer, repeat
+from farm.engine.timing import Timed, Timer, repeat, repeat_adaptive
 from farm.errors import JobTimeout
 from farm.results.peaks import Peak
 from farm.results.result import PhaseResult, judge
-from farm.spec import BenchSpec
+from farm.spec import AUTO_MIN_REPEATS, BenchSpec
 
 ProgressFn = Callable[[str, int, int], None]
 
@@ -52,9 +53,26 @@ class JobContext:
 
         return _step
 
+    def measure(self, phase: str, fn: Callable[[], object]) -> Timed:
+        """Warm-up and timed repeats of `fn`: the spec's count, or adaptive for `repeats: auto`."""
+        spec = self.spec
+        if spec.repeats == "auto":
+            return repeat_adaptive(
+                fn,
+                warmup=spec.warmup,
+                timer=self.timer,
+                target=spec.ci_target,
+                budget_s=spec.repeat_budget_s,
+                max_repeats=spec.max_repeats,
+                min_repeats=AUTO_MIN_REPEATS,
+                deadline=self.deadline,
+                on_step=self.step(phase),
+            )
+        return repeat(fn, repeats=spec.repeats, warmup=spec.warmup, timer=self.timer, on_step=self.step(phase))
+
     def judged(self, phase: str, timed: Timed, mem: PeakMemory, breakdown: dict[str, float]) -> PhaseResult:
         """The phase's result from its timed repeats and memory (`farm.results.result.judge`)."""
-        return judge(
+        result = judge(
             self.spec,
             phase,
             timed.times_s,
@@ -64,6 +82,8 @@ class JobContext:
             memory_kind=mem.kind,
             breakdown=breakdown,
         )
+        result.repeats_stop = timed.stop
+        return result
 
 
 def weight_dtype(spec: BenchSpec) -> torch.dtype:
@@ -158,7 +178,7 @@ def run_forward(ctx: JobContext) -> PhaseResult:
         if spec.compile:
             fn = torch.compile(model)
             breakdown["compile_s"], _ = ctx.timer.time(forward)  # first call compiles
-        timed = repeat(forward, repeats=spec.repeats, warmup=spec.warmup, timer=ctx.timer, on_step=ctx.step("forward"))
+        timed = ctx.measure("forward", forward)
     return ctx.judged("forward", timed, mem, breakdown)
 
 
@@ -215,7 +235,7 @@ def run_train(ctx: JobContext) -> PhaseResult:
             if spec.compile:
                 fn = torch.compile(model)
                 breakdown["compile_s"], _ = ctx.timer.time(step)
-            timed = repeat(step, repeats=spec.repeats, warmup=spec.warmup, timer=ctx.timer, on_step=ctx.step("train"))
+            timed = ctx.measure("train", step)
         if losses:
             breakdown["loss_first"] = float(losses[0])
             breakdown["loss_last"] = float(losses[-1])

@@ -3,6 +3,11 @@
 `run_job` never raises for a job that went wrong: out of memory, a time limit, a missing device
 or a crash all come back as a result with their status and error, so nothing is ever dropped.
 `run_spec` (used by `farm run`) checks every job first and raises typed errors on bad input.
+
+Order inside a job: nothing touches a CUDA device before the timed set-up (`_device_setup`: the
+context is created there, so `device_setup_s` holds it), then the memory check, the peak, and
+the phases. The set-up and every phase hold the host lock (`farm.engine.hostlock`), so two jobs on
+one host never time at the same time; each phase records the host's load beside it.
 """
 
 from __future__ import annotations
@@ -17,18 +22,21 @@ from pathlib import Path
 import psutil
 import torch
 
-from farm.engine.hardware import cpu_peak, fingerprint
+from farm.engine.hardware import cpu_ceiling, cuda_gpu_info, fingerprint, roofline, with_gpu
+from farm.engine.hostlock import host_lock, lock_enabled, timed_region
 from farm.engine.model import read_hf_config
 from farm.engine.phases import PHASE_RUNNERS, JobContext, ProgressFn, precision_settings
 from farm.engine.timing import Timer, synchronizer
 from farm.errors import CheckpointError, DeviceUnavailableError, JobTimeout, MemoryPredictionError, SpecError
 from farm.flops import predict_peak
 from farm.results.machine import gpu_tag
-from farm.results.peaks import MEASURED_TOLERANCE, Peak, gpu_peak
-from farm.results.result import JobResult, judge, utcnow
+from farm.results.peaks import Peak, gpu_ceiling
+from farm.results.result import JobResult, utcnow
 from farm.spec import PRESETS, BenchSpec, Job, parse_device_tag, parse_spec
 
 MEMORY_HEADROOM = 0.95  # refuse a job predicted to use more than this share of free memory
+_setup_clock = time.perf_counter  # the clock of the CUDA set-up (a module attribute: tests read it)
+_devices_used: set[str] = set()  # torch devices this process has run a job on (`JobResult.fresh_process`)
 
 
 def resolve_device(tag: str, gpu_index: int | None = None) -> torch.device:
@@ -113,19 +121,44 @@ def check_fits(spec: BenchSpec, device: torch.device) -> None:
 
 
 def peak_for(spec: BenchSpec, device: torch.device, threads: int) -> Peak | None:
+    """The device's ceiling (docs/ceilings.md): a GPU's table or derived peak; the CPU's theoretical
+    peak with the measured GEMM roofline beside it; None otherwise (its phases are `unverified`).
+    On CUDA it reads the device's properties: call it after the timed device set-up."""
     if device.type == "cuda":
-        return gpu_peak(torch.cuda.get_device_name(device), spec.dtype, spec.matmul_precision)
+        return gpu_ceiling(cuda_gpu_info(device.index or 0), spec.dtype, spec.matmul_precision)
     if device.type == "cpu":
-        return cpu_peak(spec.dtype, spec.matmul_precision, threads)
+        return cpu_ceiling(spec, threads)
     return None
 
 
+def _has_context(device: torch.device) -> bool:
+    """Whether this process already holds a CUDA context on the device (asked without creating one)."""
+    probe = getattr(torch._C, "_cuda_hasPrimaryContext", None)  # CUDA builds of torch have it
+    return bool(probe(device.index or 0)) if probe is not None else False
+
+
+def _fresh(device: torch.device) -> bool:
+    """The job is the first this process runs on the device (and, on CUDA, no context exists yet)."""
+    return str(device) not in _devices_used and not (device.type == "cuda" and _has_context(device))
+
+
 def _device_setup(device: torch.device, timer: Timer) -> float | None:
-    """Time the one-off device set-up (CUDA context creation on first touch)."""
+    """Time the one-off device set-up: on CUDA, context creation with the first allocation.
+
+    It must be the job's first CUDA call. It reads a plain clock around set_device, a one-element
+    allocation and a synchronisation: `Timer.time` synchronises before its first reading, and that
+    synchronisation would create the context untimed.
+    """
     if device.type == "cpu":
         return None
-    dt, _ = timer.time(lambda: torch.empty(1, device=device))
-    return dt
+    if device.type != "cuda":
+        dt, _ = timer.time(lambda: torch.empty(1, device=device))
+        return dt
+    t0 = _setup_clock()
+    torch.cuda.set_device(device)
+    torch.empty(1, device=device)
+    torch.cuda.synchronize(device)
+    return _setup_clock() - t0
 
 
 def _free(device: torch.device) -> None:
@@ -157,33 +190,57 @@ def run_job(
     spec = job.spec
     result = JobResult.for_job(job, worker=worker, attempt=attempt)
     try:
-        result.machine = fingerprint()
-        device = resolve_device(job.device, gpu_index)
-        if check_memory:
-            check_fits(spec, device)
-    except MemoryPredictionError as e:
-        return JobResult.failure(
-            job, "oom", f"refused before running: {e.message}", worker=worker, attempt=attempt, machine=result.machine
-        )
+        result.machine = fingerprint()  # NVML only: no CUDA context
+        device = resolve_device(job.device, gpu_index)  # device queries only: no CUDA context
     except DeviceUnavailableError as e:
         return JobResult.failure(job, "failed", e.message, worker=worker, attempt=attempt, machine=result.machine)
     result.torch_device = str(device)
+    result.fresh_process = _fresh(device)
     timer = Timer(sync=synchronizer(device))
     deadline = time.monotonic() + spec.time_limit_s if spec.time_limit_s else None
     ctx = JobContext(spec=spec, device=device, timer=timer, peak=None, deadline=deadline, on_progress=on_progress)
+    if not lock_enabled():
+        result.warnings.append("host lock off (FARM_HOST_LOCK=off): other jobs on this host may have run meanwhile")
     current = "setup"
     try:
         with precision_settings(spec) as precision:
             result.precision = precision
             result.threads = torch.get_num_threads()
-            ctx.peak = peak_for(spec, device, result.threads)
+            cores = result.threads if device.type == "cpu" else 1  # a GPU job drives its device from one thread
+            with host_lock("setup", deadline=deadline, on_wait=_waiting(ctx, "setup")) as wait_s:
+                ctx.device_setup_s = _device_setup(device, timer)  # the job's first CUDA call
+                _devices_used.add(str(device))
+                if check_memory:
+                    check_fits(spec, device)
+                ctx.peak = peak_for(spec, device, result.threads)  # may calibrate the CPU: under the lock
+                if device.type == "cuda":  # the facts the ceiling came from, kept even if a phase fails
+                    result.machine = with_gpu(result.machine, cuda_gpu_info(device.index or 0))
             if ctx.peak is None:
-                result.warnings.append(f"no peak FLOP/s known for {device}: MFU and the plausibility check are off")
-            ctx.device_setup_s = _device_setup(device, timer)
+                result.warnings.append(
+                    f"no ceiling known for {device}: its phases are unverified (no MFU, no plausibility check)"
+                )
             for current in spec.phases:
-                result.phases[current] = PHASE_RUNNERS[current](ctx)
+                # The set-up's wait is reported with the first phase: the job waited that long before it.
+                with timed_region(
+                    f"{job.job_id} {current}",
+                    cores=cores,
+                    deadline=deadline,
+                    on_wait=_waiting(ctx, current),
+                    extra_wait_s=wait_s,
+                ) as region:
+                    phase = PHASE_RUNNERS[current](ctx)
+                wait_s = 0.0
+                phase.host = region.load
+                result.phases[current] = phase
             current = "calibration"
-            _rejudge_against_fresh_peak(result, ctx, result.threads)
+            kept = {name: (p.host, p.repeats_stop) for name, p in result.phases.items()}
+            with host_lock("calibration", deadline=deadline, on_wait=_waiting(ctx, "calibration")):
+                _rejudge_against_fresh_peak(result, ctx, result.threads)
+            for name, (host, stop) in kept.items():  # a re-judged phase keeps what the run recorded
+                result.phases[name].host = result.phases[name].host or host
+                result.phases[name].repeats_stop = result.phases[name].repeats_stop or stop
+    except MemoryPredictionError as e:
+        result.status, result.error = "oom", f"refused before running: {e.message}"
     except JobTimeout as e:
         result.status, result.error = "timeout", str(e)
     except (torch.cuda.OutOfMemoryError, MemoryError) as e:
@@ -200,6 +257,14 @@ def run_job(
     result.warnings.extend(ctx.warnings)
     result.finished_at = utcnow()
     return result.settle_status()
+
+
+def _waiting(ctx: JobContext, what: str) -> Callable[[], None] | None:
+    """The progress report while a region waits for the host lock."""
+    progress = ctx.on_progress
+    if progress is None:
+        return None
+    return lambda: progress(f"{what}: waiting for the host lock", 0, 0)
 
 
 # torch reports a failed CPU allocation as a RuntimeError from its allocator (c10 "enforce fail"),
@@ -225,37 +290,43 @@ def _crash_message(phase: str, e: BaseException) -> str:
 
 
 def _rejudge_against_fresh_peak(result: JobResult, ctx: JobContext, threads: int) -> None:
-    """A phase above a *measured* (CPU) peak: measure the peak again before calling it invalid.
+    """After the phases: refresh a CPU roofline that a phase beat.
 
-    A calibration cached while the machine was busy under-states the peak. The fresh figure (the
-    larger of old and new) re-judges every phase from its raw times; a phase still above it stays
-    `invalid`. Published GPU peaks are hard ceilings and are never re-measured.
+    The ceiling is theoretical now (GPU table or derivation, the CPU's ISA peak), so a fresh
+    measurement can no longer change a verdict and nothing is re-judged. (On CUDA the GPU's compute
+    capability, SM count and max SM clock go into the fingerprint right after the ceiling is derived,
+    so `farm import` can derive it again.) On the CPU a phase faster than the cached GEMM roofline
+    shows that roofline was measured low (under load): it is measured again, and every phase shows
+    the new figure.
     """
-    old = ctx.peak
-    if old is None or old.tolerance != MEASURED_TOLERANCE or ctx.device.type != "cpu":
+    peak = ctx.peak
+    if ctx.device.type != "cpu" or peak is None or peak.roofline_flops is None:
         return
-    if not any(p.status == "invalid" for p in result.phases.values()):
+    old = peak.roofline_flops
+    if not any(p.achieved_flops and p.achieved_flops > old for p in result.phases.values()):
         return
-    new = cpu_peak(ctx.spec.dtype, ctx.spec.matmul_precision, threads, refresh=True)
-    if new.flops <= old.flops:
+    fresh = roofline(ctx.spec, threads, refresh=True)
+    if fresh.flops <= old:
         return
     result.warnings.append(
-        f"CPU peak re-measured: {old.flops / 1e9:.1f} -> {new.flops / 1e9:.1f} GFLOP/s (the cached one was low)"
+        f"GEMM roofline re-measured: {old / 1e9:.1f} -> {fresh.flops / 1e9:.1f} GFLOP/s (a phase beat the cached one)"
     )
     for name, p in list(result.phases.items()):
-        if p.times_s and p.flops:
-            result.phases[name] = judge(
-                ctx.spec, name, p.times_s, p.warmup_times_s, peak=new,
-                peak_memory_bytes=p.peak_memory_bytes, memory_kind=p.memory_kind, breakdown=p.breakdown,
-            )  # fmt: skip
+        if p.roofline_flops is not None:
+            result.phases[name] = p.model_copy(update={"roofline_flops": fresh.flops, "roofline_source": fresh.source})
 
 
 def prepare_local(spec: BenchSpec) -> list[Job]:
-    """Expand a spec for this machine and check every job before any runs (typed errors)."""
+    """Expand a spec for this machine and check every job before any runs (typed errors).
+
+    A CUDA job's memory is checked by `run_job` after its timed set-up: asking the device for its
+    free memory here would create the CUDA context before the job could time it.
+    """
     jobs = checkpoint_spec(spec).expand()
     for job in jobs:
         device = resolve_device(job.device)
-        check_fits(job.spec, device)
+        if device.type != "cuda":
+            check_fits(job.spec, device)
     return jobs
 
 

@@ -49,7 +49,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict
 from scipy.stats import mannwhitneyu, norm
 
-from farm.results.result import JobResult
+from farm.results.result import MEASURED_STATUSES, JobResult
 
 Kind = Literal["regression", "improvement", "unchanged", "no-verdict"]
 MAD_TO_SD = 1.4826  # MAD x this estimates the standard deviation of normal noise
@@ -195,13 +195,17 @@ def series_key(res: JobResult, phase: str) -> SeriesKey:
 
 
 def build_series(results: Iterable[JobResult]) -> dict[SeriesKey, list[Point]]:
-    """Usable points (job and phase `ok`, with raw times) grouped by series, oldest first."""
+    """Usable points (job and phase measured: `ok` or `unverified`, with raw times) by series, oldest first.
+
+    An `unverified` phase (no ceiling known for its device) is a real measurement: its series still
+    tells whether tonight is slower than last week.
+    """
     series: dict[SeriesKey, list[Point]] = defaultdict(list)
     for res in results:
-        if res.status != "ok":
+        if res.status not in MEASURED_STATUSES:
             continue
         for name, ph in res.phases.items():
-            if ph.status == "ok" and ph.times_s:
+            if ph.status in MEASURED_STATUSES and ph.times_s:
                 series[series_key(res, name)].append(Point(res, name, tuple(ph.times_s)))
     for pts in series.values():
         pts.sort(key=lambda p: (p.when, p.result.job_id))

@@ -17,9 +17,13 @@ one to one and the interval is the 2.5% / 97.5% percentiles of those 2000 ratios
 gives the same interval on every run and machine; pairs of equal sizes are computed together
 with array operations (on the 2-core dev VM: about 10 µs a pair for the default 5 repeats, 0.4 ms for even n = 10).
 
-Limits: with fewer than 2 times on either side there is no interval (init runs once). Measured
-coverage of the true ratio on lognormal times (400 seeded trials, tests/test_compare.py and
-docs/reports.md): 0.96 at n = 5, 0.965 at n = 10, 0.95 at n = 20. Every format shows n beside it.
+Limits: with fewer than 5 repeats on either side (`MIN_CI_REPEATS`) there is a ratio but no
+interval (`Ratio.note` says so): with i.i.d. repeats the "95%" interval covered the true ratio only
+67% of the time at n = 2 and 90% at n = 3. Measured coverage on i.i.d. lognormal times (400 seeded
+trials, tests/test_compare.py and docs/reports.md): 0.96 at n = 5, 0.965 at n = 10, 0.95 at n = 20.
+This interval is *within one run*: it does not know how much runs (nights, machines of one model)
+differ, and covers far less than 95% when they do (benchmarks/ci_coverage.py: 2% run-to-run spread
+already halves it). `farm.reports.pool` pools several runs and resamples the runs too.
 
 **Baselines** (`--baseline`, comma-separated `key=value`): `device=cpu` (default: the CPU result
 of the same run and spec hash, the seed's question), `run=<id>` (the same device and spec in
@@ -46,6 +50,7 @@ SEED = 20240601
 LEVEL = 0.95
 PAIRED_RESAMPLES = 2000
 MAX_PRODUCT = 256  # above this many support points, pair the resamples instead (see _group_ci)
+MIN_CI_REPEATS = 5  # fewer repeats on either side: a ratio without an interval (see the docstring)
 
 
 @functools.lru_cache(maxsize=256)
@@ -103,11 +108,17 @@ def _group_ci(base: np.ndarray, cand: np.ndarray, level: float) -> tuple[np.ndar
 
 @dataclass(frozen=True, slots=True)
 class Ratio:
-    """A speedup (baseline median / result median) and its bootstrap CI (None without one)."""
+    """A speedup (baseline median / result median) and its bootstrap CI (None without one).
+
+    `note` says, for the display, why there is no interval (`no CI: n<5`) or what it rests on;
+    `coverage` is the interval's coverage where it is known to differ from the nominal 95%.
+    """
 
     value: float
     low: float | None
     high: float | None
+    note: str | None = None
+    coverage: float | None = None
 
 
 def ratio_cis(pairs: Sequence[tuple[Sequence[float], Sequence[float]]], level: float = LEVEL) -> list[Ratio | None]:
@@ -132,13 +143,14 @@ def ratio_cis(pairs: Sequence[tuple[Sequence[float], Sequence[float]]], level: f
                 part = [i for i, good in zip(part, ok.tolist(), strict=True) if good]
                 base, cand, ma, mb = base[ok], cand[ok], ma[ok], mb[ok]
             values = (ma / mb).tolist()
-            if na >= 2 and nb >= 2 and part:
+            if min(na, nb) >= MIN_CI_REPEATS and part:
                 lows, highs = _group_ci(base, cand, level)
                 for i, v, lo, hi in zip(part, values, lows.tolist(), highs.tolist(), strict=True):
                     out[i] = Ratio(v, lo, hi)
             else:
+                note = f"no CI: n<{MIN_CI_REPEATS}"
                 for i, v in zip(part, values, strict=True):
-                    out[i] = Ratio(v, None, None)
+                    out[i] = Ratio(v, None, None, note)
     return out
 
 
@@ -220,7 +232,8 @@ class BaselineMatcher:
         good = [c for c in cands if self._ok(rec, c)]
         if not good:
             return None
-        ok = [c for c in good if c.status == "ok"] or good  # a measurement that succeeded first
+        # a measurement that succeeded first: checked against a ceiling, then unverified, then the rest
+        ok = [c for c in good if c.status == "ok"] or [c for c in good if c.status == "unverified"] or good
         if self.b.device is not None:
             # One baseline for all: the tag named exactly (`cpu` before `cpu:box7`), else the first tag.
             exact = [c for c in ok if c.device == self.b.device]

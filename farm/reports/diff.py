@@ -1,5 +1,6 @@
 """`farm diff A B`: what differs between the environments of two results, so a changed number can be
-explained (hardware, driver, library versions, precision settings, threads, spec, peak used).
+explained (hardware, driver, library versions, precision settings, threads, spec, peak and roofline
+used, and how each phase was measured: its status, the host's load and contention, noise flags).
 
 Each result is flattened to `section / key -> value` text; the diff lists the keys whose values
 differ (or every key with `show_all`). Never imports torch.
@@ -15,7 +16,7 @@ from farm.reports.listing import Listing
 from farm.results.result import JobResult
 
 SOFTWARE = {"torch_version", "cuda_version", "cudnn_version", "python", "farm_version", "git_commit", "os"}
-SECTIONS = ("hardware", "software", "precision", "job", "spec", "peak")
+SECTIONS = ("hardware", "software", "precision", "job", "spec", "peak", "measurement")
 
 
 def _text(v: Any) -> str:
@@ -50,6 +51,7 @@ def environment(res: JobResult) -> dict[tuple[str, str], str]:
     env["job", "worker"] = _text(res.worker)
     env["job", "status"] = res.status
     env["job", "run_id"] = res.run_id
+    env["job", "fresh_process"] = _text(res.fresh_process)
     spec = res.spec.model_dump(mode="json", exclude={"devices"})
     spec["model"] = res.spec.shape.model_dump(mode="json")
     for k, v in spec.items():
@@ -63,6 +65,18 @@ def environment(res: JobResult) -> dict[tuple[str, str], str]:
         env["peak", f"{name}.peak_source"] = _text(p.peak_source)
         env["peak", f"{name}.peak_flops"] = _text(p.peak_flops)
         env["peak", f"{name}.memory_kind"] = _text(p.memory_kind)
+        env["peak", f"{name}.roofline_source"] = _text(p.roofline_source)
+        env["peak", f"{name}.roofline_flops"] = _text(p.roofline_flops)
+        env["measurement", f"{name}.status"] = p.status
+        env["measurement", f"{name}.repeats_stop"] = _text(p.repeats_stop)
+        env["measurement", f"{name}.outlier"] = _text(p.stats.outlier if p.stats else None)
+        env["measurement", f"{name}.drift"] = _text(p.stats.drift if p.stats else None)
+        host = p.host
+        env["measurement", f"{name}.contended"] = _text(host.contended if host else None)
+        env["measurement", f"{name}.load_avg_1m"] = _text(host.load_avg_1m if host else None)
+        env["measurement", f"{name}.other_cpu_s"] = _text(
+            round(host.other_cpu_s, 3) if host and host.other_cpu_s is not None else None
+        )
     return env
 
 

@@ -3,7 +3,8 @@
 Reports: terminal (Rich), Markdown, CSV (one row per job and phase, `cells.row_dict`) and JSON
 here, HTML in `farm.reports.html` (with the history section when the report carries it). Every
 format carries the same flags: a short label in the table, the full text below it (CSV and JSON:
-a `flags` field per row and `notes` for the report). Listings (`farm.reports.listing.Listing`):
+a `flags` field per row and `notes` for the report), the results counted per status (unverified
+apart from ok) and the peak (and roofline) each MFU is relative to. Listings (`farm.reports.listing.Listing`):
 the same formats. `render(obj, fmt)` is text; `terminal(obj)` the Rich renderable.
 This module never imports torch.
 """
@@ -44,7 +45,8 @@ SUFFIX_FORMATS = {
     ".json": "json",
     ".txt": "terminal",
 }
-_ROW_STYLED = ("invalid", "failed", "oom", "timeout")  # flag kinds that colour a report row
+# Flag kinds that colour a report row (the first one a row has wins).
+_ROW_STYLED = ("invalid", "above-peak", "failed", "oom", "timeout", "unverified")
 
 
 def choose_format(fmt: str | None, output: str | None = None) -> str:
@@ -69,6 +71,8 @@ def to_terminal(report: Report) -> Group:
             style = next((STATUS_STYLE[f.kind] for f in row.flags if f.kind in _ROW_STYLED), None)
             t.add_row(*(Text(c) for c in cells(row)), style=style)
         parts.append(t)
+    for line in report.peaks:
+        parts.append(Text(line, style="dim"))
     for note in report.notes:
         parts.append(Text(f"note: {note}", style="yellow"))
     for line in flag_lines(report):
@@ -76,7 +80,7 @@ def to_terminal(report: Report) -> Group:
     return Group(*parts)
 
 
-def to_text(report: Report, width: int = 200) -> str:
+def to_text(report: Report, width: int = 240) -> str:
     """The terminal format as plain text (for `-o report.txt`)."""
     return plain_text(to_terminal(report), width)
 
@@ -87,6 +91,8 @@ def to_markdown(report: Report) -> str:
         out += [f"## {md(g.title)}", "", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
         out += ["| " + " | ".join(md(c) for c in cells(row)) + " |" for row in g.rows]
         out.append("")
+    if report.peaks:
+        out += ["**Peaks**", "", *(f"- {md(line)}" for line in report.peaks), ""]
     if report.notes:
         out += ["**Notes**", "", *(f"- {md(n)}" for n in report.notes), ""]
     lines = flag_lines(report)
@@ -114,6 +120,8 @@ def to_json(report: Report) -> str:
         "baseline": report.baseline.describe(),
         "notes": report.notes,
         "results": len(report.records),
+        "status_counts": report.status_counts(),
+        "peaks": report.peaks,
         "rows": [{**row_dict(r), "times_s": r.phase.times if r.phase else []} for r in report.rows],
     }
     return json.dumps(doc, indent=1)

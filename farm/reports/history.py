@@ -2,7 +2,8 @@
 
 One small plot per series (machine, device, spec hash, phase): the median of each result with its
 confidence interval of the median as an error bar, the points judged `regression` as red
-triangles and `improvement` as green ones (`farm.nightly.regress`). The view is an HTML fragment with
+triangles and `improvement` as green ones (`farm.nightly.regress`), points with a flag (unverified,
+contended, outlier, drift: `point_flags`) circled in grey and counted in the caption. The view is an HTML fragment with
 inline PNG images, for `farm report`'s HTML (`results_section` of `Report.history`, drawn by
 `farm.reports.html.render_html`) or for a standalone page (`farm regressions --html FILE`). Never imports torch.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,17 @@ from farm.results.result import JobResult
 
 MAX_SERIES = 24
 TITLE = "History: time per night, regressions marked"
+
+
+def point_flags(p: Point) -> list[str]:
+    """The flags of one history point's phase: unverified, contended, outlier, drift."""
+    ph = p.result.phases[p.phase]
+    flags = ["unverified"] if ph.status == "unverified" else []
+    if ph.host is not None and ph.host.contended:
+        flags.append("contended")
+    if ph.stats is not None:
+        flags += [k for k, on in (("outlier", ph.stats.outlier), ("drift", ph.stats.drift)) if on]
+    return flags
 
 
 def _series_png(key: SeriesKey, points: Sequence[Point], marks: dict[str, str]) -> str:
@@ -41,6 +54,16 @@ def _series_png(key: SeriesKey, points: Sequence[Point], marks: dict[str, str]) 
         hi.append(st.ci_high_s - med if st else 0.0)
     fig, ax = plt.subplots(figsize=(7.0, 2.6), dpi=90)
     ax.errorbar(xs, meds, yerr=[lo, hi], fmt="o-", ms=3, lw=1, color="#4060a0", ecolor="#9ab", capsize=2)
+    flagged = [(x, m) for x, m, p in zip(xs, meds, points, strict=True) if point_flags(p)]
+    if flagged:
+        ax.scatter(
+            [x for x, _ in flagged],
+            [m for _, m in flagged],
+            s=90,
+            facecolors="none",
+            edgecolors="#777",
+            label="flagged",
+        )
     for kind, marker, color in (("regression", "^", "#d02020"), ("improvement", "v", "#20a040")):
         sel = [(x, m) for x, m, p in zip(xs, meds, points, strict=True) if marks.get(p.result.job_id) == kind]
         if sel:
@@ -51,7 +74,7 @@ def _series_png(key: SeriesKey, points: Sequence[Point], marks: dict[str, str]) 
     ax.set_ylabel("median time (s)", fontsize=8)
     ax.tick_params(labelsize=7)
     ax.set_ylim(bottom=0)
-    if any(marks.get(p.result.job_id) in ("regression", "improvement") for p in points):
+    if flagged or any(marks.get(p.result.job_id) in ("regression", "improvement") for p in points):
         ax.legend(fontsize=7, loc="lower left")
     fig.autofmt_xdate()
     fig.tight_layout()
@@ -87,7 +110,9 @@ def history_section(
         pts = series[k]
         series_marks = {p.result.job_id: marks.get((p.result.job_id, k[3]), "") for p in pts}
         n_reg = sum(v == "regression" for v in series_marks.values())
-        alt = f"{k[0]} {k[1]} {k[2]} {k[3]}: {len(pts)} results, {n_reg} regressions"
+        counts = Counter(f for p in pts for f in point_flags(p))
+        flagged = "".join(f", {n} {f}" for f, n in sorted(counts.items()))
+        alt = f"{k[0]} {k[1]} {k[2]} {k[3]}: {len(pts)} results, {n_reg} regressions{flagged}"
         parts.append(
             f'<figure class="history"><img alt="{html.escape(alt)}" '
             f'src="data:image/png;base64,{_series_png(k, pts, series_marks)}">'

@@ -31,10 +31,14 @@ table.results th { background: #f3f3f3; text-align: left; }
 table.results td.num { text-align: right; font-variant-numeric: tabular-nums; }
 tr.status-invalid td { background: #fbe9f5; } tr.status-failed td, tr.status-oom td { background: #fdecea; }
 tr.status-timeout td { background: #fff6e0; } tr.baseline td { font-weight: 600; }
+tr.status-unverified td { background: #e6f4f7; font-style: italic; } tr.above-peak td { background: #fbe9f5; }
 .flag { display: inline-block; border-radius: 3px; padding: 0 5px; margin-right: 3px; font-size: 11px; }
 .flag-invalid { background: #C44E9B; color: white; } .flag-failed, .flag-oom { background: #c62828; color: white; }
 .flag-timeout { background: #f9a825; } .flag-cancelled { background: #999; color: white; }
 .flag-noisy { background: #ffe082; } .flag-versions { background: #90caf9; } .flag-baseline { background: #ddd; }
+.flag-unverified { background: #fff; color: #00838f; border: 1px dashed #00838f; }
+.flag-above-peak { background: #C44E9B; color: white; outline: 2px solid #6a1b4d; }
+.flag-outlier { background: #ffcc80; } .flag-drift { background: #ce93d8; } .flag-contended { background: #bcaaa4; }
 .notes { border-left: 4px solid #f9a825; background: #fffbea; padding: 6px 12px; margin: 12px 0; }
 ul.flags li { margin: 2px 0; font-size: 12px; }
 figure { margin: 8px 0 20px; } figure img { max-width: 100%; border: 1px solid #eee; }
@@ -52,6 +56,8 @@ def _img(png: bytes, alt: str, caption: str) -> str:
 
 def _row_html(row: Row) -> str:
     classes = [f"status-{row.status}"] + (["baseline"] if row.is_baseline else [])
+    if any(f.kind == "above-peak" for f in row.flags):
+        classes.append("above-peak")
     tds = []
     for i, (col, text) in enumerate(zip(COLUMNS, cells(row), strict=True)):
         if col == "flags":
@@ -87,6 +93,7 @@ def render_html(report: Report, extra_sections: Sequence[tuple[str, str]] = ()) 
         f"<title>{escape(report.title)}</title><style>{CSS}</style></head><body>",
         f"<h1>{escape(report.title)}</h1>",
         *(f'<p class="meta">{escape(line)}</p>' for line in header_lines(report)),
+        *(f'<p class="meta peak">{escape(line)}</p>' for line in report.peaks),
     ]
     if report.notes:
         parts.append('<div class="notes">' + "".join(f"<p>{escape(n)}</p>" for n in report.notes) + "</div>")

@@ -96,6 +96,7 @@ tr.status-failed td, tr.status-oom td, tr.status-regression td, tr.status-skippe
 tr.status-invalid td { background: #fbe9f5; } tr.status-timeout td, tr.status-unserved td { background: #fff6e0; }
 tr.status-improvement td, tr.status-ok td, tr.status-done td { background: #eef8ee; }
 tr.status-cancelled td, tr.status-no-verdict td { color: #888; }
+tr.status-unverified td { background: #e6f4f7; font-style: italic; }
 """
 
 

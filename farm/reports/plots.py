@@ -1,9 +1,12 @@
 """Report plots with matplotlib's Agg canvas (no pyplot, no display), returned as PNG bytes.
 
 - `time_bars_png`: per phase, the median time of each result on a log scale, with its 95% CI
-  as error bars; invalid results hatched and labelled, failed ones named without a bar.
-- `speedup_png`: speedups against the baseline with their bootstrap CIs (log scale, 1 marked).
-- `scaling_png`: median time against model size (or tokens per step) when the results vary it.
+  as error bars; invalid results hatched (//), unverified ones dotted, each labelled with its
+  flags (`flag_tags`); failed ones named without a bar.
+- `speedup_png`: speedups against the baseline with their bootstrap CIs (log scale, 1 marked),
+  labelled with their flags (an unverified side too).
+- `scaling_png`: median time against model size (or tokens per step) when the results vary it
+  (measured results: ok and unverified, the latter labelled).
 
 This module never imports torch.
 """
@@ -18,11 +21,14 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter
 
-from farm.reports.report import Group, Report, Row
+from farm.reports.report import MEASURED, Group, Report, Row
 
 KIND_COLOURS = {"cpu": "#4C72B0", "cuda": "#55A868", "mps": "#8172B2"}
 INVALID_COLOUR = "#C44E9B"
 MAX_BARS = 40
+HATCH = {"invalid": "//", "unverified": ".."}
+# The flags a plot label names, in this order (the severe ones in capitals, as in the tables).
+TAGGED = ("invalid", "above-peak", "unverified", "noisy", "outlier", "drift", "contended")
 
 
 def _png(fig: Figure) -> bytes:
@@ -35,6 +41,15 @@ def _png(fig: Figure) -> bytes:
 def row_label(row: Row, with_run: bool) -> str:
     label = row.record.series
     return f"{label} [{row.record.run_id}]" if with_run else label
+
+
+def flag_tags(row: Row) -> str:
+    """The row's flags as a plot label suffix: ` INVALID`, ` unverified noisy`, ` outlier drift contended`."""
+    kinds = {f.kind for f in row.flags}
+    if row.speedup_unverified:
+        kinds.add("unverified")
+    tags = [k.upper() if k in ("invalid", "above-peak") else k for k in TAGGED if k in kinds]
+    return "".join(f" {t}" for t in tags)
 
 
 def _colour(row: Row) -> str:
@@ -78,13 +93,11 @@ def time_bars_png(group: Group) -> bytes | None:
             err = None
             if p.n > 1 and p.ci_low_s is not None and p.ci_high_s is not None:
                 err = [[p.median_s - p.ci_low_s], [p.ci_high_s - p.median_s]]
-            invalid = row.status == "invalid"
-            ax.barh(y, p.median_s, color=_colour(row), hatch="//" if invalid else None, edgecolor="black", lw=0.4)
+            ax.barh(y, p.median_s, color=_colour(row), hatch=HATCH.get(row.status), edgecolor="black", lw=0.4)
             if err:
                 ax.errorbar(p.median_s, y, xerr=err, fmt="none", ecolor="black", capsize=3, lw=1)
-            tag = " INVALID" if invalid else (" noisy" if p.noisy else "")
             ax.annotate(
-                f" {p.median_s:.3g} s{tag}",
+                f" {p.median_s:.3g} s{flag_tags(row)}",
                 (max(p.median_s, p.ci_high_s or 0.0) if err else p.median_s, y),  # right of the whisker
                 va="center",
                 fontsize=7,
@@ -111,11 +124,12 @@ def speedup_png(group: Group) -> bytes | None:
     for y, row in zip(ys, rows, strict=True):
         s = row.speedup
         assert s is not None
-        ax.barh(y, s.value - 1.0, left=1.0, color=_colour(row), edgecolor="black", lw=0.4)  # from 1: no change
+        hatch = ".." if row.speedup_unverified else None
+        ax.barh(y, s.value - 1.0, left=1.0, color=_colour(row), hatch=hatch, edgecolor="black", lw=0.4)  # from 1
         if s.low is not None and s.high is not None:
             ax.errorbar(s.value, y, xerr=[[s.value - s.low], [s.high - s.value]], fmt="none", ecolor="black", capsize=3)
         ax.annotate(
-            f" {s.value:.3g}×",
+            f" {s.value:.3g}×{flag_tags(row)}",
             (max(s.value, s.high or 0.0), y),
             va="center",
             fontsize=7,
@@ -133,7 +147,7 @@ def speedup_png(group: Group) -> bytes | None:
 
 def scaling_axis(report: Report) -> str | None:
     """`params` when the results vary the model, `tokens` when they vary batch x seq, else None."""
-    ok = [r for r in report.records if r.status == "ok"]
+    ok = [r for r in report.records if r.status in MEASURED]
     if len({r.params for r in ok}) > 1:
         return "params"
     if len({r.tokens for r in ok}) > 1:
@@ -146,7 +160,7 @@ def scaling_png(report: Report) -> bytes | None:
     axis = scaling_axis(report)
     if axis is None:
         return None
-    rows = [r for r in report.rows if r.phase is not None and r.status == "ok" and r.phase.median_s]
+    rows = [r for r in report.rows if r.phase is not None and r.status in MEASURED and r.phase.median_s]
     phases = _phases(rows)
     fig = Figure(figsize=(4.2 * len(phases), 3.8), layout="constrained")
     axes = fig.subplots(1, len(phases), squeeze=False)[0]
@@ -155,7 +169,8 @@ def scaling_png(report: Report) -> bytes | None:
         for r in rows:
             if r.phase_name == phase:
                 other = f"{r.record.batch}×{r.record.seq}" if axis == "params" else r.record.model_name
-                lines.setdefault(f"{r.record.series} ({other})", []).append(r)
+                unchecked = " unverified" if r.status == "unverified" else ""
+                lines.setdefault(f"{r.record.series} ({other}){unchecked}", []).append(r)
         for label, pts in list(lines.items())[:12]:
             pts.sort(key=lambda r: getattr(r.record, axis))
             xs = [getattr(r.record, axis) for r in pts]
@@ -169,5 +184,5 @@ def scaling_png(report: Report) -> bytes | None:
         ax.set_xlabel("parameters" if axis == "params" else "tokens per step (batch × seq)", fontsize=8)
         ax.set_ylabel("median time, s", fontsize=8)
         ax.legend(fontsize=6)
-    fig.suptitle("scaling (ok results only; invalid and failed left out)", fontsize=9)
+    fig.suptitle("scaling (measured results: ok and unverified; invalid and failed left out)", fontsize=9)
     return _png(fig)

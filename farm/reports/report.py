@@ -2,10 +2,12 @@
 with its speedup against a baseline and its flags), and `build_report`, which joins them.
 
 Formats live in `farm.reports.formats` (terminal, Markdown, CSV, JSON) and `farm.reports.html` (HTML).
-Flags that every format shows: `invalid` (faster than the device's peak), `noisy` (IQR/median
-above 10%), `failed` / `oom` / `timeout` / `cancelled` with the error, and `versions` when a
-result and its baseline (or the report's results) come from different farm or torch versions.
-This module never imports torch.
+Flags that every format shows: `invalid` (faster than the device's peak), `unverified` (measured,
+but no ceiling checks it), `above-peak` (an `ok` row whose MFU is above 100%: a bug elsewhere),
+`noisy` (IQR/median above 10%), `outlier` and `drift` (`farm.results.stats`), `contended` (other
+processes used the host during the phase), `failed` / `oom` / `timeout` / `cancelled` with the
+error, and `versions` when a result and its baseline (or the report's results) come from different
+farm or torch versions. This module never imports torch.
 """
 
 from __future__ import annotations
@@ -18,12 +20,26 @@ from datetime import UTC, datetime
 from farm.errors import NotFoundError
 from farm.reports.compare import DEFAULT_BASELINE, Baseline, BaselineMatcher, Ratio, ratio_cis
 from farm.results.records import PhaseRecord, Record, paused_gc
-from farm.results.result import JobResult
+from farm.results.result import MEASURED_STATUSES, JobResult
 from farm.results.store import ResultStore
 from farm.spec import ALIASES, PHASES
 
 PHASE_ORDER: dict[str, int] = {p: i for i, p in enumerate(PHASES)}
 NOT_MEASURED = ("failed", "oom", "timeout", "cancelled")
+MEASURED = MEASURED_STATUSES  # a time was taken (ok, unverified: no ceiling could check it)
+MAX_PEAK_LINES = 12
+STATUS_ORDER = ("ok", "unverified", "invalid", "failed", "oom", "timeout", "cancelled")
+UNVERIFIED_TEXT = "no ceiling for this device: nothing checks the number"
+# What the start of a peak's source names (`Peak.source`, e.g. "table: h100 bfloat16 dense").
+PEAK_KINDS = {"table": "datasheet", "derived": "derived", "theoretical": "theoretical", "measured": "measured"}
+
+
+def peak_kind(source: str | None) -> str:
+    """The kind of peak an MFU is relative to, from its source: datasheet, derived, theoretical, measured."""
+    if not source:
+        return "unnamed peak"
+    head = source.split(":", 1)[0].strip().lower()
+    return PEAK_KINDS.get(head, head)
 
 
 @dataclass(frozen=True)
@@ -75,7 +91,7 @@ class Selection:
 
 @dataclass(slots=True)
 class Flag:
-    kind: str  # invalid, noisy, failed, oom, timeout, cancelled, versions, baseline
+    kind: str  # invalid, unverified, above-peak, noisy, outlier, drift, contended, failed, oom, ...
     text: str
 
 
@@ -89,6 +105,8 @@ class Row:
     is_baseline: bool = False
     speedup: Ratio | None = None
     flags: list[Flag] = field(default_factory=list)
+    # The sides of the speedup that are unverified ("result", "baseline" or "both"), else None.
+    speedup_unverified: str | None = None
 
     @property
     def phase_name(self) -> str:
@@ -117,6 +135,8 @@ class Report:
     selection: Selection
     notes: list[str]
     generated_at: datetime
+    # Which peak (and roofline) each MFU is relative to: one line per source (the MFU footnotes).
+    peaks: list[str] = field(default_factory=list)
     # The whole stored history of the report's (machine, device, spec) series, when asked for
     # (`select(..., history=True)`); the HTML format draws it. None: not loaded.
     history: list[JobResult] | None = None
@@ -125,10 +145,47 @@ class Report:
     def rows(self) -> list[Row]:
         return [r for g in self.groups for r in g.rows]
 
+    def status_counts(self) -> dict[str, int]:
+        """Results per status, in `STATUS_ORDER` (unverified counted apart from ok)."""
+        counts = Counter(r.status for r in self.records)
+        order = {s: i for i, s in enumerate(STATUS_ORDER)}
+        return {s: counts[s] for s in sorted(counts, key=lambda s: (order.get(s, len(order)), s))}
+
 
 def group_title(r: Record) -> str:
     extra = f" · matmul {r.matmul_precision}" if r.matmul_precision != "highest" else ""
     return f"{r.model_name} · batch {r.batch} × seq {r.seq} · {r.dtype}{extra} · spec {r.spec_hash}"
+
+
+def _first_line(text: str | None) -> str:
+    return text.strip().splitlines()[0] if text and text.strip() else ""
+
+
+def _noise_flags(ph: PhaseRecord) -> list[Flag]:
+    """noisy, outlier, drift and contended of one phase, with the numbers."""
+    flags = []
+    if ph.noisy and ph.iqr_ratio is not None:
+        flags.append(Flag("noisy", f"IQR/median {ph.iqr_ratio:.1%} (above 10%)"))
+    if ph.outlier:
+        ratio = f"{max(ph.times) / ph.median_s:.3g}× the median" if ph.times and ph.median_s else "far above the median"
+        flags.append(Flag("outlier", f"slowest repeat {ratio}"))
+    if ph.drift:
+        trend = f": {ph.times[0]:.3g} s first, {ph.times[-1]:.3g} s last" if len(ph.times) >= 2 else ""
+        flags.append(Flag("drift", f"repeats trend across the run{trend}"))
+    if ph.contended:
+        flags.append(Flag("contended", ph.contended_reason or "other processes used the host's CPU"))
+    return flags
+
+
+def _baseline_flags(ph: PhaseRecord, series: str) -> list[Flag]:
+    """The baseline's noise flags on a speedup row: `noisy` as before, the others as `baseline`."""
+    out = []
+    for f in _noise_flags(ph):
+        if f.kind == "noisy":
+            out.append(Flag("noisy", f"baseline noisy: IQR/median {ph.iqr_ratio or 0:.1%}"))
+        else:
+            out.append(Flag("baseline", f"baseline ({series}) {f.kind}: {f.text}"))
+    return out
 
 
 def _own_flags(rec: Record, ph: PhaseRecord | None) -> list[Flag]:
@@ -136,12 +193,39 @@ def _own_flags(rec: Record, ph: PhaseRecord | None) -> list[Flag]:
     status = ph.status if ph else rec.status
     if status == "invalid":
         flags.append(Flag("invalid", (ph and ph.invalid_reason) or rec.error or "faster than the device's peak"))
+    elif status == "unverified":
+        why = (ph and (ph.invalid_reason or _first_line(ph.error))) or _first_line(rec.error) or UNVERIFIED_TEXT
+        flags.append(Flag("unverified", why))
     elif status in NOT_MEASURED:
         err = (ph and ph.error) or rec.error or ""
-        flags.append(Flag(status, err.strip().splitlines()[0] if err.strip() else status))
-    if ph and ph.noisy and ph.iqr_ratio is not None:
-        flags.append(Flag("noisy", f"IQR/median {ph.iqr_ratio:.1%} (above 10%)"))
+        flags.append(Flag(status, _first_line(err) or status))
+    if ph and status == "ok" and ph.mfu is not None and ph.mfu > 1.0:
+        # judge() makes a phase above its ceiling invalid: an ok one above 100% is a bug there, shown as such.
+        flags.append(
+            Flag(
+                "above-peak",
+                f"MFU {ph.mfu:.1%} of its {peak_kind(ph.peak_source)} peak ({ph.peak_source or 'unnamed'}) "
+                "on an ok result: the ceiling or the verdict is wrong",
+            )
+        )
+    if ph:
+        flags.extend(_noise_flags(ph))
     return flags
+
+
+def _peak_lines(records: Sequence[Record]) -> list[str]:
+    """One line per peak and roofline source the records' MFUs are relative to."""
+    lines: dict[str, None] = {}
+    for rec in records:
+        for ph in rec.phases.values():
+            if ph.peak_source:
+                lines[f"MFU % of {peak_kind(ph.peak_source)}: {ph.peak_source}"] = None
+            if ph.roofline_source:
+                lines[f"MFU roofline (measured, beside the peak): {ph.roofline_source}"] = None
+    out = list(lines)
+    if len(out) > MAX_PEAK_LINES:
+        out = [*out[:MAX_PEAK_LINES], f"... and {len(out) - MAX_PEAK_LINES} more peak sources (CSV/JSON: per row)"]
+    return out
 
 
 def _version_flag(rec: Record, base: Record) -> Flag | None:
@@ -246,12 +330,18 @@ def _build(
             if base is None or row.is_baseline:
                 continue
             bph = base.phases.get(name)
-            if bph is None or bph.status != "ok" or ph.status != "ok":
-                if bph is not None and bph.status != "ok" and ph.status == "ok":
+            if bph is None or bph.status not in MEASURED or ph.status not in MEASURED:
+                if bph is not None and bph.status not in MEASURED and ph.status in MEASURED:
                     row.flags.append(Flag("baseline", f"baseline ({base.series}) is {bph.status}: no speedup"))
                 continue
-            if bph.noisy:
-                row.flags.append(Flag("noisy", f"baseline noisy: IQR/median {bph.iqr_ratio or 0:.1%}"))
+            sides = [side for side, p in (("result", ph), ("baseline", bph)) if p.status == "unverified"]
+            if sides:
+                row.speedup_unverified = "both" if len(sides) == 2 else sides[0]
+                if "baseline" in sides:
+                    row.flags.append(
+                        Flag("baseline", f"baseline ({base.series}) is unverified: the speedup is not checked")
+                    )
+            row.flags.extend(_baseline_flags(bph, base.series))
             pairs.append((bph.times, ph.times))
             pair_rows.append(row)
     for row, ratio in zip(pair_rows, ratio_cis(pairs), strict=True):
@@ -261,6 +351,11 @@ def _build(
         names = sorted(by_phase, key=lambda n: PHASE_ORDER.get(n, 9))
         groups.append(Group(spec_hash, titles[spec_hash], [r for n in names for r in by_phase[n]]))
     notes = [n for n in (_mixed(farm_counts, "farm"), _mixed(torch_counts, "torch")) if n]
+    waits = sorted(((r.phase.lock_wait_s, r) for r in rows if r.phase and r.phase.lock_wait_s), key=lambda w: -w[0])
+    if waits:
+        listed = "; ".join(f"{r.record.series} run {r.record.run_id} {r.phase_name} {w:.3g} s" for w, r in waits[:5])
+        more = f" and {len(waits) - 5} more" if len(waits) > 5 else ""
+        notes.append(f"waited for the host lock before timing (not in the times): {listed}{more}")
     missing = sum(1 for r in rows if r.baseline is None)
     if missing:
         notes.append(f"{missing} of {len(rows)} rows have no baseline ({baseline.describe()})")
@@ -273,6 +368,7 @@ def _build(
         selection=sel,
         notes=notes,
         generated_at=datetime.now(UTC),
+        peaks=_peak_lines(records),
     )
 
 

@@ -16,9 +16,10 @@ class HostLoad(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     lock_wait_s: float = 0.0  # time spent waiting for the host lock before the phase (not timed)
+    locked: bool = True  # the phase held the host lock (False: FARM_HOST_LOCK=off on that host)
     load_avg_1m: float | None = None  # the 1-minute load average at the end of the phase
     other_cpu_s: float | None = None  # CPU seconds used by other processes during the phase
     own_cpu_s: float | None = None  # CPU seconds used by this process during the phase
     wall_s: float | None = None  # wall time the readings cover
-    contended: bool = False  # other processes used more CPU than the threshold allows
+    contended: bool = False  # others used > 10% of the job's cores over the phase (farm.engine.hostlock)
     reason: str | None = None  # why it is contended, with the numbers

@@ -6,11 +6,22 @@ Plain data, read by every layer; `farm.engine.hardware` fills it in on a worker.
 from __future__ import annotations
 
 import re
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
+
+# Plausibility bounds on what a fingerprint may declare (an import file cannot claim 10,000 SMs).
+# Today's largest: 148 SMs (B200), 3.1 GHz max SM clock (consumer Ada), 192 cores per socket.
+MAX_SM_COUNT = 1024
+MAX_SM_CLOCK_MHZ = 5000
+MAX_CPU_CORES = 4096
+MAX_CPU_MHZ = 10_000
 
 
 class GpuInfo(BaseModel):
+    """One GPU. The compute capability, SM count and max SM clock are what a ceiling is derived from
+    for a GPU outside the table of published peaks (`farm.results.peaks.gpu_ceiling`)."""
+
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     index: int
@@ -19,6 +30,9 @@ class GpuInfo(BaseModel):
     memory_bytes: int | None = None
     driver: str | None = None
     uuid: str | None = None
+    compute_capability: str | None = Field(default=None, pattern=r"^[1-9][0-9]?\.[0-9]$")  # "9.0"; CUDA only
+    sm_count: int | None = Field(default=None, ge=1, le=MAX_SM_COUNT)
+    max_sm_clock_mhz: int | None = Field(default=None, ge=1, le=MAX_SM_CLOCK_MHZ)
 
 
 class MachineFingerprint(BaseModel):
@@ -33,8 +47,12 @@ class MachineFingerprint(BaseModel):
     cpu_model: str
     cpu_arch: str
     cpu_flags: list[str] = []  # the SIMD / matrix extensions that change CPU speed
-    physical_cores: int | None
-    logical_cores: int | None
+    physical_cores: int | None = Field(ge=1, le=MAX_CPU_CORES)
+    logical_cores: int | None = Field(ge=1, le=2 * MAX_CPU_CORES)
+    # The CPU clock a theoretical peak uses: "max" (cpufreq's cpuinfo_max_freq, or psutil's max) or
+    # "current" (/proc/cpuinfo "cpu MHz": the max boost is not known, so the ceiling is uncertain).
+    cpu_clock_mhz: float | None = Field(default=None, gt=0, le=MAX_CPU_MHZ)
+    cpu_clock_kind: Literal["max", "current"] | None = None
     memory_bytes: int
     torch_version: str | None = None
     cuda_version: str | None = None

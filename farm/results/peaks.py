@@ -1,56 +1,253 @@
-"""Peak FLOP/s: the ceiling an MFU is relative to, and the published table of GPU peaks.
+"""Ceilings: the peak FLOP/s an MFU is relative to and a result may not beat (docs/ceilings.md).
 
-A result faster than its device's peak x tolerance is `invalid`. Every MFU names the peak it used
-(`Peak.source`). CPU peaks are measured (`farm.engine.hardware.cpu_peak`). Never imports torch.
+Every device gets one where it can be had, and every MFU names it (`Peak.source`):
+
+- a GPU in the table of published dense peaks (`GPU_PEAKS_TFLOPS`);
+- another NVIDIA GPU: derived from its compute capability, SM count and max SM clock
+  (`derived_gpu_peak`: FLOP per SM per cycle by compute capability, the non-halved rate where
+  datacenter and consumer parts of one architecture differ, so the ceiling is an upper bound);
+- a CPU: its theoretical peak from the ISA, as HPL's Rpeak (`cpu_theoretical_peak`: cores used x
+  FLOP per cycle per core x max clock). When the max clock is not known the ceiling is uncertain
+  (`Peak.tolerance` 2): a result above it is `unverified`, one more than 2x above is `invalid`.
+
+No ceiling (AMD and unknown parts, a GPU without the facts to derive from): the phase is
+`unverified` (`farm.results.result.measured_phase`). Pure functions; never imports torch.
 """
 
 from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict
 
-from farm.results.machine import gpu_tag
+from farm.results.machine import MAX_CPU_CORES, GpuInfo, MachineFingerprint, gpu_tag
 
 # Published dense peaks, TFLOP/s: fp32 (CUDA cores), tf32, bf16 and fp16 (tensor cores, dense).
-# Keyed by GPU tag; a "-pcie" variant is chosen when the name says PCIe.
+# Keyed by GPU tag; a "-pcie" variant is chosen when the name says PCIe. Only datasheet figures
+# known for sure; everything else is derived (the RTX 3090 and RTX 6000 Ada are left out on
+# purpose: their tags also name the faster 3090 Ti and the Turing Quadro RTX 6000).
 GPU_PEAKS_TFLOPS: dict[str, dict[str, float]] = {
     "a100": {"float32": 19.5, "tf32": 156.0, "bfloat16": 312.0, "float16": 312.0},
+    "a800": {"float32": 19.5, "tf32": 156.0, "bfloat16": 312.0, "float16": 312.0},  # A100 compute
     "h100": {"float32": 67.0, "tf32": 494.7, "bfloat16": 989.4, "float16": 989.4},
     "h100-pcie": {"float32": 51.2, "tf32": 378.0, "bfloat16": 756.0, "float16": 756.0},
+    "h800": {"float32": 67.0, "tf32": 494.7, "bfloat16": 989.4, "float16": 989.4},  # H100 compute
+    "h800-pcie": {"float32": 51.2, "tf32": 378.0, "bfloat16": 756.0, "float16": 756.0},
     "h200": {"float32": 67.0, "tf32": 494.7, "bfloat16": 989.4, "float16": 989.4},
+    "gh200": {"float32": 67.0, "tf32": 494.7, "bfloat16": 989.4, "float16": 989.4},  # its H100 GPU
     "l4": {"float32": 30.3, "tf32": 60.0, "bfloat16": 121.0, "float16": 121.0},
+    "l40": {"float32": 90.5, "tf32": 90.5, "bfloat16": 181.05, "float16": 181.05},
     "l40s": {"float32": 91.6, "tf32": 183.0, "bfloat16": 362.1, "float16": 362.1},
     "a10": {"float32": 31.2, "tf32": 62.5, "bfloat16": 125.0, "float16": 125.0},
-    # Turing has no TF32 and no bf16 tensor cores: bf16 is bounded by the fp16 figure.
+    # Turing and Volta have no TF32 and no bf16 tensor cores: bf16 is bounded by the fp16 figure.
     "t4": {"float32": 8.1, "tf32": 8.1, "bfloat16": 65.0, "float16": 65.0},
     "v100": {"float32": 15.7, "tf32": 15.7, "bfloat16": 125.0, "float16": 125.0},
-    "rtx4090": {"float32": 82.6, "tf32": 82.6, "bfloat16": 165.2, "float16": 165.2},
+    "v100s": {"float32": 16.4, "tf32": 16.4, "bfloat16": 130.0, "float16": 130.0},
+    # GeForce: fp16 with fp16 accumulate (330.3) is twice the fp32-accumulate rate (165.2); the
+    # ceiling takes the larger, since cuBLAS may choose either.
+    "rtx4090": {"float32": 82.6, "tf32": 82.6, "bfloat16": 165.2, "float16": 330.3},
 }
 
-# A measured CPU calibration is not a hard ceiling (a run can beat a short calibration by a few
-# per cent); a published GPU peak is. Results above peak x tolerance are marked invalid.
-TABLE_TOLERANCE = 1.0
-MEASURED_TOLERANCE = 1.25
+# Dense FLOP per SM per clock cycle by compute capability: fp32 on CUDA cores (2 per FMA), tf32,
+# bf16 and fp16 on tensor cores. Where an architecture has no tensor path for a dtype, its figure
+# is the fastest path it has (bf16 on Volta/Turing: the fp16 figure, as the table does). Checked
+# against the table (tests/test_ceilings.py): A100 312 TFLOP/s = 108 SM x 1410 MHz x 2048.
+SM_FLOP_PER_CYCLE: dict[str, dict[str, int]] = {
+    "6.0": {"float32": 128, "tf32": 128, "bfloat16": 256, "float16": 256},  # P100: 2x fp16 on CUDA cores
+    "6.1": {"float32": 256, "tf32": 256, "bfloat16": 256, "float16": 256},  # Pascal consumer / P40
+    "7.0": {"float32": 128, "tf32": 128, "bfloat16": 1024, "float16": 1024},  # V100
+    "7.2": {"float32": 128, "tf32": 128, "bfloat16": 1024, "float16": 1024},  # Xavier
+    "7.5": {"float32": 128, "tf32": 128, "bfloat16": 1024, "float16": 1024},  # Turing
+    "8.0": {"float32": 128, "tf32": 1024, "bfloat16": 2048, "float16": 2048},  # A100
+    # GA10x / AD10x / GB20x: consumer parts halve tensor rates with fp32 accumulate; not here.
+    "8.6": {"float32": 256, "tf32": 512, "bfloat16": 1024, "float16": 1024},
+    "8.7": {"float32": 256, "tf32": 512, "bfloat16": 1024, "float16": 1024},  # Orin
+    "8.9": {"float32": 256, "tf32": 512, "bfloat16": 1024, "float16": 1024},
+    "9.0": {"float32": 256, "tf32": 2048, "bfloat16": 4096, "float16": 4096},  # H100 / H200 / GH200
+    "10.0": {"float32": 256, "tf32": 4096, "bfloat16": 8192, "float16": 8192},  # B200
+    "12.0": {"float32": 256, "tf32": 512, "bfloat16": 1024, "float16": 1024},  # RTX 50xx, RTX PRO Blackwell
+}
+SHORT = {"float32": "fp32", "tf32": "tf32", "bfloat16": "bf16", "float16": "fp16"}
+NOT_NVIDIA = ("amd", "radeon", "instinct", "intel", "arc ")  # names a CC table must not be applied to
+
+# CPU: when the max clock is not known, results up to this x the ceiling are `unverified`, beyond `invalid`.
+UNCERTAIN_TOLERANCE = 2.0
+CPU_MAX_MHZ = 6500.0  # no shipping CPU boosts above this: the bound on a clock read from a file
 
 
 class Peak(BaseModel):
-    """The peak FLOP/s an MFU is relative to, and where it came from."""
+    """The ceiling an MFU is relative to, where it came from, and the measured roofline beside it."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     flops: float
-    source: str  # e.g. "table: h100 bfloat16 dense" or "measured: 2048^3 float32 matmul, 2 threads"
-    tolerance: float
+    source: str  # e.g. "table: h100 bfloat16 dense" or "theoretical: 2 cores x 32 FLOP/cycle ..."
+    # A result above flops x tolerance is `invalid`; one above flops but within it `unverified`.
+    # 1.0 for a ceiling that is known; UNCERTAIN_TOLERANCE when the CPU's max clock is not.
+    tolerance: float = 1.0
+    roofline_flops: float | None = None  # the best GEMM measured on this machine (CPU), shown beside
+    roofline_source: str | None = None
+
+    @property
+    def uncertain(self) -> bool:
+        return self.tolerance > 1.0
+
+
+def _key(dtype: str, matmul_precision: str) -> str:
+    if dtype == "float32" and matmul_precision != "highest":
+        return "tf32"  # TF32 tensor cores are allowed: the ceiling is theirs
+    return dtype
 
 
 def gpu_peak(name: str, dtype: str, matmul_precision: str) -> Peak | None:
-    """Published dense peak of a GPU for the dtype actually used by its matmuls."""
+    """Published dense peak of a GPU (by name) for the dtype actually used by its matmuls."""
     tag = gpu_tag(name)
-    if tag == "h100" and "pcie" in name.lower():
-        tag = "h100-pcie"
+    if f"{tag}-pcie" in GPU_PEAKS_TFLOPS and "pcie" in name.lower():
+        tag = f"{tag}-pcie"
     table = GPU_PEAKS_TFLOPS.get(tag)
     if table is None:
         return None
-    key = dtype
+    key = _key(dtype, matmul_precision)
+    return Peak(flops=table[key] * 1e12, source=f"table: {tag} {key} dense")
+
+
+def derived_gpu_peak(
+    compute_capability: str, sm_count: int, max_sm_clock_mhz: float, dtype: str, matmul_precision: str
+) -> Peak | None:
+    """Dense peak of an NVIDIA GPU from its properties; None for a compute capability not known."""
+    rates = SM_FLOP_PER_CYCLE.get(compute_capability)
+    if rates is None or sm_count <= 0 or max_sm_clock_mhz <= 0:
+        return None
+    key = _key(dtype, matmul_precision)
+    per = rates[key]
+    sm = compute_capability.replace(".", "")
+    source = f"derived: sm_{sm}, {sm_count} SM x {max_sm_clock_mhz:g} MHz x {per} FLOP/cycle {SHORT[key]} dense"
+    return Peak(flops=sm_count * max_sm_clock_mhz * 1e6 * per, source=source)
+
+
+def gpu_ceiling(gpu: GpuInfo, dtype: str, matmul_precision: str) -> Peak | None:
+    """The table peak of a GPU, else one derived from its recorded properties, else None."""
+    table = gpu_peak(gpu.name, dtype, matmul_precision)
+    if table is not None:
+        return table
+    if any(w in gpu.name.lower() for w in NOT_NVIDIA):
+        return None
+    if gpu.compute_capability is None or gpu.sm_count is None or gpu.max_sm_clock_mhz is None:
+        return None
+    return derived_gpu_peak(gpu.compute_capability, gpu.sm_count, gpu.max_sm_clock_mhz, dtype, matmul_precision)
+
+
+# -- CPU --------------------------------------------------------------------------------------
+def cpu_flop_per_cycle(flags: list[str] | tuple[str, ...], arch: str, dtype: str) -> tuple[int, str] | None:
+    """(FLOP per cycle per core, how) for a dtype from the ISA flags; None for an unknown architecture.
+
+    x86: AVX-512 2 FMA units x 16 fp32 lanes x 2; AVX2+FMA 2 x 8 x 2 (two FMA ports, as on every
+    current x86 server core; parts with one 512-bit unit reach half, so this is an upper bound);
+    AVX without FMA 8 lanes x (1 add + 1 mul); SSE 4 x 2. bf16: AMX tiles 1024 FLOP/cycle where
+    `amx_bf16` is present, AVX512_BF16 twice the AVX-512 fp32 rate, else the fp32 figure (no
+    faster path). fp16 likewise with `amx_fp16` / `avx512_fp16`. aarch64: 4 NEON pipes x 4 lanes x 2
+    (SVE: 2 x 16 x 2, the widest shipped); bf16/fp16 bounded at 4x the fp32 figure (BFMMLA).
+    """
+    f = {x.lower() for x in flags}
+    a = arch.lower()
+    if a in ("x86_64", "amd64", "x86", "i686", "i386") or a.startswith("x86"):
+        if "avx512f" in f:
+            fp32, how = 64, "AVX-512: 2 FMA units x 16 fp32 lanes x 2"
+        elif "avx2" in f and "fma" in f:
+            fp32, how = 32, "AVX2+FMA: 2 FMA units x 8 fp32 lanes x 2"
+        elif "avx" in f:
+            fp32, how = 16, "AVX: 8 fp32 lanes x (1 add + 1 mul)"
+        else:
+            fp32, how = 8, "SSE: 4 fp32 lanes x (1 add + 1 mul)"
+        if dtype == "bfloat16":
+            if "amx_bf16" in f:
+                return 1024, "AMX-BF16 tiles: 1024 bf16 FLOP/cycle"
+            if "avx512_bf16" in f and fp32 == 64:
+                return 128, "AVX512_BF16: 2 FMA units x 32 bf16 lanes x 2"
+        if dtype == "float16":
+            if "amx_fp16" in f:
+                return 1024, "AMX-FP16 tiles: 1024 fp16 FLOP/cycle"
+            if "avx512_fp16" in f and fp32 == 64:
+                return 128, "AVX512_FP16: 2 FMA units x 32 fp16 lanes x 2"
+        if dtype != "float32":
+            how += f" ({SHORT.get(dtype, dtype)} has no faster path: the fp32 figure)"
+        return fp32, how
+    if a in ("aarch64", "arm64"):
+        fp32, how = (64, "SVE: 2 pipes x 16 fp32 lanes x 2") if "sve" in f else (32, "NEON: 4 pipes x 4 lanes x 2")
+        if dtype != "float32":
+            return 4 * fp32, f"{how}, x4 for {SHORT.get(dtype, dtype)} (BFMMLA / FMLA bound)"
+        return fp32, how
+    return None
+
+
+def cpu_theoretical_peak(
+    *,
+    flags: list[str] | tuple[str, ...],
+    arch: str,
+    cores: int,
+    clock_mhz: float | None,
+    clock_kind: str | None,
+    dtype: str,
+    matmul_precision: str,
+) -> Peak | None:
+    """The CPU's theoretical peak (HPL's Rpeak): cores used x FLOP/cycle/core x clock.
+
+    `cores` is the count used, min(threads, physical cores). A clock that is not the max
+    (`clock_kind` "current") makes the ceiling uncertain; a clock above CPU_MAX_MHZ is bounded.
+    None when the architecture or the clock is not known.
+    """
+    if clock_mhz is None or clock_mhz <= 0 or cores <= 0:
+        return None
+    rate = cpu_flop_per_cycle(flags, arch, dtype)
     if dtype == "float32" and matmul_precision != "highest":
-        key = "tf32"  # TF32 tensor cores are allowed: the ceiling is theirs
-    return Peak(flops=table[key] * 1e12, source=f"table: {tag} {key} dense", tolerance=TABLE_TOLERANCE)
+        # torch may run float32 matmuls in bf16 (oneDNN) at a lower precision: the larger bound holds.
+        alt = cpu_flop_per_cycle(flags, arch, "bfloat16")
+        if rate is not None and alt is not None and alt[0] > rate[0]:
+            rate = (alt[0], f"{alt[1]} ({matmul_precision} float32 matmul precision)")
+    if rate is None:
+        return None
+    per, how = rate
+    cores = min(cores, MAX_CPU_CORES)
+    clock = min(clock_mhz, CPU_MAX_MHZ)
+    if clock_kind == "max":
+        clock_note = "max clock"
+    elif clock_kind == "bounded":
+        clock_note = "clock not recorded: bounded at the fastest shipping CPU"
+    elif clock_kind == "implied":
+        clock_note = "at least the clock the measured GEMM implies: the max is not known, so the ceiling is uncertain"
+    else:
+        clock_note = "the current clock: the max is not known, so the ceiling is uncertain"
+    if clock < clock_mhz:
+        clock_note += f", bounded from {clock_mhz:g} MHz"
+    flops = cores * per * clock * 1e6
+    source = (
+        f"theoretical: {cores} core{'s' if cores != 1 else ''} x {per} FLOP/cycle ({how}) x {clock:g} MHz "
+        f"({clock_note}) = {flops / 1e9:.1f} GFLOP/s"
+    )
+    tolerance = 1.0 if clock_kind in ("max", "bounded") else UNCERTAIN_TOLERANCE
+    return Peak(flops=flops, source=source, tolerance=tolerance)
+
+
+def cores_used(machine: MachineFingerprint, threads: int | None) -> int:
+    """min(threads, physical cores): SMT siblings share one core's FMA units."""
+    phys = machine.physical_cores or machine.logical_cores or 1
+    return max(1, min(threads or phys, phys))
+
+
+def machine_cpu_ceiling(
+    machine: MachineFingerprint, threads: int | None, dtype: str, matmul_precision: str
+) -> Peak | None:
+    """The theoretical CPU peak of a fingerprint (a worker's or an imported one), clock bounded.
+
+    A fingerprint that records no clock gets CPU_MAX_MHZ: an upper bound nothing ships above.
+    """
+    clock, kind = machine.cpu_clock_mhz, str(machine.cpu_clock_kind)
+    if clock is None:
+        clock, kind = CPU_MAX_MHZ, "bounded"
+    return cpu_theoretical_peak(
+        flags=machine.cpu_flags,
+        arch=machine.cpu_arch,
+        cores=cores_used(machine, threads),
+        clock_mhz=clock,
+        clock_kind=kind,
+        dtype=dtype,
+        matmul_precision=matmul_precision,
+    )

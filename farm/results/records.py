@@ -54,7 +54,16 @@ class PhaseRecord:
     peak_source: str | None
     peak_memory_bytes: int | None
     memory_kind: str | None
-    invalid_reason: str | None
+    invalid_reason: str | None  # why the phase is invalid (or unverified: why nothing checks it)
+    outlier: bool = False  # `Stats.outlier`: one repeat far above the median
+    drift: bool = False  # `Stats.drift`: the repeats trend up or down across the run
+    contended: bool = False  # `HostLoad.contended`: other processes used the CPU during the phase
+    contended_reason: str | None = None
+    lock_wait_s: float | None = None  # the host lock's wait before the phase (not timed)
+    load_avg_1m: float | None = None
+    roofline_flops: float | None = None  # the measured roofline beside the peak
+    roofline_source: str | None = None
+    repeats_stop: str | None = None  # `repeats: auto`: what stopped it (target, budget, max)
 
 
 @dataclass(slots=True)
@@ -84,6 +93,7 @@ class Record:
     farm_version: str
     threads: int | None
     finished_at: str  # ISO 8601, UTC; sorts as text
+    fresh_process: bool | None = None  # the job's process had not touched the device before
     phases: dict[str, PhaseRecord] = field(default_factory=dict)
 
     @property
@@ -131,8 +141,10 @@ def _params(model: Any) -> int:
 
 
 def _phase(name: str, p: dict[str, Any]) -> PhaseRecord:
+    """A phase record; fields a result stored before they existed take their defaults."""
     s = p.get("stats")
     med = s["median_s"] if s else None
+    host = p.get("host") or {}
     return PhaseRecord(
         name=name,
         status=p.get("status", "ok"),
@@ -153,6 +165,15 @@ def _phase(name: str, p: dict[str, Any]) -> PhaseRecord:
         peak_memory_bytes=p.get("peak_memory_bytes"),
         memory_kind=p.get("memory_kind"),
         invalid_reason=p.get("invalid_reason"),
+        outlier=bool(s and s.get("outlier")),
+        drift=bool(s and s.get("drift")),
+        contended=bool(host.get("contended")),
+        contended_reason=host.get("reason"),
+        lock_wait_s=host.get("lock_wait_s"),
+        load_avg_1m=host.get("load_avg_1m"),
+        roofline_flops=p.get("roofline_flops"),
+        roofline_source=p.get("roofline_source"),
+        repeats_stop=p.get("repeats_stop"),
     )
 
 
@@ -184,6 +205,7 @@ def record_from_dict(d: dict[str, Any]) -> Record:
         farm_version=d.get("farm_version", "?"),
         threads=d.get("threads"),
         finished_at=d.get("finished_at") or d.get("started_at") or "",
+        fresh_process=d.get("fresh_process"),
         phases={name: _phase(name, p) for name, p in (d.get("phases") or {}).items()},
     )
 
@@ -197,7 +219,7 @@ def records_from_results(results: Iterable[JobResult]) -> list[Record]:
 # `<prefix>:summary:<job_id>` the first time a report reads the result. It starts with the byte
 # length of the result's JSON it was derived from: the fetch script returns it only while that
 # still matches (results are written once, SET NX, so a changed result is a replaced one).
-SUMMARY_VERSION = 2
+SUMMARY_VERSION = 3  # 3: unverified, outlier/drift, host load, roofline, repeats_stop, fresh_process
 _FIELDS = [f.name for f in fields(Record) if f.name != "phases"]
 # Per phase, the floats travel packed (float64, base64): parsing ~45 decimal floats a record was
 # most of the cost of reading summaries. A None is packed as 0.0 and marked in a bit mask.
@@ -211,8 +233,25 @@ _PHASE_FLOATS = [
     "achieved_flops",
     "mfu",
     "peak_flops",
+    "roofline_flops",
+    "lock_wait_s",
+    "load_avg_1m",
 ]
-_PHASE_OTHER = ["name", "status", "error", "n", "noisy", "peak_source", "peak_memory_bytes", "memory_kind"]
+_NF = len(_PHASE_FLOATS)
+_PHASE_OTHER = [
+    "name",
+    "status",
+    "error",
+    "n",
+    "noisy",
+    "peak_source",
+    "peak_memory_bytes",
+    "memory_kind",
+    "invalid_reason",
+    "contended_reason",
+    "roofline_source",
+    "repeats_stop",
+]
 
 
 def summary_json(rec: Record, result_bytes: int) -> str:
@@ -222,7 +261,8 @@ def summary_json(rec: Record, result_bytes: int) -> str:
     for p in rec.phases.values():
         values = [getattr(p, f) for f in _PHASE_FLOATS]
         nones = sum(1 << i for i, v in enumerate(values) if v is None)  # bit i: float i is None
-        phases.append([*(getattr(p, f) for f in _PHASE_OTHER), p.invalid_reason, len(p.times), nones])
+        marks = p.outlier | p.drift << 1 | p.contended << 2  # the phase's boolean flags as bits
+        phases.append([*(getattr(p, f) for f in _PHASE_OTHER), len(p.times), nones, marks])
         floats.extend(p.times)
         floats.extend(0.0 if v is None else v for v in values)
     packed = base64.b64encode(np.asarray(floats, dtype="<f8").tobytes()).decode("ascii")
@@ -231,22 +271,33 @@ def summary_json(rec: Record, result_bytes: int) -> str:
 
 
 def record_from_summary(row: list[Any]) -> Record | None:
-    """A record from a parsed summary; None when it was written by another summary version."""
+    """A record from a parsed summary; None when it was written by another summary version (an
+    older summary, without the fields added since, is then re-derived from its result)."""
     if row[1] != SUMMARY_VERSION or len(row) != len(_FIELDS) + 4:
         return None
     rec = Record(*row[2:-2])
     floats = np.frombuffer(binascii.a2b_base64(row[-1]), dtype="<f8").tolist()
     pos = 0
-    for name, status, error, n, noisy, source, mem, kind, reason, k, nones in row[-2]:
+    for name, status, error, n, noisy, source, mem, kind, reason, creason, rsource, stop, k, nones, marks in row[-2]:
         times = floats[pos : pos + k]
-        m: list[float | None] = floats[pos + k : pos + k + 9]
+        m: list[float | None] = floats[pos + k : pos + k + _NF]
         if nones:
-            for i in range(9):
-                if nones >> i & 1:
-                    m[i] = None
-        pos += k + 9
+            for i in _set_bits(nones):
+                m[i] = None
+        pos += k + _NF
+        outlier, drift, contended = _MARKS[marks]
         rec.phases[name] = PhaseRecord(
             name, status, error, times, n, m[0], m[1], m[2], m[3], m[4], noisy, m[5], m[6], m[7], m[8], source, mem,
-            kind, reason
+            kind, reason, outlier, drift, contended, creason, m[10], m[11], m[9], rsource, stop
         )  # fmt: skip
     return rec
+
+
+# The phase's boolean flags (outlier, drift, contended) by their bits in a summary.
+_MARKS = [(bool(b & 1), bool(b & 2), bool(b & 4)) for b in range(8)]
+
+
+@functools.lru_cache(maxsize=1 << 12)
+def _set_bits(mask: int) -> tuple[int, ...]:
+    """The indices of the bits set in a None mask (one lookup instead of a loop per phase)."""
+    return tuple(i for i in range(_NF) if mask >> i & 1)

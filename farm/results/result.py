@@ -3,7 +3,9 @@
 A `JobResult` carries the job's spec, the machine's fingerprint, and per phase the raw times,
 their statistics, the FLOPs of one repeat, the achieved FLOP/s, the MFU and which peak it used,
 peak memory and the prediction. A phase faster than its device's peak allows is `invalid`, with
-the reason, and so is the job: an impossible number is never reported as a speedup.
+the reason, and so is the job: an impossible number is never reported as a speedup. A counted
+phase with no ceiling to check it against (or above an uncertain one) is `unverified`: measured,
+but not checked.
 This module never imports torch.
 """
 
@@ -24,6 +26,9 @@ from farm.spec import BenchSpec, Job
 
 # `unverified`: measured, but no ceiling could be had for the device, so nothing rules the number out.
 Status = Literal["ok", "unverified", "failed", "oom", "timeout", "invalid", "cancelled"]
+# The statuses whose numbers stand: `ok` (checked against a ceiling) and `unverified` (measured, but
+# no ceiling could check it). Regressions, `farm check` and compare baselines take both.
+MEASURED_STATUSES: tuple[Status, ...] = ("ok", "unverified")
 SCHEMA_VERSION = 1
 
 
@@ -90,7 +95,14 @@ def measured_phase(
     predicted_memory_bytes: int | None = None,
     breakdown: dict[str, float] | None = None,
 ) -> PhaseResult:
-    """Derive statistics, FLOP/s, MFU and the plausibility verdict from raw times."""
+    """Derive statistics, FLOP/s, MFU and the plausibility verdict from raw times.
+
+    A counted phase (`min_flops` > 0) is `ok` only below its ceiling: at its fastest repeat (causal
+    count) under `peak.flops` and at its median (full count) at most 100% MFU. Above the ceiling it
+    is `invalid`, unless the ceiling is uncertain (`peak.tolerance` > 1: a CPU whose max clock is not
+    known) and the excess within the tolerance: then `unverified`, like a phase with no ceiling at
+    all. The reason is stored in `invalid_reason` either way.
+    """
     stats = summarize(times_s)
     med = stats.median_s
     achieved = flops / med if flops and med > 0 else None
@@ -102,14 +114,31 @@ def measured_phase(
         reason = (
             f"{name}: a repeat took {stats.min_s} s for {min_flops:.3g} FLOPs; the timer did not wait for the device"
         )
+    elif min_flops and peak is None:
+        status = "unverified"
+        reason = f"{name}: no ceiling is known for this device, so nothing rules out an impossible figure"
     elif peak is not None and min_flops:
         fastest = min_flops / stats.min_s
+        ceiling = f"{peak.flops / 1e12:.3g} TFLOP/s ({peak.source})"
         if fastest > peak.flops * peak.tolerance:
             status = "invalid"
+            times = f" x {peak.tolerance:g}" if peak.uncertain else ""
             reason = (
                 f"{name}: {fastest / 1e12:.3g} TFLOP/s at the fastest repeat (causal FLOP count) is "
-                f"above the device's peak {peak.flops / 1e12:.3g} TFLOP/s x {peak.tolerance} "
-                f"({peak.source}); the timer did not wait for the device, or the count is wrong"
+                f"above the device's peak {ceiling}{times}; the timer did not wait for the device, "
+                "or the count is wrong"
+            )
+        elif fastest > peak.flops:
+            status = "unverified"
+            reason = (
+                f"{name}: {fastest / 1e12:.3g} TFLOP/s at the fastest repeat is above the uncertain ceiling "
+                f"{ceiling}, but within x {peak.tolerance:g} of it"
+            )
+        elif achieved is not None and achieved > peak.flops:
+            status = "unverified"
+            reason = (
+                f"{name}: MFU {achieved / peak.flops:.0%} of {ceiling} by the full FLOP count; only the causal "
+                f"count is below the ceiling"
             )
     return PhaseResult(
         name=name,
@@ -128,6 +157,8 @@ def measured_phase(
         predicted_memory_bytes=predicted_memory_bytes,
         breakdown=breakdown or {},
         invalid_reason=reason,
+        roofline_flops=peak.roofline_flops if peak else None,
+        roofline_source=peak.roofline_source if peak else None,
     )
 
 
@@ -186,6 +217,13 @@ class JobResult(BaseModel):
     started_at: datetime = Field(default_factory=utcnow)
     finished_at: datetime | None = None
 
+    @model_validator(mode="after")
+    def _spec_hash_from_spec(self) -> JobResult:
+        """`spec_hash` is derived from `spec` by today's `BenchSpec.spec_hash`: a result stored or
+        imported under an older hash reads back under the current one (see `ResultStore.migrate_spec_hashes`)."""
+        self.spec_hash = self.spec.spec_hash()
+        return self
+
     @classmethod
     def for_job(cls, job: Job, **kw: Any) -> JobResult:
         return cls(
@@ -204,11 +242,19 @@ class JobResult(BaseModel):
         return cls.for_job(job, status=status, error=error, finished_at=utcnow(), **kw)
 
     def settle_status(self) -> JobResult:
-        """The job's status from its phases: the first non-ok phase status wins."""
+        """The job's status from its phases: the first phase that is neither ok nor unverified wins
+        (invalid, failed, ...); else the job is `unverified` when a phase is (or it already was)."""
+        if self.status not in MEASURED_STATUSES:
+            return self
+        bad = next((p for p in self.phases.values() if p.status not in MEASURED_STATUSES), None)
+        if bad is not None:
+            reason = bad.invalid_reason or bad.error
+            self.error = (self.error or reason) if self.status == "ok" else (reason or self.error)
+            self.status = bad.status
+            return self
         if self.status == "ok":
-            for p in self.phases.values():
-                if p.status != "ok":
-                    self.status = p.status
-                    self.error = self.error or p.invalid_reason or p.error
-                    break
+            unchecked = next((p for p in self.phases.values() if p.status == "unverified"), None)
+            if unchecked is not None:
+                self.status = "unverified"
+                self.error = self.error or unchecked.invalid_reason
         return self

@@ -22,14 +22,17 @@ test checks every key the farm writes against it:
 | `farm:schedule:<name>:fires` | list | the newest `FIRES_KEPT` firings (JSON), newest first |
 | `farm:schedule:<name>:judged` | set | run ids whose regressions were sent to the webhook |
 | `farm:redbeat:*` | (redbeat) | celery-redbeat's entries and lock, under `redbeat_prefix(prefix)` |
+| `farm:meta` | hash | `spec_hash_version`: the `SPEC_HASH_VERSION` the spec indexes follow |
 
 Celery's broker keys (queues, `unacked`, bindings) are kombu's, not the farm's.
 
 A result and its index entries are written by one Lua script, atomically: a redelivered job
-whose result exists changes nothing. Reports read through `query_ids` + `load_records`, which read
-indexes and fetch with MGET or one script call per 1,000, never scanning keys. Every Redis failure
-becomes a `BrokerError` here (`BrokerUnavailable` when Redis cannot be reached), so callers never
-see redis-py's exceptions. This module never imports torch.
+whose result exists changes nothing. Spec hashes of an older `SPEC_HASH_VERSION` are re-derived
+once, on the first read after an upgrade (`migrate_spec_hashes`). Reports read through
+`query_ids` + `load_records`, which read indexes and fetch with MGET or one script call per
+1,000, never scanning keys. Every Redis failure becomes a `BrokerError` here
+(`BrokerUnavailable` when Redis cannot be reached), so callers never see redis-py's exceptions.
+This module never imports torch.
 """
 
 from __future__ import annotations
@@ -47,7 +50,7 @@ import redis
 from farm.errors import BrokerError, BrokerUnavailable, NotFoundError
 from farm.results.records import Record, paused_gc, record_from_dict, record_from_summary, summary_json
 from farm.results.result import JobResult
-from farm.spec import BenchSpec, Job
+from farm.spec import SPEC_HASH_VERSION, BenchSpec, Job
 
 FIRES_KEPT = 200  # firings kept per schedule
 
@@ -71,6 +74,7 @@ KEY_TABLE = (
     "schedule:*:fires",
     "schedule:*:judged",
     "redbeat:**",
+    "meta",
 )
 
 # KEYS[1] result key, KEYS[2..] index keys; ARGV[1] JSON, ARGV[2] score, ARGV[3] job id,
@@ -100,6 +104,18 @@ for i = 1, n do
   out[i] = s or false
 end
 return out
+"""
+
+# KEYS[1] result, KEYS[2] idx:spec:<new>, KEYS[3] idx:spec:<old>, KEYS[4] summary; ARGV[1] the result
+# JSON as read, ARGV[2] it under the new hash, ARGV[3] score, ARGV[4] job id. Changes nothing (and
+# returns 0) when the result was replaced since it was read.
+_REHASH_RESULT = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2])
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[4])
+redis.call('ZREM', KEYS[3], ARGV[4])
+redis.call('DEL', KEYS[4])
+return 1
 """
 
 P = ParamSpec("P")
@@ -160,6 +176,8 @@ class ResultStore:
         self.p = prefix
         self._put = self.r.register_script(_PUT_RESULT)
         self._fetch = self.r.register_script(_FETCH_SUMMARIES)
+        self._rehash = self.r.register_script(_REHASH_RESULT)
+        self._hashes_current = False  # the spec indexes are known to follow SPEC_HASH_VERSION
 
     @classmethod
     def from_url(cls, url: str, prefix: str = "farm") -> ResultStore:
@@ -252,6 +270,7 @@ class ResultStore:
         already orders it by (finish time, job id), the order returned, and 10,000 ids then cost a
         quarter of the time.
         """
+        self._ensure_current_hashes()
         lo = since.timestamp() if since else "-inf"
         hi = until.timestamp() if until else "+inf"
         groups = [("run", runs), ("machine", machines), ("device", devices), ("spec", spec_hashes), ("model", models)]
@@ -289,6 +308,7 @@ class ResultStore:
 
     @_redis
     def _load_records(self, job_ids: Sequence[str], chunk: int, cache: bool) -> list[Record]:
+        self._ensure_current_hashes()
         out: list[Record] = []
         for i in range(0, len(job_ids), chunk):
             ids = job_ids[i : i + chunk]
@@ -312,6 +332,67 @@ class ResultStore:
                     pass  # a read-only replica still reports; the summaries are only a cache
             out.extend(r for r in recs if r is not None)
         return out
+
+    # -- spec hash migration -----------------------------------------------------------------
+    def _ensure_current_hashes(self) -> None:
+        """Migrate the spec indexes once if they follow an older SPEC_HASH_VERSION (one HGET per store)."""
+        if self._hashes_current:
+            return
+        stored = self.r.hget(self.key("meta"), "spec_hash_version")
+        if stored is None or int(stored) < SPEC_HASH_VERSION:
+            try:
+                self.migrate_spec_hashes()
+            except BrokerError as e:
+                if "READONLY" not in str(e):
+                    raise
+                # A read-only replica reports what it holds; the primary migrates.
+        self._hashes_current = True
+
+    @_redis
+    def migrate_spec_hashes(self, chunk: int = 500) -> int:
+        """Re-derive every stored result's spec hash from its spec (`BenchSpec.spec_hash`); returns how many moved.
+
+        A result whose hash changed is rewritten with the new one (only that field), moved from
+        `idx:spec:<old>` to `idx:spec:<new>` with its finish time, and its summary dropped (the next
+        report rebuilds it). Idempotent and safe to run from several processes at once; a result
+        replaced meanwhile is left alone, and one whose spec no longer validates keeps its hash.
+        Runs by itself on the first read after an upgrade, then records SPEC_HASH_VERSION.
+        """
+        entries = self.r.zrange(self.key("idx", "all"), 0, -1, withscores=True)
+        derived: dict[str, str] = {}  # spec JSON -> hash (a sweep's thousands of results share a few specs)
+        moved = 0
+        for i in range(0, len(entries), chunk):
+            part = entries[i : i + chunk]
+            raws = self.r.mget([self.key("result", job_id) for job_id, _ in part])
+            pipe = self.r.pipeline(transaction=False)
+            for (job_id, score), raw in zip(part, raws, strict=True):
+                if raw is None:
+                    continue
+                try:
+                    doc = pydantic_core.from_json(raw)
+                    old = doc["spec_hash"]
+                    key = json.dumps(doc["spec"], sort_keys=True)
+                    if key not in derived:
+                        derived[key] = BenchSpec.model_validate(doc["spec"]).spec_hash()
+                except (ValueError, KeyError, TypeError):
+                    continue  # not a result this version can read: left as it is
+                new = derived[key]
+                if new == old:
+                    continue
+                needle = f'"spec_hash":"{old}"'
+                text = raw.replace(needle, f'"spec_hash":"{new}"') if raw.count(needle) == 1 else None
+                if text is None:
+                    text = json.dumps({**doc, "spec_hash": new}, separators=(",", ":"))
+                keys = [
+                    self.key("result", job_id),
+                    self.key("idx", "spec", new),
+                    self.key("idx", "spec", old),
+                    self.key("summary", job_id),
+                ]
+                self._rehash(keys=keys, args=[raw, text, score, job_id], client=pipe)
+            moved += sum(int(x) for x in pipe.execute())
+        self.r.hset(self.key("meta"), "spec_hash_version", SPEC_HASH_VERSION)
+        return moved
 
     # -- runs --------------------------------------------------------------------------------
     @_redis

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from farm.flops import min_phase_flops, phase_flops
+from farm.results.host import HostLoad
 from farm.results.machine import GpuInfo, MachineFingerprint, gpu_tag
 from farm.results.peaks import Peak, gpu_peak
 from farm.results.result import JobResult, PhaseResult, Status, measured_phase
@@ -103,3 +105,38 @@ def result(
         finished_at=done,
     )
     return res.settle_status()
+
+
+def flagged(
+    res: JobResult,
+    phase: str,
+    *,
+    unverified: str | None = None,
+    outlier: bool | None = None,
+    drift: bool | None = None,
+    host: HostLoad | None = None,
+    roofline: Peak | None = None,
+    repeats_stop: str | None = None,
+) -> JobResult:
+    """A copy of `res` with one phase's verdict and flags set directly (tests of their display).
+
+    `unverified`: the phase (and so the job) is `unverified` with this reason, as stored for a device
+    with no ceiling (without its peak and MFU). The rules that set these from a measurement live in
+    `measured_phase`, `farm.results.stats` and the runner; here they are chosen, not derived.
+    """
+    ph = res.phases[phase]
+    update: dict[str, Any] = {}
+    if unverified is not None:
+        update.update(status="unverified", invalid_reason=unverified, peak_flops=None, peak_source=None, mfu=None)
+    if ph.stats is not None and (outlier is not None or drift is not None):
+        marks = {k: v for k, v in (("outlier", outlier), ("drift", drift)) if v is not None}
+        update["stats"] = ph.stats.model_copy(update=marks)
+    if host is not None:
+        update["host"] = host
+    if roofline is not None:
+        update.update(roofline_flops=roofline.flops, roofline_source=roofline.source)
+    if repeats_stop is not None:
+        update["repeats_stop"] = repeats_stop
+    phases = {**res.phases, phase: ph.model_copy(update=update)}
+    out = res.model_copy(update={"phases": phases, "status": "ok" if res.status == "unverified" else res.status})
+    return out.settle_status()
