@@ -245,7 +245,8 @@ def test_sbatch_asks_for_one_gpu_and_a_warm_shutdown_before_the_time_limit() -> 
     assert re.fullmatch(r"B:TERM@\d+", directives["signal"])
     text = SBATCH.read_text()
     assert re.search(r"^trap 'kill -TERM \"\$worker\"", text, re.M)
-    assert "farm worker --device cuda --concurrency 1" in text
+    assert "device=${FARM_WORKER_DEVICE:-cuda}" in text
+    assert 'farm worker --device "$device" --concurrency 1' in text
 
 
 # -- Kubernetes -------------------------------------------------------------------------------------

@@ -275,6 +275,11 @@ VAR_FILES = [
 ]
 
 
+# Not fields of farm.settings: the Slurm script's device, and the environment variable of a CLI option
+# (`--unserved-after`).
+SCRIPT_VARS = {"FARM_WORKER_DEVICE", "FARM_UNSERVED_AFTER"}
+
+
 def _setting_vars() -> set[str]:
     return {f"FARM_{name.upper()}" for name in Settings.model_fields}
 
@@ -282,7 +287,7 @@ def _setting_vars() -> set[str]:
 @pytest.mark.parametrize("path", VAR_FILES, ids=lambda p: str(p.relative_to(ROOT)))
 def test_every_farm_variable_is_a_real_setting(path: Path) -> None:
     mentioned = set(re.findall(r"\bFARM_[A-Z0-9_]*[A-Z0-9]\b", path.read_text()))
-    unknown = mentioned - _setting_vars() - {PASSWORD_VAR}
+    unknown = mentioned - _setting_vars() - {PASSWORD_VAR} - SCRIPT_VARS
     assert not unknown, f"{path.name}: not fields of farm.settings.Settings: {sorted(unknown)}"
     if PASSWORD_VAR in mentioned:
         assert path.name in PASSWORD_FILES, f"{path.name}: use FARM_REDIS_URL; {PASSWORD_VAR} is for Compose/k8s"

@@ -144,7 +144,9 @@ def test_two_workers_receive_only_their_own_jobs(live_farm: Farm) -> None:
 
 
 def test_cuda_job_without_a_cuda_worker_is_reported_unserved(live_farm: Farm) -> None:
-    p = live_farm.cli("submit", *TINY, "--phases", "init", "--devices", "cpu,cuda", "--wait", "--json")
+    p = live_farm.cli(
+        "submit", *TINY, "--phases", "init", "--devices", "cpu,cuda", "--wait", "--unserved-after", "1", "--json"
+    )
     assert p.returncode == 5, p.stderr  # unserved jobs left
     assert "no live worker serves queue 'cuda'" in p.stderr
     doc = results_of(p)
@@ -155,7 +157,18 @@ def test_cuda_job_without_a_cuda_worker_is_reported_unserved(live_farm: Farm) ->
     assert st.returncode == 0, st.stderr
     assert "unserved" in st.stdout and "1 done" in st.stdout
     # --skip-unserved cancels such jobs instead, and the run succeeds.
-    p = live_farm.cli("submit", *TINY, "--phases", "init", "--devices", "cpu,cuda", "--wait", "--skip-unserved")
+    p = live_farm.cli(
+        "submit",
+        *TINY,
+        "--phases",
+        "init",
+        "--devices",
+        "cpu,cuda",
+        "--wait",
+        "--unserved-after",
+        "1",
+        "--skip-unserved",
+    )
     assert p.returncode == 0, p.stderr
     assert "cancelled 1 unserved job(s)" in p.stderr
 

@@ -80,9 +80,11 @@ def test_plan_worker_gpu_one_job_per_gpu_fresh_process(monkeypatch: pytest.Monke
         worker.plan_worker("cpu", name="bad name!")
 
 
-def test_plan_worker_cuda_without_gpus_still_serves_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_plan_worker_cuda_without_gpus_refuses(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(worker, "nvml_gpus", lambda: ())
-    cfg = worker.plan_worker("cuda", name="n")
+    with pytest.raises(ConfigError, match="no usable CUDA device"):
+        worker.plan_worker("cuda", name="n")
+    cfg = worker.plan_worker("cuda", queues=["cuda"], name="n")  # explicit queues: no device check
     assert cfg.queues == ["cuda", "control"] and cfg.gpu_index is None
 
 

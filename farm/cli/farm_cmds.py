@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import socket
 import time
+from typing import Annotated
 
 import typer
 
@@ -29,7 +30,17 @@ from farm.cli.output import (
 from farm.cluster import controller, embedded
 from farm.cluster.controller import JobView
 from farm.reports.listing import Listing
-from farm.settings import get_settings, mask_url
+from farm.settings import Settings, get_settings, mask_url
+
+UnservedAfter = Annotated[
+    float,
+    typer.Option(
+        "--unserved-after",
+        min=0,
+        envvar="FARM_UNSERVED_AFTER",
+        help="With --wait: seconds to wait for a worker to serve each queue before a job counts as unserved.",
+    ),
+]
 
 
 def submit(
@@ -58,6 +69,7 @@ def submit(
         False, "--skip-unserved", help="With --wait: cancel jobs no live worker serves instead of exiting 5."
     ),
     timeout: float | None = typer.Option(None, help="With --wait: give up after this many seconds."),
+    unserved_after: UnservedAfter = controller.UNSERVED_AFTER_S,
     fmt: Format = None,
     output: Output = None,
 ) -> None:
@@ -68,9 +80,12 @@ def submit(
     (spec,), _, _ = embedded.ensure_local([spec], settings, say=note)
     sub = controller.submit(spec, name=name, tags=spec.tags or None, settings=settings)
     note(f"run {sub.run_id}: {len(sub.jobs)} job(s) queued")
-    for q in sub.unserved:
-        names = ", ".join(j.job_id for j in sub.jobs if j.queue == q)
-        warn(f"no live worker serves queue {q!r}; job(s) {names} stay queued")
+    if wait_:
+        await_workers(sub.run_id, unserved_after, settings)
+    else:
+        for q in sub.unserved:
+            names = ", ".join(j.job_id for j in sub.jobs if j.queue == q)
+            warn(f"no live worker serves queue {q!r}; job(s) {names} stay queued")
     if wait_:
         follow_and_print(sub.run_id, fmt_name, output, settings=settings, timeout=timeout, skip_unserved=skip_unserved)
     elif fmt_name == "json":
@@ -78,6 +93,18 @@ def submit(
         write(json.dumps(doc), output, fmt_name)
     else:
         write(sub.run_id, output, fmt_name)
+
+
+def await_workers(run_id: str, unserved_after: float, settings: Settings | None = None) -> list[str]:
+    """Before following a run: give workers that are still starting `unserved_after` s to serve its queues."""
+
+    def say(queues: list[str], left: float) -> None:
+        note(f"waiting up to {left:.0f} s for a live worker on queue(s) {', '.join(queues)}")
+
+    left = controller.await_service(run_id, unserved_after=unserved_after, settings=settings, on_waiting=say)
+    for q in left:
+        warn(f"no live worker serves queue {q!r} after {unserved_after:g} s")
+    return left
 
 
 def _status_listing(run_id: str, views: list[JobView]) -> Listing:
@@ -170,12 +197,16 @@ def cancel(run: str = typer.Argument(..., help="Run id ('latest' for the newest 
 def worker(
     device: str = typer.Option("auto", help="cpu, cuda, or auto (cuda when NVML sees a GPU)."),
     gpu: int | None = typer.Option(None, help="The GPU index this worker serves (one worker per GPU)."),
-    queues: str | None = typer.Option(None, help="Comma list of queues to consume instead of the detected ones."),
+    queues: str | None = typer.Option(
+        None, help="Comma list of queues to consume instead of the detected ones (skips the CUDA device check)."
+    ),
     concurrency: int = typer.Option(1, help="Jobs at once on a CPU worker (GPU workers: always 1)."),
     name: str | None = typer.Option(None, help="Worker name (default: device-host-pid)."),
     loglevel: str = typer.Option("info", help="debug, info, warning, error."),
 ) -> None:
-    """Serve jobs: subscribe to the queues this machine can serve and run one job at a time per GPU."""
+    """Serve jobs: subscribe to the queues this machine can serve and run one job at a time per GPU.
+
+    `--device cuda` without a usable CUDA device (or `--gpu N` beyond those found) exits 2 at once."""
     # The worker imports torch (farm.engine.runner): only this command pays for it.
     from farm.cluster.worker import plan_worker, run_worker
 

@@ -12,10 +12,11 @@ from typing import Annotated, Any
 import typer
 from rich.text import Text
 
+from farm.cli.farm_cmds import UnservedAfter, await_workers
 from farm.cli.follow import follow_and_print
 from farm.cli.output import EXIT_JOB_FAILED, Format, JsonAlias, Output, emit, err, fmt_of, note, warn, write
 from farm.cluster import embedded
-from farm.cluster.controller import store_for, submit
+from farm.cluster.controller import UNSERVED_AFTER_S, store_for, submit
 from farm.dates import parse_when
 from farm.nightly.regress import Verdict, changes, check_run, detect
 from farm.nightly.schedule import ScheduleBook, fire, run_beat
@@ -67,6 +68,10 @@ def sweep(
     nightly: bool = typer.Option(False, "--nightly", help="Run id <name>-<YYYYMMDD>: a night runs once."),
     date: str | None = typer.Option(None, "--date", help="With --nightly: the night (default today, UTC)."),
     timeout: float | None = typer.Option(None, "--timeout", help="With --wait: give up after this many seconds."),
+    unserved_after: UnservedAfter = UNSERVED_AFTER_S,
+    skip_unserved: bool = typer.Option(
+        False, "--skip-unserved", help="With --wait: cancel jobs no live worker serves instead of exiting 5."
+    ),
     fmt: Format = None,
     output: Output = None,
 ) -> None:
@@ -85,11 +90,13 @@ def sweep(
     sub = submit(specs, run_id=run_id, name=sw.name, tags={"sweep": sw.name})
     verb = "submitted" if sub.created else "already exists (nothing enqueued)"
     note(f"run {sub.run_id} {verb}: {len(sub.jobs)} jobs from {len(specs)} points")
+    if wait:
+        await_workers(sub.run_id, unserved_after, settings)
+        follow_and_print(sub.run_id, fmt, output, timeout=timeout, skip_unserved=skip_unserved)
+        return
     if sub.unserved:
         warn(f"no live worker serves {', '.join(sub.unserved)}")
-    if wait:
-        follow_and_print(sub.run_id, fmt, output, timeout=timeout)
-    elif fmt == "json":
+    if fmt == "json":
         write(
             json.dumps({"run_id": sub.run_id, "created": sub.created, "jobs": [j.job_id for j in sub.jobs]}),
             output,

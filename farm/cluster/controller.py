@@ -4,6 +4,9 @@ A run is recorded in Redis (`farm.results.store`) before its jobs are enqueued, 
 a sweep (a list of specs) is one run. Wildcard device tags (`cuda:*`, `cpu:*`) fan out to every
 narrower tag a live worker serves now. Nothing here waits forever on a job that no live worker can
 serve: `wait` returns when every job either has a result or sits on a queue nobody consumes.
+Workers that are still starting get a grace period (`await_service`), and a queue that loses its
+last worker mid-run (a heartbeat expired across a network partition, a worker restarting) gets
+`lost_after` seconds to come back before `wait` counts its jobs unserved.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ from farm.settings import Settings, get_settings
 from farm.spec import BenchSpec, Job, check_run_id, new_run_id, parse_device_tag, queue_for
 
 REDIS_LOST_S = 30.0  # how long `wait` rides out a Redis that went away before it gives up
+UNSERVED_AFTER_S = 60.0  # how long `submit --wait` waits for a worker to start serving a queue
+LOST_AFTER_S = 60.0  # how long `wait` waits for a queue whose workers vanished mid-run to be served again
 
 
 @dataclass
@@ -210,6 +215,41 @@ def job_views(run_id: str, store: ResultStore, workers: Sequence[dict[str, Any]]
     return views
 
 
+def await_service(
+    run_id: str,
+    *,
+    unserved_after: float = UNSERVED_AFTER_S,
+    settings: Settings | None = None,
+    poll_s: float = 0.5,
+    on_waiting: Callable[[list[str], float], None] | None = None,
+) -> list[str]:
+    """Wait up to `unserved_after` seconds for a live worker on every queue of the run's pending jobs.
+
+    Calls `on_waiting(queues, seconds left)` once, when the first poll finds queues unserved.
+    Returns the queues still unserved when the grace ends ([] as soon as every one is served).
+    """
+    store = store_for(settings)
+    deadline = time.monotonic() + max(0.0, unserved_after)
+    told = False
+    while True:
+        try:
+            views = job_views(run_id, store)
+        except BrokerUnavailable:
+            views = None  # Redis restarting: the grace keeps running
+        if views is not None:
+            queues = list(dict.fromkeys(v.queue for v in views if v.unserved))
+            if not queues:
+                return []
+            if time.monotonic() >= deadline:
+                return queues
+            if not told and on_waiting is not None:
+                on_waiting(queues, deadline - time.monotonic())
+            told = True
+        elif time.monotonic() >= deadline:
+            raise BrokerError(f"lost Redis while waiting for workers of run {run_id}")
+        time.sleep(min(poll_s, max(0.0, deadline - time.monotonic())))
+
+
 def wait(
     run_id: str,
     *,
@@ -218,15 +258,20 @@ def wait(
     poll_s: float = 0.5,
     on_update: Callable[[list[JobView]], None] | None = None,
     stop_when_unserved: bool = True,
+    lost_after: float = LOST_AFTER_S,
 ) -> list[JobResult]:
     """Follow a run until every job has a result, or (by default) every job left is unserved.
 
+    A job counts as unserved at once if its queue had no live worker when the wait began, and
+    only `lost_after` seconds after its queue was last seen served otherwise (a worker whose
+    heartbeat lapsed in a network partition, or that restarts, gets that long to come back).
     Returns the stored results (jobs left unserved have none: compare with the run's jobs).
     Raises JobTimeout after `timeout` seconds with jobs still pending.
     """
     store = store_for(settings)
     deadline = None if timeout is None else time.monotonic() + timeout
     lost_since: float | None = None
+    seen_served: dict[str, float] = {}  # queue -> when a live worker last served it
     while True:
         try:
             views = job_views(run_id, store)
@@ -238,10 +283,14 @@ def wait(
                 raise BrokerError(f"lost Redis while following run {run_id}: {e}") from None
             time.sleep(1.0)
             continue
+        now = time.monotonic()
+        seen_served.update((v.queue, now) for v in views if v.served)
         if on_update is not None:
             on_update(views)
         pending = [v for v in views if not v.finished]
-        if not pending or (stop_when_unserved and all(v.unserved for v in pending)):
+
+        given_up = [v.unserved and now - seen_served.get(v.queue, -float("inf")) > lost_after for v in pending]
+        if not pending or (stop_when_unserved and all(given_up)):
             return store.get_results([v.job_id for v in views if v.finished])
         if deadline is not None and time.monotonic() > deadline:
             raise JobTimeout(f"run {run_id}: {len(pending)} job(s) still pending after {timeout} s")

@@ -18,6 +18,8 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -74,6 +76,22 @@ def plan_worker(
     if device not in ("cpu", "cuda", "auto"):
         raise ConfigError(f"--device must be cpu, cuda or auto, got {device!r}")
     gpus = list(nvml_gpus())
+    # An explicit queue list is the operator's word (tests use it for a CUDA-tagged worker without a
+    # GPU); otherwise a CUDA worker proves its device before it takes a job.
+    check = device == "cuda" and not queues
+    if check and not gpus:
+        raise ConfigError(
+            "--device cuda: no usable CUDA device here: NVML finds no NVIDIA GPU (no GPU, no driver, "
+            "or none given to this job); the worker did not start"
+        )
+    if check:
+        usable = cuda_device_count()
+        if usable < (1 if gpu is None else gpu + 1):
+            raise ConfigError(
+                f"--device cuda{'' if gpu is None else f' --gpu {gpu}'}: NVML finds {len(gpus)} GPU(s) but CUDA "
+                f"can use {usable} (CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '<unset>')!r}, "
+                "driver or runtime broken?); the worker did not start"
+            )
     if device == "auto":
         device = "cuda" if gpus else "cpu"
     host = socket.gethostname()
@@ -84,7 +102,7 @@ def plan_worker(
         gpu = None
     else:
         if gpu is not None and gpus and not 0 <= gpu < len(gpus):
-            raise ConfigError(f"--gpu {gpu}: this machine has {len(gpus)} GPU(s)")
+            raise ConfigError(f"--gpu {gpu}: NVML finds {len(gpus)} GPU(s) here (0..{len(gpus) - 1})")
         chosen = [g for g in gpus if gpu is None or g.index == gpu]
         gpu = gpu if gpu is not None else (0 if gpus else None)
         # A GPU worker serves one GPU at a time: `cuda` and that GPU's model tag.
@@ -115,6 +133,20 @@ def plan_worker(
         max_tasks_per_child=1 if device == "cuda" else None,
         gpu_names=gpu_names,
     )
+
+
+CUDA_PROBE_S = 120.0  # a child that imports torch and counts CUDA devices
+
+
+def cuda_device_count() -> int:
+    """How many CUDA devices torch can use, asked in a child process (this one must never touch CUDA:
+    job processes fork from it). 0 when the child fails or hangs."""
+    code = "import torch; print(torch.cuda.device_count() if torch.cuda.is_available() else 0)"
+    try:
+        p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=CUDA_PROBE_S)
+        return int(p.stdout.strip().splitlines()[-1]) if p.returncode == 0 else 0
+    except (subprocess.TimeoutExpired, ValueError, IndexError, OSError):
+        return 0
 
 
 # -- the store, per process -----------------------------------------------------------------------
