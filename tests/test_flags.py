@@ -134,7 +134,7 @@ def test_mfu_names_its_peak_and_the_roofline_beside_it(report: Report) -> None:
     fwd = _row(report, "cpu", "forward")
     p = fwd.phase
     assert p is not None and p.mfu is not None and p.achieved_flops is not None
-    assert mfu_text(fwd) == f"{p.mfu:.1%} of measured (roofline {p.achieved_flops / ROOF.flops:.1%})"
+    assert mfu_text(fwd) == f"{p.mfu:.1%} of theoretical (roofline {p.achieved_flops / ROOF.flops:.1%})"
     assert mfu_text(_row(report, "cuda", "forward")).endswith("% of datasheet")  # table: h100 ...
     assert mfu_text(_row(report, "cuda:mi300", "forward")) == "-"  # no ceiling, no MFU
     assert f"MFU roofline (measured, beside the peak): {ROOF.source}" in report.peaks
@@ -206,7 +206,7 @@ def _check(fmt: str, text: str) -> None:
         assert str(amd["speedup_unverified"]) == "result"
         assert str(fwd["contended"]) == "True" and fwd["contended_reason"] == BUSY.reason
         assert float(fwd["lock_wait_s"]) == 0.75 and fwd["repeats_stop"] == "target"
-        assert fwd["peak_kind"] == "measured" and fwd["roofline_source"] == ROOF.source
+        assert fwd["peak_kind"] == "theoretical" and fwd["roofline_source"] == ROOF.source
         assert 0 < float(fwd["mfu"]) < float(fwd["mfu_roofline"])
         assert str(rows["cpu", "train"]["drift"]) == "True" and str(rows["cuda", "train"]["outlier"]) == "True"
         assert "outlier: slowest repeat" in str(rows["cuda", "train"]["flags"])
@@ -222,7 +222,7 @@ def _check(fmt: str, text: str) -> None:
         BUSY.reason,
         "drift",
         "outlier",
-        "% of measured",
+        "% of theoretical",
         "(roofline ",
         ROOF.source,
         "% of datasheet",
@@ -361,4 +361,4 @@ def test_old_summaries_and_old_results_still_read(stored: ResultStore) -> None:
     rep = build_report([rec])
     for fmt in FORMATS:
         assert render(rep, fmt)
-    assert rep.status_counts() == {"ok": 1} and mfu_text(_row(rep, "cpu", "forward")).endswith("% of measured")
+    assert rep.status_counts() == {"ok": 1} and mfu_text(_row(rep, "cpu", "forward")).endswith("% of theoretical")
