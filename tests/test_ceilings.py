@@ -283,3 +283,32 @@ def test_roofline_script_prints_the_ceiling_and_every_shape() -> None:
     assert proc.returncode == 0, proc.stderr
     assert "ceiling: " in proc.stdout and "roofline (best shape" in proc.stdout
     assert all(label in proc.stdout for label in ("qkv", "attn proj", "mlp fc", "mlp proj", "lm head"))
+
+
+def test_uncertain_cpu_ceiling_is_raised_to_the_clock_the_gemm_implies(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A VM names its nominal clock (2445 MHz) and hides the max; when the measured GEMM runs faster
+    than that clock allows, the ceiling uses the lowest clock consistent with it (50 MHz steps), so
+    the roofline never sits above the ceiling it is shown beside, and the ceiling stays uncertain."""
+    from farm.engine import hardware
+    from farm.results.peaks import Peak
+    from farm.spec import BenchSpec
+
+    fp = hardware.fingerprint(with_torch=False).model_copy(
+        update={"cpu_flags": ["avx", "avx2", "fma"], "cpu_arch": "x86_64", "physical_cores": 2,
+                "logical_cores": 2, "cpu_clock_mhz": 2445.0, "cpu_clock_kind": "current"}
+    )  # fmt: skip
+    monkeypatch.setattr(hardware, "fingerprint", lambda with_torch=True: fp)
+    gemm = 2 * 32 * 2810e6  # what 2 AVX2+FMA cores do at 2.81 GHz
+    monkeypatch.setattr(
+        hardware, "roofline", lambda spec, threads, refresh=False: Peak(flops=gemm, source="measured: x")
+    )
+    peak = hardware.cpu_ceiling(BenchSpec(model="gpt2-tiny", batch=1, seq=64), threads=2)
+    assert peak is not None and peak.uncertain
+    assert peak.flops == pytest.approx(2 * 32 * 2850e6)  # 2810 MHz rounded up to 2850
+    assert "2850 MHz" in peak.source and "implies" in peak.source
+    assert peak.roofline_flops == gemm <= peak.flops
+    assert "the OS names 2445 MHz" in (peak.roofline_source or "")
+    # A GEMM below the named clock's ceiling leaves the ceiling as it was.
+    monkeypatch.setattr(hardware, "roofline", lambda spec, threads, refresh=False: Peak(flops=1e11, source="m"))
+    low = hardware.cpu_ceiling(BenchSpec(model="gpt2-tiny", batch=1, seq=64), threads=2)
+    assert low is not None and low.flops == pytest.approx(2 * 32 * 2445e6)
