@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from farm.errors import SpecError
 from farm.untrusted import MAX_SPEC_BYTES, load_document
@@ -34,11 +34,28 @@ DType = Literal["float32", "bfloat16", "float16"]
 # The character set is restricted because tags become queue names and Redis keys.
 _NARROW = r"[a-z0-9][a-z0-9_-]{0,62}"
 DEVICE_TAG_RE = re.compile(rf"^(?P<kind>{'|'.join(DEVICE_KINDS)})(?::(?P<narrow>{_NARROW}|\*))?$")
-MAX_REPEATS = 10000
+# Timed repeats per phase, a count or `max_repeats` (was 10,000). The median's CI is O(n) and a
+# speedup's bootstrap O(n x resamples); at 1,000 repeats the CI of a median spans about +-31 ranks
+# (3% of them), finer than any run-to-run change a report can show, and GPT-2 small's CPU forward
+# (0.5 s) takes 8 minutes a phase. More is noise collection, not precision: `repeats: auto` stops
+# earlier on its CI. Results stored before the limit (up to LEGACY_MAX_REPEATS) still read back.
+MAX_REPEATS = 1000
+LEGACY_MAX_REPEATS = 10000
+MAX_SEED = 2**63 - 1  # torch's generators take a signed 64-bit seed
+MAX_TAGS = 64
+# Validation context of a record read back from the store (`ResultStore`): what an older farm
+# accepted still reads (more repeats, free-text custom model names); a new spec or import does not.
+STORED: dict[str, bool] = {"stored": True}
 AUTO_MIN_REPEATS = 5  # `repeats: auto` never stops before this many timed repeats
 
 SAFE_TEXT_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 RUN_ID_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,95}$"
+
+
+def safe_name(text: str, default: str = "checkpoint") -> str:
+    """`text` in the safe character set of tags and model names (others as '-'), at most 64
+    characters: the name of a model read from a file (a checkpoint's `_name_or_path`)."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "-", text)[-64:].strip("-.") or default
 
 
 def check_run_id(run_id: str) -> str:
@@ -48,6 +65,11 @@ def check_run_id(run_id: str) -> str:
             "run_id", f"{run_id!r} must be 1-96 of A-Z, a-z, 0-9, '_', '.', '-', not starting with '.' or '-'"
         )
     return run_id
+
+
+def _stored(info: ValidationInfo) -> bool:
+    """True when validating a record read back from the store (context `STORED`)."""
+    return bool(isinstance(info.context, dict) and info.context.get("stored"))
 
 
 def _reject_bool(v: Any) -> Any:
@@ -60,13 +82,15 @@ def _reject_bool(v: Any) -> Any:
 class ModelShape(BaseModel):
     """The shape of a GPT-2 family model (the config handed to every module of `farm.engine.model`)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     n_layer: int = Field(gt=0, le=256)
     n_head: int = Field(gt=0, le=256)
     n_embd: int = Field(gt=0, le=65536)
     block_size: int = Field(default=1024, gt=0, le=1 << 20)  # context length
     vocab_size: int = Field(default=50257, gt=0, le=1 << 22)
+    # A custom model's name becomes a Redis key, a label, a plot title and webhook text: the safe
+    # set of tags, and never a preset's name unless the shape is that preset's.
     name: str = "custom"
 
     @field_validator("n_layer", "n_head", "n_embd", "block_size", "vocab_size", mode="before")
@@ -74,21 +98,39 @@ class ModelShape(BaseModel):
     def _no_bool(cls, v: Any) -> Any:
         return _reject_bool(v)
 
+    @field_validator("name")
+    @classmethod
+    def _name_safe(cls, v: str, info: ValidationInfo) -> str:
+        if not SAFE_TEXT_RE.match(v) and not _stored(info):
+            raise ValueError("a model name must use A-Z, a-z, 0-9, '.', '_', '-' (1-64 characters)")
+        return v
+
     @model_validator(mode="after")
-    def _heads_divide_width(self) -> ModelShape:
+    def _heads_divide_width(self, info: ValidationInfo) -> ModelShape:
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd ({self.n_embd}) must be a multiple of n_head ({self.n_head})")
+        preset = _PRESET_SHAPES.get(ALIASES.get(self.name, self.name))
+        if preset is not None and self.dims() != preset and not _stored(info):
+            raise ValueError(f"{self.name!r} is a preset's name; a custom shape needs a name of its own")
         return self
 
+    def dims(self) -> dict[str, int]:
+        """The shape without its name."""
+        return {k: getattr(self, k) for k in ("n_layer", "n_head", "n_embd", "block_size", "vocab_size")}
 
-PRESETS: dict[str, ModelShape] = {
-    "gpt2-tiny": ModelShape(name="gpt2-tiny", n_layer=2, n_head=4, n_embd=128, block_size=1024, vocab_size=4096),
-    "gpt2": ModelShape(name="gpt2", n_layer=12, n_head=12, n_embd=768),
-    "gpt2-medium": ModelShape(name="gpt2-medium", n_layer=24, n_head=16, n_embd=1024),
-    "gpt2-large": ModelShape(name="gpt2-large", n_layer=36, n_head=20, n_embd=1280),
-    "gpt2-xl": ModelShape(name="gpt2-xl", n_layer=48, n_head=25, n_embd=1600),
+
+# The presets' dimensions, known before the presets are built (a custom shape may not take their names).
+_PRESET_SHAPES: dict[str, dict[str, int]] = {
+    "gpt2-tiny": {"n_layer": 2, "n_head": 4, "n_embd": 128, "block_size": 1024, "vocab_size": 4096},
+    "gpt2": {"n_layer": 12, "n_head": 12, "n_embd": 768, "block_size": 1024, "vocab_size": 50257},
+    "gpt2-medium": {"n_layer": 24, "n_head": 16, "n_embd": 1024, "block_size": 1024, "vocab_size": 50257},
+    "gpt2-large": {"n_layer": 36, "n_head": 20, "n_embd": 1280, "block_size": 1024, "vocab_size": 50257},
+    "gpt2-xl": {"n_layer": 48, "n_head": 25, "n_embd": 1600, "block_size": 1024, "vocab_size": 50257},
 }
+
+
 ALIASES: dict[str, str] = {"gpt2-small": "gpt2"}
+PRESETS: dict[str, ModelShape] = {name: ModelShape(name=name, **dims) for name, dims in _PRESET_SHAPES.items()}
 
 
 def resolve_model(model: str | ModelShape) -> ModelShape:
@@ -129,7 +171,7 @@ def queue_for(tag: str) -> str:
 class BenchSpec(BaseModel):
     """One benchmark: a model and a workload, to be timed on one or more devices."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     model: str | ModelShape = "gpt2"
     batch: int = Field(default=8, gt=0, le=4096)
@@ -140,7 +182,7 @@ class BenchSpec(BaseModel):
     repeats: int | Literal["auto"] = 5
     ci_target: float = Field(default=0.02, gt=0, lt=1)  # repeats: auto, relative CI half-width
     repeat_budget_s: float = Field(default=60.0, gt=0)  # repeats: auto, seconds of repeats per phase
-    max_repeats: int = Field(default=100, ge=AUTO_MIN_REPEATS, le=MAX_REPEATS)  # repeats: auto
+    max_repeats: int = Field(default=100, ge=AUTO_MIN_REPEATS, le=LEGACY_MAX_REPEATS)  # repeats: auto; MAX_REPEATS
     warmup: int = Field(default=1, ge=0, le=1000)
     dtype: DType = "float32"
     # How a low-precision dtype is applied: "autocast" keeps float32 master weights and runs
@@ -157,10 +199,10 @@ class BenchSpec(BaseModel):
     threads: int | None = Field(default=None, gt=0, le=1024)
     compile: bool = False
     optimizer: Literal["adamw", "sgd"] = "adamw"
-    seed: int = Field(default=0, ge=0)
+    seed: int = Field(default=0, ge=0, le=MAX_SEED)
     time_limit_s: float | None = Field(default=None, gt=0)
     checkpoint: str | None = None  # local Hugging Face GPT-2 directory; random init when None
-    tags: dict[str, str] = Field(default_factory=dict)
+    tags: dict[str, str] = Field(default_factory=dict, max_length=MAX_TAGS)
 
     @field_validator("model", mode="before")
     @classmethod
@@ -177,9 +219,16 @@ class BenchSpec(BaseModel):
     def _ints_not_bools(cls, v: Any) -> Any:
         return _reject_bool(v)
 
+    @field_validator("max_repeats")
+    @classmethod
+    def _max_repeats(cls, v: int, info: ValidationInfo) -> int:
+        if v > MAX_REPEATS and not _stored(info):
+            raise ValueError(f"Input should be less than or equal to {MAX_REPEATS}")
+        return v
+
     @field_validator("repeats", mode="plain")
     @classmethod
-    def _repeats(cls, v: Any) -> int | Literal["auto"]:
+    def _repeats(cls, v: Any, info: ValidationInfo) -> int | Literal["auto"]:
         """A count from 1 to MAX_REPEATS, or "auto" (one validator: the union's branch errors never leak)."""
         if isinstance(v, str):
             text = v.strip().lower()
@@ -195,7 +244,7 @@ class BenchSpec(BaseModel):
             raise ValueError("Input should be a valid integer or 'auto'")
         if v <= 0:
             raise ValueError("Input should be greater than 0 (or 'auto')")
-        if v > MAX_REPEATS:
+        if v > (LEGACY_MAX_REPEATS if _stored(info) else MAX_REPEATS):
             raise ValueError(f"Input should be less than or equal to {MAX_REPEATS} (or 'auto')")
         return v
 

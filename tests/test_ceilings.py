@@ -300,7 +300,9 @@ def test_uncertain_cpu_ceiling_is_raised_to_the_clock_the_gemm_implies(monkeypat
     monkeypatch.setattr(hardware, "fingerprint", lambda with_torch=True: fp)
     gemm = 2 * 32 * 2810e6  # what 2 AVX2+FMA cores do at 2.81 GHz
     monkeypatch.setattr(
-        hardware, "roofline", lambda spec, threads, refresh=False: Peak(flops=gemm, source="measured: x")
+        hardware,
+        "roofline",
+        lambda spec, threads, refresh=False, on_progress=None: Peak(flops=gemm, source="measured: x"),
     )
     peak = hardware.cpu_ceiling(BenchSpec(model="gpt2-tiny", batch=1, seq=64), threads=2)
     assert peak is not None and peak.uncertain
@@ -309,6 +311,8 @@ def test_uncertain_cpu_ceiling_is_raised_to_the_clock_the_gemm_implies(monkeypat
     assert peak.roofline_flops == gemm <= peak.flops
     assert "the OS names 2445 MHz" in (peak.roofline_source or "")
     # A GEMM below the named clock's ceiling leaves the ceiling as it was.
-    monkeypatch.setattr(hardware, "roofline", lambda spec, threads, refresh=False: Peak(flops=1e11, source="m"))
+    monkeypatch.setattr(
+        hardware, "roofline", lambda spec, threads, refresh=False, on_progress=None: Peak(flops=1e11, source="m")
+    )
     low = hardware.cpu_ceiling(BenchSpec(model="gpt2-tiny", batch=1, seq=64), threads=2)
     assert low is not None and low.flops == pytest.approx(2 * 32 * 2445e6)

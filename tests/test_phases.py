@@ -150,7 +150,7 @@ def test_run_job_all_phases() -> None:
     assert result.threads == 1 and result.precision["threads"] == 1
     assert result.machine is not None and result.torch_device == "cpu"
     assert result.finished_at is not None and result.finished_at >= result.started_at
-    assert ("forward", 3, 3) in progress and ("train", 3, 3) in progress and ("init", 1, 1) in progress
+    assert ("init", 1, 7) in progress and ("forward", 4, 7) in progress and ("train", 7, 7) in progress
     for name in ("forward", "train"):
         p = result.phases[name]
         assert p.median_s and p.median_s > 0 and p.flops > 0 and p.mfu and 0 < p.mfu < 1

@@ -132,8 +132,9 @@ def test_cron_helpers() -> None:
 def test_sweep_dry_run_submits_nothing(farm_env: str, sweep_file: Path) -> None:
     code, text = cli("sweep", str(sweep_file), "--dry-run")
     assert code == 0 and "2 of 2 points, 2 jobs" in text
-    code, text = cli("sweep", str(sweep_file), "--dry-run", "--json")
-    doc = json.loads(text)
+    res = CliRunner().invoke(app, ["sweep", str(sweep_file), "--dry-run", "--json"])
+    code, doc = res.exit_code, json.loads(res.stdout)  # the plan's note goes to stderr
+    assert "would queue 2 job(s) on cpu" in res.stderr
     assert code == 0 and doc["jobs"] == 2 and [p["params"] for p in doc["points"]] == [{"batch": 1}, {"batch": 2}]
     assert all(p["ok"] and p["devices"] == ["cpu"] and p["predicted_bytes"] > 0 for p in doc["points"])
     from farm.cluster.controller import store_for

@@ -66,7 +66,7 @@ def test_how_it_is_measured_keeps_the_hash(change: dict) -> None:
         {"optimizer": "sgd"},
         {"checkpoint": "/models/gpt2"},
         {"model": "gpt2"},
-        {"model": {**PRESETS["gpt2-tiny"].model_dump(), "n_layer": 3}},
+        {"model": {**PRESETS["gpt2-tiny"].model_dump(), "n_layer": 3, "name": "tiny-3"}},
     ],
 )
 def test_what_changes_the_work_changes_the_hash(change: dict) -> None:

@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import socket
 import time
+from dataclasses import replace
+from datetime import UTC, datetime
 from typing import Annotated
 
 import typer
@@ -29,8 +31,11 @@ from farm.cli.output import (
 )
 from farm.cluster import controller, embedded
 from farm.cluster.controller import JobView
+from farm.errors import SpecError
 from farm.reports.listing import Listing
+from farm.results.result import JobResult
 from farm.settings import Settings, get_settings, mask_url
+from farm.spec import BenchSpec
 
 UnservedAfter = Annotated[
     float,
@@ -62,7 +67,13 @@ def submit(
     time_limit: o.TimeLimit = None,
     checkpoint: o.Checkpoint = None,
     tag: o.Tag = None,
-    name: str | None = typer.Option(None, help="A name for the run."),
+    name: o.Name = None,
+    dry_run: bool = typer.Option(
+        False,
+        "--dry-run",
+        help="Validate, expand devices against the live workers (if Redis answers), print the jobs and "
+        "queues that would be queued; queue nothing (never starts the embedded farm).",
+    ),
     wait_: bool = typer.Option(False, "--wait", help="Follow the run until every servable job ends."),
     json_out: bool = typer.Option(False, "--json", help='Print JSON (with --wait: {"run_id", "results"}).'),
     skip_unserved: bool = typer.Option(
@@ -73,10 +84,12 @@ def submit(
     fmt: Format = None,
     output: Output = None,
 ) -> None:
-    """Queue a benchmark on the farm (one job per device); with --wait, follow it and print the results."""
     spec = o.build_spec(spec_file, **o.spec_options(locals()))
     fmt_name = fmt_of(fmt, output, json_out)
     settings = get_settings()
+    if dry_run:
+        emit(_plan_listing(_dry_run_plan(spec, settings)), fmt_name, output)
+        return
     (spec,), _, _ = embedded.ensure_local([spec], settings, say=note)
     sub = controller.submit(spec, name=name, tags=spec.tags or None, settings=settings)
     note(f"run {sub.run_id}: {len(sub.jobs)} job(s) queued")
@@ -95,6 +108,49 @@ def submit(
         write(sub.run_id, output, fmt_name)
 
 
+submit.__doc__ = f"""Queue a benchmark on the farm (one job per device); with --wait, follow it and print the results.
+
+{o.DEFAULTS_LINE}"""
+
+
+def _dry_run_plan(spec: BenchSpec, settings: Settings) -> controller.Plan:
+    """The plan of `submit --dry-run`: with the embedded default, only this machine's devices (as submit)."""
+    if embedded.is_embedded(settings):
+        spec, skipped = embedded.local_only(spec)
+        for d in skipped:
+            warn(f"skipping device {d!r}: this machine has none (embedded farm)")
+    return controller.plan(spec, settings=settings)
+
+
+def _plan_listing(plan: controller.Plan) -> Listing:
+    """The jobs a dry run would queue, one row each, with whether a live worker serves its queue."""
+    queues = list(dict.fromkeys(j.queue for j in plan.jobs))
+    seen = "live workers unknown" if plan.workers is None else f"{plan.workers} live worker(s)"
+    doc = {
+        "dry_run": True,
+        "jobs": [{"job_id": j.job_id, "device": j.device, "queue": j.queue, "spec": j.spec.model_dump(mode="json")}
+                 for j in plan.jobs],
+        "queues": queues,
+        "unserved": plan.unserved,
+        "live_workers": plan.workers,
+        "notes": plan.notes,
+    }  # fmt: skip
+    lst = Listing(
+        f"dry run: {len(plan.jobs)} job(s) on queue(s) {', '.join(queues)}; {seen}; nothing queued",
+        ["job", "device", "queue", "model", "batch x seq", "dtype", "phases", "repeats", "served"],
+        doc=doc,
+        notes=list(plan.notes),
+    )
+    for j in plan.jobs:
+        served = None if plan.workers is None else ("no live worker" if j.queue in plan.unserved else "yes")
+        sp = j.spec
+        lst.add(
+            j.job_id, j.device, j.queue, sp.model_name, f"{sp.batch} x {sp.seq}", sp.dtype, ",".join(sp.phases),
+            f"{sp.warmup} + {sp.repeats}", served, status="unserved" if served == "no live worker" else None,
+        )  # fmt: skip
+    return lst
+
+
 def await_workers(run_id: str, unserved_after: float, settings: Settings | None = None) -> list[str]:
     """Before following a run: give workers that are still starting `unserved_after` s to serve its queues."""
 
@@ -107,15 +163,15 @@ def await_workers(run_id: str, unserved_after: float, settings: Settings | None 
     return left
 
 
-def _status_listing(run_id: str, views: list[JobView]) -> Listing:
+def _status_listing(run_id: str, views: list[JobView], name: str = "") -> Listing:
     counts: dict[str, int] = {}
     for v in views:
         key = "unserved" if v.unserved else v.state
         counts[key] = counts.get(key, 0) + 1
     summary = ", ".join(f"{n} {k}" for k, n in counts.items())
-    doc = {"run_id": run_id, "jobs": [v.__dict__ for v in views]}
+    doc = {"run_id": run_id, "name": name or None, "jobs": [v.__dict__ for v in views]}
     lst = Listing(
-        f"run {run_id}: {summary}",
+        f"run {run_id}{f' ({name})' if name else ''}: {summary}",
         ["job", "device", "queue", "state", "worker", "progress", "attempts", "result"],
         doc=doc,
     )
@@ -129,7 +185,7 @@ def _status_listing(run_id: str, views: list[JobView]) -> Listing:
 
 
 def status(
-    run: str = typer.Argument("latest", help="Run id ('latest', the default: the newest run)."),
+    run: str = typer.Argument("latest", help="Run id, or 'latest' (the default): the newest run."),
     watch: bool = typer.Option(False, "--watch", help="Follow the run with progress bars until it ends."),
     fmt: Format = None,
     output: Output = None,
@@ -140,7 +196,8 @@ def status(
     run_id = store.resolve_run(run)
     if watch:
         follow(run_id)
-    emit(_status_listing(run_id, controller.job_views(run_id, store)), fmt_of(fmt, output, json_out), output)
+    name = store.get_run(run_id).get("name") or ""  # NotFoundError (exit 4) for an unknown run
+    emit(_status_listing(run_id, controller.job_views(run_id, store), name), fmt_of(fmt, output, json_out), output)
 
 
 def workers(
@@ -159,8 +216,10 @@ def workers(
             err.print(f"no live worker on host {check_host!r}", markup=False)
             raise typer.Exit(EXIT_JOB_FAILED)
         return
+    # Times as ISO 8601 (UTC), like results; the table says how long ago.
+    doc = [{**w, "started_at": _iso(w["started_at"]), "last_heartbeat": _iso(w["last_heartbeat"])} for w in live]
     lst = Listing(
-        f"{len(live)} live worker(s)", ["name", "host", "device", "tags", "queues", "job", "last beat"], doc=live
+        f"{len(live)} live worker(s)", ["name", "host", "device", "tags", "queues", "job", "last beat"], doc=doc
     )
     now = time.time()
     for w in live:
@@ -169,29 +228,77 @@ def workers(
     emit(lst, fmt_of(fmt, output, json_out), output)
 
 
+def _iso(epoch: float) -> str | None:
+    return datetime.fromtimestamp(epoch, UTC).isoformat() if epoch else None
+
+
 def results(
-    run: str = typer.Argument(..., help="Run id ('latest' for the newest run)."),
+    runs: o.Runs = None,
+    run: o.RunOpt = None,
+    machine: o.Machine = None,
+    device: o.Device = None,
+    model: o.ModelSel = None,
+    since: o.Since = None,
+    until: o.Until = None,
     json_out: bool = typer.Option(False, "--json", help="Print a JSON list of job results."),
     csv_out: bool = typer.Option(False, "--csv", help="Print CSV, one row per job and phase (the report's CSV)."),
     fmt: Format = None,
     output: Output = None,
 ) -> None:
-    """The stored results of a run."""
+    """The stored results of runs (RUN... or --run; 'latest' when none is given), narrowed by selectors."""
+    selectors = o.selection((), machine, device, model, None, since, until)  # bad dates: exit 2 first
     store = controller.store_for()
-    run_id = store.resolve_run(run)
-    jobs = store.get_run(run_id)["jobs"]  # NotFoundError (exit 4) for an unknown run
-    res = store.get_results(jobs)
-    title = f"run {run_id}: {len(res)}/{len(jobs)} job(s) with results"
+    run_ids = o.run_ids(store, runs, run) or (store.latest_run(),)
+    found: dict[str, JobResult] = {}
+    n_jobs = 0
+    for run_id in run_ids:
+        jobs = store.get_run(run_id)["jobs"]  # NotFoundError (exit 4) for an unknown run
+        n_jobs += len(jobs)
+        found.update((r.job_id, r) for r in store.get_results(jobs))
+    sel = replace(selectors, runs=run_ids)
+    if sel.narrows_runs() or not n_jobs:  # selectors, or runs recorded without jobs (imported)
+        wanted = set(sel.query_ids(store))
+        found = {j: r for j, r in found.items() if j in wanted}
+        found.update((r.job_id, r) for r in store.get_results(sorted(wanted - set(found))))
+    res = list(found.values())
+    labels = ", ".join(o.run_label(store, r) for r in run_ids)
+    title = f"run{'s' if len(run_ids) > 1 else ''} {labels}: {len(res)}/{n_jobs} job(s) with results"
     emit_results(res, fmt_of(fmt, output, json_out, csv_out), output, title=title)
 
 
-def cancel(run: str = typer.Argument(..., help="Run id ('latest' for the newest run).")) -> None:
-    """Cancel a run's queued jobs: revoked and stored as `cancelled` (running jobs finish)."""
-    run_id = controller.store_for().resolve_run(run)
-    cancelled, running = controller.cancel(run_id)
-    out.print(f"cancelled {len(cancelled)} job(s)" + (f": {', '.join(cancelled)}" if cancelled else ""), markup=False)
-    if running:
-        note(f"still running (not interrupted): {', '.join(running)}")
+def cancel(
+    runs: o.Runs = None,
+    run: o.RunOpt = None,
+    fmt: Format = None,
+    output: Output = None,
+    json_out: JsonAlias = False,
+) -> None:
+    """Cancel runs' queued jobs (RUN... or --run; 'latest' too): revoked and stored as `cancelled` (running
+    jobs finish). A run must be named: cancelling is never a default."""
+    store = controller.store_for()
+    run_ids = o.run_ids(store, runs, run)
+    if not run_ids:
+        raise SpecError("run", "name the run to cancel (a run id, or 'latest')")
+    lst = Listing("", ["run", "job", "state"], doc=[])
+    n = 0
+    for run_id in run_ids:
+        cancelled, running = controller.cancel(run_id)
+        n += len(cancelled)
+        lst.doc.append({"run_id": run_id, "cancelled": cancelled, "running": running})
+        for j in cancelled:
+            lst.add(run_id, j, "cancelled", status="cancelled")
+        for j in running:
+            lst.add(run_id, j, "still running (not interrupted)", status="running")
+    lst.title = f"cancelled {n} job(s) of {', '.join(run_ids)}"
+    fmt_name = fmt_of(fmt, output, json_out)
+    if fmt_name == "terminal" and output is None:  # the short form people read
+        all_cancelled = [j for d in lst.doc for j in d["cancelled"]]
+        out.print(f"cancelled {n} job(s)" + (f": {', '.join(all_cancelled)}" if all_cancelled else ""), markup=False)
+        running = [j for d in lst.doc for j in d["running"]]
+        if running:
+            note(f"still running (not interrupted): {', '.join(running)}")
+        return
+    emit(lst, fmt_name, output)
 
 
 def worker(

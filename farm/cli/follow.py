@@ -14,6 +14,7 @@ from rich.text import Text
 from farm.cli.output import EXIT_JOB_FAILED, EXIT_UNSERVED, emit_results, err, warn
 from farm.cluster import controller
 from farm.cluster.controller import JobView
+from farm.reports.cells import term
 from farm.results.result import MEASURED_STATUSES, JobResult
 from farm.settings import Settings
 
@@ -25,12 +26,12 @@ def _tracker(progress: Progress) -> Callable[[list[JobView]], None]:
     def update(views: list[JobView]) -> None:
         for v in views:
             if v.job_id not in bars:
-                bars[v.job_id] = progress.add_task(f"{v.job_id} {v.device}", total=None, state=v.state)
+                bars[v.job_id] = progress.add_task(term(f"{v.job_id} {v.device}"), total=None, state=term(v.state))
             state = v.status or (v.state if v.served else f"unserved: no live worker on queue {v.queue}")
             if v.phase and not v.finished:
                 state = f"{v.state} {v.phase}"
             total = v.total or None
-            progress.update(bars[v.job_id], completed=v.done, total=total, state=state)
+            progress.update(bars[v.job_id], completed=v.done, total=total, state=term(state))  # from Redis
             if v.finished:
                 progress.update(bars[v.job_id], completed=1 if total is None else total, total=total or 1)
 

@@ -12,6 +12,7 @@ Every command runs under `FarmGroup.invoke`, which maps what escapes it to one l
 | 3 | Redis cannot be reached or refused the farm (BrokerError, any redis-py or kombu error) |
 | 4 | the run, job, result or schedule asked for does not exist (NotFoundError) |
 | 5 | jobs were left that no live worker can serve (`--wait`) |
+| 6 | `farm check --require-verdict`: a result of the run could not be judged (too little history, nothing measured) |
 
 Command modules hold plain functions (they never import this module); this module registers them.
 """
@@ -26,7 +27,7 @@ from kombu.exceptions import OperationalError
 from typer.core import TyperGroup
 
 from farm import __version__
-from farm.cli import farm_cmds, publish, report_cmds, run, schema, sweep_cmds
+from farm.cli import farm_cmds, publish, repair_cmds, report_cmds, run, schema, sweep_cmds
 from farm.cli.output import EXIT_BAD_INPUT, EXIT_BROKER, EXIT_JOB_FAILED, EXIT_NOT_FOUND, fail, out
 from farm.errors import BrokerError, CheckpointError, ConfigError, FarmError, NotFoundError, SpecError
 from farm.results.store import broker_error
@@ -88,6 +89,7 @@ def _root(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
 ) -> None:
     """Time GPT-2 models on CPUs and GPUs: build (init), forward and train, honestly."""
+    repair_cmds.warn_skipped_records()  # a record no reader can parse: one warning line per key
 
 
 for _fn in (
@@ -109,6 +111,7 @@ for _fn in (
     sweep_cmds.check,
     schema.schema,
     publish.publish,
+    repair_cmds.delete,
 ):
     app.command()(_fn)
 app.command("import")(report_cmds.import_)

@@ -2,12 +2,18 @@
 
 Data (tables, results, JSON) go to stdout or `-o FILE`; progress, warnings and errors to stderr,
 so that `--json` output on stdout stays machine-readable. Exit codes: see `farm.cli.main`.
+
+Both consoles (`out`, `err`) are `SafeConsole`s: a string printed is text, never Rich markup
+(unless `markup=True` is passed, as `fail` does with its escaped message), and control and bidi
+characters in strings and `Text`s are shown escaped (`farm.reports.cells.term`), so data that
+reaches a print cannot raise `MarkupError` or drive the terminal. `-o FILE` is written whole or
+not at all (`write`: a temporary file, then a rename); a file that cannot be written (a missing
+directory, a directory, a read-only place, a full device) is an OSError, one line and exit 1.
 """
 
 from __future__ import annotations
 
 import json
-import re
 import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -18,7 +24,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.text import Text
 
-from farm.reports.cells import fmt_seconds
+from farm.reports.cells import UNSAFE, fmt_seconds, term, write_text_atomic
 from farm.reports.formats import choose_format, render, terminal
 from farm.reports.listing import Listing
 from farm.reports.report import Report, build_report
@@ -27,10 +33,36 @@ from farm.results.result import JobResult
 
 EXIT_OK, EXIT_JOB_FAILED, EXIT_BAD_INPUT, EXIT_BROKER, EXIT_NOT_FOUND, EXIT_UNSERVED = 0, 1, 2, 3, 4, 5
 
+
+def safe_text(text: Text) -> Text:
+    """A copy of `text` with its control and bidi characters shown escaped (`term`), styles kept."""
+    if not UNSAFE.search(text.plain):
+        return text
+    cuts = sorted({i for span in text.spans for i in (span.start, span.end) if 0 < i < len(text)})
+    safe = Text(style=text.style, justify=text.justify, overflow=text.overflow, no_wrap=text.no_wrap, end=text.end)
+    for piece in text.divide(cuts):
+        start = len(safe)
+        safe.append(term(piece.plain))
+        for span in piece.spans:  # each covers the whole piece: the cuts are at every span's edges
+            safe.stylize(span.style, start, len(safe))
+    return safe
+
+
+class SafeConsole(Console):
+    """A Console whose `print` shows strings as text (not markup, unless `markup=True` is passed) and
+    escapes the control and bidi characters of strings and `Text`s (tables are built of escaped
+    `Text` cells by `farm.reports.formats`)."""
+
+    def print(self, *objects: Any, **kwargs: Any) -> None:
+        if kwargs.get("markup") is not True:
+            objects = tuple(Text(term(o)) if isinstance(o, str) else o for o in objects)
+        super().print(*(safe_text(o) if isinstance(o, Text) else o for o in objects), **kwargs)
+
+
 # Piped output gets a wide console: Rich's 80-column default would fold the tables (a report's
 # table, with MFU naming its peak and the roofline beside it, is about 220 columns).
-out = Console(soft_wrap=False, width=None if sys.stdout.isatty() else 240)
-err = Console(stderr=True)
+out = SafeConsole(soft_wrap=False, width=None if sys.stdout.isatty() else 240, markup=False)
+err = SafeConsole(stderr=True, markup=False)
 
 Format = Annotated[
     str | None,
@@ -40,12 +72,12 @@ Format = Annotated[
 ]
 Output = Annotated[Path | None, typer.Option("--output", "-o", help="Write to this file instead of stdout.")]
 JsonAlias = Annotated[bool, typer.Option("--json", help="Print JSON (the same as --format json).")]
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 def one_line(message: str) -> str:
-    """Control characters (a newline, an escape sequence) shown escaped: one line that cannot drive a terminal."""
-    return _CONTROL.sub(lambda m: repr(m[0])[1:-1], message)
+    """Control and bidi characters (a newline, an escape sequence) shown escaped: one line that cannot
+    drive a terminal (`farm.reports.cells.term`)."""
+    return term(message)
 
 
 def fail(message: str, code: int) -> typer.Exit:
@@ -59,12 +91,12 @@ def fail(message: str, code: int) -> typer.Exit:
 
 def warn(message: str, label: str = "warning") -> None:
     """A yellow `label:` and the message (text, not markup) on stderr."""
-    err.print(Text.assemble((f"{label}:", "yellow"), " ", message), highlight=False, soft_wrap=True)
+    err.print(Text.assemble((f"{label}:", "yellow"), " ", term(message)), highlight=False, soft_wrap=True)
 
 
 def note(message: str) -> None:
     """A plain line on stderr (text, not markup)."""
-    err.print(Text(message), highlight=False, soft_wrap=True)
+    err.print(Text(term(message)), highlight=False, soft_wrap=True)
 
 
 def fmt_of(fmt: str | None, output: Path | None, json_alias: bool = False, csv_alias: bool = False) -> str:
@@ -77,14 +109,14 @@ def fmt_of(fmt: str | None, output: Path | None, json_alias: bool = False, csv_a
 
 
 def write(text: str, output: Path | None, fmt: str) -> None:
-    """Text to stdout, or to the output file (a line on stderr says so)."""
+    """Text to stdout, or to the output file, whole or not at all (a line on stderr says so).
+
+    OSError (`cannot write FILE: why`) when the file cannot be written: the old file, if any, is kept.
+    """
     if output is None:
         print(text, end="" if text.endswith("\n") else "\n")
         return
-    try:
-        output.write_text(text, encoding="utf-8")
-    except OSError as e:
-        raise OSError(e.errno, f"cannot write {output}: {e.strerror}") from None
+    write_text_atomic(output, text)  # OSError: `cannot write FILE: why`
     err.print(Text(f"wrote {output} ({fmt})"))
 
 
@@ -93,7 +125,7 @@ def emit(obj: Report | Listing, fmt: str, output: Path | None = None, after: Seq
     if fmt == "terminal" and output is None:
         out.print(terminal(obj))
         for line in after:
-            out.print(Text(line), highlight=False)
+            out.print(Text(term(line)), highlight=False)
         return
     write(render(obj, fmt), output, fmt)
 

@@ -5,90 +5,78 @@ Plain functions; `farm.cli.main` registers them on the app and maps their errors
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.text import Text
 
+from farm.cli import options as o
 from farm.cli.output import Format, JsonAlias, Output, emit, fmt_of, out, write
+from farm.cli.repair_cmds import confirm
 from farm.cluster.controller import store_for
-from farm.dates import parse_when
 from farm.reports.compare import parse_baseline
 from farm.reports.diff import diff_listing, environment_diff
-from farm.reports.importer import import_file, read_file, validate
+from farm.reports.importer import import_results, read_file, validate
 from farm.reports.listing import Listing
 from farm.reports.pool import pool_listing, select_pooled
 from farm.reports.report import Selection, select
 
-ListOpt = list[str] | None
+ListOpt = o.ListOpt
+_split = o.split  # the run-selection grammar's list splitting (farm.cli.options), for `import --replace`
 Baseline = Annotated[
     str | None,
     typer.Option(help="What speedups are relative to: device=cpu (default: same run), run=<id>, machine=<tag>."),
 ]
-Machine = Annotated[ListOpt, typer.Option("--machine", help="Machine tag (repeatable or comma list).")]
-Device = Annotated[ListOpt, typer.Option("--device", help="Device tag, exactly as stored: cpu, cuda, cuda:h100.")]
-ModelSel = Annotated[ListOpt, typer.Option("--model", help="Model preset name, e.g. gpt2.")]
-SpecHash = Annotated[ListOpt, typer.Option("--spec-hash", help="Spec hash (same work on any device).")]
-Since = Annotated[str | None, typer.Option(help="Finished at or after: ISO date/time (UTC) or 30m, 12h, 7d.")]
-Until = Annotated[str | None, typer.Option(help="Finished at or before: ISO date/time (UTC) or 30m, 12h, 7d.")]
-
-
-def _split(values: ListOpt) -> tuple[str, ...]:
-    return tuple(v.strip() for item in values or [] for v in item.split(",") if v.strip())
 
 
 def _report(
-    runs: tuple[str, ...],
-    machine: ListOpt,
-    device: ListOpt,
-    model: ListOpt,
-    spec_hash: ListOpt,
-    since: str | None,
-    until: str | None,
+    sel: Selection,
     baseline: str | None,
     fmt: str | None,
     output: Path | None,
+    json_out: bool = False,
 ) -> None:
-    fmt = fmt_of(fmt, output)
+    fmt = fmt_of(fmt, output, json_out)
     s = store_for()
-    selection = Selection(
-        runs=tuple(s.resolve_run(r) for r in runs),
-        machines=_split(machine),
-        devices=_split(device),
-        models=_split(model),
-        spec_hashes=_split(spec_hash),
-        since=parse_when(since, "since"),
-        until=parse_when(until, "until"),
-    )
     # HTML carries the history view (a phase's time per night, regressions marked) when there is one.
-    emit(select(s, selection, parse_baseline(baseline), history=fmt == "html"), fmt, output)
+    rep = select(s, sel, parse_baseline(baseline), history=fmt == "html")
+    named = [label for label in (o.run_label(s, r) for r in sel.runs) if label.endswith(")")]
+    if named:
+        rep.title += f"; {', '.join(named)}"
+    emit(rep, fmt, output)
 
 
 def report(
-    runs: Annotated[list[str], typer.Argument(help="Run ids ('latest' for the newest run).")],
-    machine: Machine = None,
-    device: Device = None,
-    model: ModelSel = None,
-    spec_hash: SpecHash = None,
-    since: Since = None,
-    until: Until = None,
+    runs: o.Runs = None,
+    run: o.RunOpt = None,
+    machine: o.Machine = None,
+    device: o.Device = None,
+    model: o.ModelSel = None,
+    spec_hash: o.SpecHash = None,
+    since: o.Since = None,
+    until: o.Until = None,
     baseline: Baseline = None,
     fmt: Format = None,
     output: Output = None,
+    json_out: JsonAlias = False,
 ) -> None:
-    """Report runs: per phase the median with its 95% CI, tokens/s, TFLOP/s, MFU, memory, speedup, flags."""
-    _report(tuple(runs), machine, device, model, spec_hash, since, until, baseline, fmt, output)
+    """Report runs (RUN... or --run; all stored results when no run or selector is given): per phase the
+    median with its 95% CI, tokens/s, FLOP/s, MFU, memory, speedup, flags."""
+    sel = o.selection((), machine, device, model, spec_hash, since, until)
+    _report(replace(sel, runs=o.run_ids(store_for(), runs, run)), baseline, fmt, output, json_out)
 
 
 def compare(
-    run: Annotated[ListOpt, typer.Option("--run", help="Run id ('latest' too; repeatable or comma list).")] = None,
-    machine: Machine = None,
-    device: Device = None,
-    model: ModelSel = None,
-    spec_hash: SpecHash = None,
-    since: Since = None,
-    until: Until = None,
+    runs: o.Runs = None,
+    run: o.RunOpt = None,
+    machine: o.Machine = None,
+    device: o.Device = None,
+    model: o.ModelSel = None,
+    spec_hash: o.SpecHash = None,
+    since: o.Since = None,
+    until: o.Until = None,
     baseline: Baseline = None,
     pool: bool = typer.Option(
         False,
@@ -100,24 +88,17 @@ def compare(
     output: Output = None,
     json_out: JsonAlias = False,
 ) -> None:
-    """Compare results across runs, machines and devices chosen by selectors (all stored results if none)."""
+    """Compare results across runs (RUN... or --run), machines and devices chosen by selectors (all stored
+    results if none)."""
+    sel = o.selection((), machine, device, model, spec_hash, since, until)
+    s = store_for()
+    sel = replace(sel, runs=o.run_ids(s, runs, run))
     if not pool:
-        fmt = "json" if json_out and fmt is None else fmt
-        _report(_split(run), machine, device, model, spec_hash, since, until, baseline, fmt, output)
+        _report(sel, baseline, fmt, output, json_out)
         return
     fmt = fmt_of(fmt, output, json_out)
-    s = store_for()
-    selection = Selection(
-        runs=tuple(s.resolve_run(r) for r in _split(run)),
-        machines=_split(machine),
-        devices=_split(device),
-        models=_split(model),
-        spec_hashes=_split(spec_hash),
-        since=parse_when(since, "since"),
-        until=parse_when(until, "until"),
-    )
     base = parse_baseline(baseline)
-    emit(pool_listing(select_pooled(s, selection, base), base, selection), fmt, output)
+    emit(pool_listing(select_pooled(s, sel, base), base, sel), fmt, output)
 
 
 def diff(
@@ -136,21 +117,32 @@ def diff(
 
 def import_(
     file: Annotated[Path, typer.Argument(help='JSON from `farm results RUN --json` or {"run_id", "results": [...]}.')],
+    replace: Annotated[
+        ListOpt,
+        typer.Option("--replace", help="Overwrite the stored result of this job id (repeatable or comma list)."),
+    ] = None,
+    yes: bool = typer.Option(False, "--yes", "-y", help="Replace without asking."),
     json_out: JsonAlias = False,
     fmt: Format = None,
     output: Output = None,
 ) -> None:
-    """Validate, re-check (statistics from raw times, peak plausibility) and store results made elsewhere."""
+    """Validate, re-check (statistics from raw times, peak plausibility) and store results made elsewhere.
+
+    Never writes into an existing run or job; `--replace JOB_ID` overwrites that job's stored result
+    (asked first; `--yes` in scripts)."""
     fmt = fmt_of(fmt, output, json_out)
-    validate(read_file(file))  # bad input is refused before Redis is touched
-    summary = import_file(store_for(), file)
+    results = validate(read_file(file))  # bad input is refused before Redis is touched
+    replaced = _split(replace)
+    if replaced:
+        confirm(f"replace the stored result of {', '.join(replaced)}?", yes)
+    summary = import_results(store_for(), results, file.name, replaced)
     if fmt == "json":
         write(json.dumps(summary.__dict__, indent=1), output, fmt)
         return
-    lst = Listing(
-        f"stored {len(summary.stored)}, already present {len(summary.existing)}; runs: {', '.join(summary.runs)}",
-        ["job", "flagged"],
-    )
+    title = f"stored {len(summary.stored)}, already present {len(summary.existing)}"
+    if summary.replaced:
+        title += f", replaced {len(summary.replaced)}"
+    lst = Listing(f"{title}; runs: {', '.join(summary.runs)}", ["job", "flagged"])
     for job_id, why in summary.flagged.items():
         lst.add(job_id, why, status="invalid")
     if fmt == "terminal" and output is None:

@@ -7,6 +7,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextC
 
 from farm.cli import options as o
 from farm.cli.output import EXIT_JOB_FAILED, Format, Output, emit_results, err, fmt_of, warn
+from farm.reports.cells import term
 from farm.reports.report import UNVERIFIED_TEXT
 from farm.results.result import MEASURED_STATUSES
 from farm.spec import Job
@@ -35,7 +36,6 @@ def run(
     fmt: Format = None,
     output: Output = None,
 ) -> None:
-    """Run a benchmark spec on this machine, in this process (no broker, no workers)."""
     spec = o.build_spec(spec_file, **o.spec_options(locals()))
     fmt_name = fmt_of(fmt, output, json_out)
     # farm.engine.runner imports torch: only once the input is valid, and only for this command.
@@ -45,17 +45,19 @@ def run(
         TextColumn("{task.description}", markup=False),
         BarColumn(),
         MofNCompleteColumn(),
+        TextColumn("{task.fields[what]}", markup=False),
         TimeElapsedColumn(),
         console=err,
         transient=fmt_name != "terminal" or output is not None,
     )
-    bars: dict[tuple[str, str], TaskID] = {}
+    bars: dict[str, TaskID] = {}
 
-    def on_progress(job: Job, phase: str, done: int, total: int) -> None:
-        key = (job.job_id, phase)
-        if key not in bars:
-            bars[key] = progress.add_task(f"{job.device} {job.spec.model_name} {phase}", total=None)
-        progress.update(bars[key], completed=done, total=total)
+    def on_progress(job: Job, what: str, done: int, total: int) -> None:
+        """One bar per job over all its phases' steps; `what` says what it does now (a phase, compiling,
+        measuring the CPU roofline)."""
+        if job.job_id not in bars:
+            bars[job.job_id] = progress.add_task(term(f"{job.device} {job.spec.model_name}"), total=None, what="")
+        progress.update(bars[job.job_id], completed=done, total=total or None, what=term(what))
 
     with progress:
         results = run_spec(spec, on_progress=on_progress)
@@ -66,3 +68,8 @@ def run(
             warn(f"{r.device}: unverified: {r.error or UNVERIFIED_TEXT}")
     if any(r.status not in MEASURED_STATUSES for r in results):  # unverified is measured: warned, exit 0
         raise typer.Exit(EXIT_JOB_FAILED)
+
+
+run.__doc__ = f"""Run a benchmark spec on this machine, in this process (no broker, no workers).
+
+{o.DEFAULTS_LINE}"""

@@ -12,20 +12,24 @@ from typing import Annotated, Any
 import typer
 from rich.text import Text
 
+from farm.cli import options as o
 from farm.cli.farm_cmds import UnservedAfter, await_workers
 from farm.cli.follow import follow_and_print
 from farm.cli.output import EXIT_JOB_FAILED, Format, JsonAlias, Output, emit, err, fmt_of, note, warn, write
 from farm.cluster import embedded
 from farm.cluster.controller import UNSERVED_AFTER_S, store_for, submit
+from farm.cluster.controller import plan as controller_plan
 from farm.dates import parse_when
+from farm.errors import BrokerError
 from farm.nightly.regress import Verdict, changes, check_run, detect
 from farm.nightly.schedule import ScheduleBook, fire, run_beat
-from farm.nightly.sweep import Sweep, load_sweep, nightly_run_id, parse_bytes, resolve_wildcards
+from farm.nightly.sweep import Sweep, load_sweep, nightly_run_id, parse_bytes, resolve_wildcards, with_tags
 from farm.nightly.webhook import notify as post
 from farm.reports.cells import fmt_bytes, fmt_seconds
 from farm.reports.history import write_page
 from farm.reports.listing import Listing
 from farm.settings import get_settings
+from farm.spec import BenchSpec
 
 MaxMemory = Annotated[str | None, typer.Option("--max-memory", help="Skip points predicted above this, e.g. 16GiB.")]
 Strict = Annotated[bool, typer.Option("--strict", help="Refuse the sweep if any point is invalid or skipped.")]
@@ -62,7 +66,11 @@ def sweep(
     file: Annotated[Path, typer.Argument(help="Sweep file (YAML/JSON): spec fields, `grid:`, `name:`.")],
     wait: bool = typer.Option(False, "--wait", help="Follow the run until every job has a result."),
     json_out: JsonAlias = False,
-    dry_run: bool = typer.Option(False, "--dry-run", help="Show the points; submit nothing."),
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="Show the points and the jobs and queues they would make; submit nothing."
+    ),
+    tag: o.Tag = None,
+    name: o.Name = None,
     strict: Strict = False,
     max_memory: MaxMemory = None,
     nightly: bool = typer.Option(False, "--nightly", help="Run id <name>-<YYYYMMDD>: a night runs once."),
@@ -75,19 +83,23 @@ def sweep(
     fmt: Format = None,
     output: Output = None,
 ) -> None:
-    """Validate a sweep, show its job count, and submit every valid point as one run."""
+    """Validate a sweep, show its job count, and submit every valid point as one run (named --name,
+    else the sweep's name)."""
     fmt = fmt_of(fmt, output, json_out)
+    tags = o.parse_tags(tag)
     sw = _load(file, max_memory, strict)
     if dry_run:
         emit(_points_listing(sw), fmt, output)
+        if sw.specs:
+            _note_plan(with_tags(sw.specs, tags))
         return
     settings = get_settings()
-    specs, _, _ = embedded.ensure_local(sw.specs, settings, say=note)
+    specs, _, _ = embedded.ensure_local(with_tags(sw.specs, tags), settings, say=note)
     specs, notes = resolve_wildcards(specs)
     for line in notes:
         err.print(Text.assemble(("skipped", "yellow"), f" {line}"), highlight=False)
     run_id = nightly_run_id(sw.name, parse_when(date, "date")) if nightly else None
-    sub = submit(specs, run_id=run_id, name=sw.name, tags={"sweep": sw.name})
+    sub = submit(specs, run_id=run_id, name=name or sw.name, tags={"sweep": sw.name, **(tags or {})})
     verb = "submitted" if sub.created else "already exists (nothing enqueued)"
     note(f"run {sub.run_id} {verb}: {len(sub.jobs)} jobs from {len(specs)} points")
     if wait:
@@ -104,6 +116,22 @@ def sweep(
         )
     else:
         write(sub.run_id, output, fmt)
+
+
+def _note_plan(specs: list[BenchSpec]) -> None:
+    """On stderr: the jobs and queues a sweep's points would make, against the live workers if Redis answers."""
+    try:
+        specs, dropped = resolve_wildcards(specs)
+    except BrokerError as e:
+        dropped = [f"live workers unknown ({e}): wildcards not expanded"]
+    for line in dropped:
+        err.print(Text.assemble(("skipped", "yellow"), f" {line}"), highlight=False)
+    if not specs:
+        return
+    plan = controller_plan(specs)
+    queues = list(dict.fromkeys(j.queue for j in plan.jobs))
+    served = "" if plan.workers is None else f"; no live worker on {', '.join(plan.unserved)}" if plan.unserved else ""
+    note(f"would queue {len(plan.jobs)} job(s) on {', '.join(queues)}{served}; nothing queued")
 
 
 def schedule_add(
@@ -219,13 +247,19 @@ def regressions(
     show_all: bool = typer.Option(False, "--all", help="Also list unchanged series and those without a verdict."),
     notify: bool = typer.Option(True, "--notify/--no-notify", help="POST each regression to FARM_WEBHOOK_URL."),
     html: Path | None = typer.Option(None, "--html", help="Also write a history page (per-night plots)."),
-    machine: list[str] | None = typer.Option(None, "--machine", help="Only this machine tag (repeatable)."),
-    device: list[str] | None = typer.Option(None, "--device", help="Only this device tag (repeatable)."),
+    machine: o.Machine = None,
+    device: o.Device = None,
+    model: o.ModelSel = None,
+    until: Annotated[
+        str | None, typer.Option(help="Judge as of then: results finished later are left out (ISO or 12h, 7d).")
+    ] = None,
     fmt: Format = None,
     output: Output = None,
 ) -> None:
     """Regressions and improvements: each series' newest result against its history."""
-    results = store_for().query(machines=machine or (), devices=device or ())
+    sel = o.selection((), machine, device, model, None, None, until)
+    store = store_for()
+    results = store.get_results(sel.query_ids(store))
     verdicts = detect(results, since=parse_when(since, "since"))
     shown = verdicts if show_all else changes(verdicts)
     n_reg = sum(v.kind == "regression" for v in verdicts)
@@ -241,27 +275,64 @@ def regressions(
     _notify(verdicts, notify)
 
 
+EXIT_NO_VERDICT = 6  # `check --require-verdict`: some result could not be judged (farm.cli.main's table)
+
+
+def _why_no_verdict(run_id: str, verdicts: list[Verdict]) -> list[str]:
+    """Why `check` gives no verdict: one line per series (a count per reason past ten); [] when every
+    phase result was judged."""
+    if not verdicts:
+        return [f"no verdict: run {run_id} has no measured phase results to judge"]
+    missing = [v for v in verdicts if v.kind == "no-verdict"]
+    if len(missing) <= 10:
+        return [
+            f"no verdict: {v.machine} {v.device} {v.model} {v.phase} (spec {v.spec_hash}): {v.reason}" for v in missing
+        ]
+    reasons: dict[str, int] = {}
+    for v in missing:
+        reasons[v.reason] = reasons.get(v.reason, 0) + 1
+    return [f"no verdict for {len(missing)} of {len(verdicts)} series: " + "; ".join(
+        f"{reason} ({n})" for reason, n in sorted(reasons.items(), key=lambda kv: -kv[1]))]  # fmt: skip
+
+
 def check(
     run_id: Annotated[str, typer.Argument(help="The run to judge against history ('latest' for the newest run).")],
     json_out: bool = typer.Option(False, "--json", help="Print the verdicts as JSON."),
     notify: bool = typer.Option(True, "--notify/--no-notify", help="POST each regression to FARM_WEBHOOK_URL."),
+    require_verdict: bool = typer.Option(
+        False,
+        "--require-verdict",
+        help=f"Exit {EXIT_NO_VERDICT} when any phase result of the run cannot be judged (too little history, "
+        "nothing measured): a CI gate that never passes blind.",
+    ),
+    machine: o.Machine = None,
+    device: o.Device = None,
+    model: o.ModelSel = None,
     fmt: Format = None,
     output: Output = None,
 ) -> None:
-    """Exit 1 when any result of the run regressed (for CI gating); 4 when the run does not exist."""
+    """Judge a run against history (for CI gating): exit 1 when a result regressed, 4 when the run does not
+    exist; with --require-verdict, 6 when a result could not be judged (why is printed on stderr either way)."""
     store = store_for()
     run_id = store.resolve_run(run_id)
     run = store.get_run(run_id)
-    verdicts = check_run(store.query(), run_id)
+    sel = o.selection((), machine, device, model)
+    verdicts = check_run(store.get_results(sel.query_ids(store)), run_id)
     doc = {"run_id": run_id, "verdicts": [v.model_dump(mode="json") for v in verdicts]}
     jobs = f"{len(run['jobs'])} jobs, " if run["jobs"] else ""
+    label = f"{run_id} ({run['name']})" if run.get("name") else run_id
     emit(
-        _verdicts(verdicts, f"run {run_id}: {jobs}{len(verdicts)} phase results judged", doc),
+        _verdicts(verdicts, f"run {label}: {jobs}{len(verdicts)} phase results judged", doc),
         fmt_of(fmt, output, json_out),
         output,
     )
     _notify(verdicts, notify)
+    why = _why_no_verdict(run_id, verdicts)
+    for line in why:
+        warn(line.removeprefix("no verdict").lstrip(": "), label="no verdict")
     regressed = [v for v in verdicts if v.kind == "regression"]
     if regressed:
         err.print(Text.assemble((f"{len(regressed)} regression(s)", "bold red"), f" in run {run_id}"))
         raise typer.Exit(EXIT_JOB_FAILED)
+    if why and require_verdict:
+        raise typer.Exit(EXIT_NO_VERDICT)

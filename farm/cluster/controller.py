@@ -184,6 +184,39 @@ def submit(
     return Submission(run_id, jobs, True, _unserved_queues(jobs, served))
 
 
+DRY_RUN_ID = "dry-run"  # the run id a plan's jobs carry: a real submission gets a fresh one
+
+
+@dataclass
+class Plan:
+    """What `submit` would queue, queueing nothing (`farm submit --dry-run`, `farm sweep --dry-run`)."""
+
+    jobs: list[Job]
+    unserved: list[str]  # queues no live worker serves now ([] when workers are unknown)
+    workers: int | None  # live workers seen; None when Redis could not be reached
+    notes: list[str] = field(default_factory=list)
+
+
+def plan(specs: BenchSpec | Sequence[BenchSpec], *, settings: Settings | None = None) -> Plan:
+    """The jobs and queues `submit` would make of specs, with wildcards expanded against the live
+    workers when Redis can be reached (left as given, with a note, when not). Writes nothing and
+    never starts the embedded farm. SpecError when a wildcard matches no live worker (as `submit`)."""
+    spec_list = [specs] if isinstance(specs, BenchSpec) else list(specs)
+    if not spec_list:
+        raise SpecError("spec", "nothing to submit: no spec given")
+    notes: list[str] = []
+    try:
+        workers: list[dict[str, Any]] | None = live_workers(settings)
+    except BrokerError as e:
+        workers = None
+        notes.append(f"live workers unknown ({e}): wildcards not expanded, queues not checked")
+    if workers is not None:
+        spec_list = [expand_wildcards(s, workers) for s in spec_list]
+    jobs = plan_jobs(spec_list, DRY_RUN_ID)
+    unserved = _unserved_queues(jobs, served_queues(workers)) if workers is not None else []
+    return Plan(jobs, unserved, None if workers is None else len(workers), notes)
+
+
 def _unserved_queues(jobs: Sequence[Job], served: set[str]) -> list[str]:
     return list(dict.fromkeys(j.queue for j in jobs if j.queue not in served))
 

@@ -22,6 +22,7 @@ import re
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -211,12 +212,13 @@ def cpu_peak(dtype: str, matmul_precision: str, threads: int) -> Peak | None:
     return machine_cpu_ceiling(fingerprint(with_torch=False), threads, dtype, matmul_precision)
 
 
-def cpu_ceiling(spec: BenchSpec, threads: int) -> Peak | None:
-    """The CPU ceiling of a spec's job (theoretical peak) with the measured GEMM roofline beside it."""
+def cpu_ceiling(spec: BenchSpec, threads: int, on_progress: ShapeProgress | None = None) -> Peak | None:
+    """The CPU ceiling of a spec's job (theoretical peak) with the measured GEMM roofline beside it
+    (`on_progress` as in `measure_roofline`, when it is measured now)."""
     peak = cpu_peak(spec.dtype, spec.matmul_precision, threads)
     if peak is None:
         return None
-    roof = roofline(spec, threads)
+    roof = roofline(spec, threads, on_progress=on_progress)
     source = roof.source
     fp = fingerprint(with_torch=False)
     if roof.flops > peak.flops and peak.uncertain and fp.cpu_clock_mhz:
@@ -288,6 +290,7 @@ ROOFLINE_REPS = 3
 ROOFLINE_START_ROWS = 16
 ROOFLINE_MIN_ROWS = 256
 REMEASURE_LOADED_AFTER_S = 600.0  # a roofline taken under load is measured again once this old
+ShapeProgress = Callable[[int, int], None]  # (shapes measured, shapes), before the first and after each
 
 
 def roofline_shapes(spec: BenchSpec) -> list[tuple[str, int, int, int]]:
@@ -349,8 +352,9 @@ def _measure_shape(m: int, k: int, n: int, dtype: object) -> tuple[float, int]:
     return best, rows
 
 
-def measure_roofline(spec: BenchSpec, threads: int) -> dict[str, Any]:
-    """Measure the best GEMM of the model's shapes now: the cache entry `roofline` stores."""
+def measure_roofline(spec: BenchSpec, threads: int, on_progress: ShapeProgress | None = None) -> dict[str, Any]:
+    """Measure the best GEMM of the model's shapes now: the cache entry `roofline` stores.
+    `on_progress(done, total)` hears 0 before the first shape and each shape as it ends."""
     import torch  # lazily: see the module docstring
 
     tdtype = getattr(torch, spec.dtype)
@@ -360,10 +364,15 @@ def measure_roofline(spec: BenchSpec, threads: int) -> dict[str, Any]:
     load_before = psutil.getloadavg()[0]
     start = CpuSnapshot.now()
     per_shape: dict[str, dict[str, float | int]] = {}
+    shapes = roofline_shapes(spec)
     try:
-        for label, m, k, n in roofline_shapes(spec):
+        for i, (label, m, k, n) in enumerate(shapes):
+            if on_progress is not None and i == 0:
+                on_progress(0, len(shapes))
             rate, rows = _measure_shape(m, k, n, tdtype)
             per_shape[label] = {"flops": rate, "rows": rows, "m": m, "k": k, "n": n}
+            if on_progress is not None:
+                on_progress(i + 1, len(shapes))
     finally:
         torch.set_num_threads(prev_threads)
         torch.set_float32_matmul_precision(prev_prec)
@@ -394,7 +403,7 @@ def _roofline_source(entry: dict[str, Any], spec: BenchSpec, threads: int) -> st
     )
 
 
-def roofline(spec: BenchSpec, threads: int, refresh: bool = False) -> Peak:
+def roofline(spec: BenchSpec, threads: int, refresh: bool = False, on_progress: ShapeProgress | None = None) -> Peak:
     """The measured GEMM roofline for a spec's CPU job, cached per host, CPU, torch, threads, dtype,
     precision and shapes. Measured when not cached, when `refresh`, or when the cached one was taken
     under load (others used the CPU meanwhile) more than REMEASURE_LOADED_AFTER_S ago; a new figure
@@ -414,7 +423,7 @@ def roofline(spec: BenchSpec, threads: int, refresh: bool = False) -> Peak:
         and time.time() - old.get("measured_at", 0) > REMEASURE_LOADED_AFTER_S
     )
     if not isinstance(old, dict) or "flops" not in old or refresh or stale:
-        new = measure_roofline(spec, threads)
+        new = measure_roofline(spec, threads, on_progress)
         if isinstance(old, dict) and "flops" in old and new["loaded"] and float(new["flops"]) <= old["flops"]:
             new = old
         cache[key] = new

@@ -18,7 +18,7 @@ from torch import nn
 
 from farm.engine.loss import FUSED_LOSS_DEVICES, lm_head_loss
 from farm.errors import CheckpointError, SpecError
-from farm.spec import ModelShape, resolve_model
+from farm.spec import ModelShape, resolve_model, safe_name
 from farm.untrusted import MAX_CONFIG_BYTES, load_document
 
 __all__ = ["GPT", "from_hf_checkpoint", "hf_state_dict", "read_hf_config"]
@@ -173,7 +173,7 @@ def read_hf_config(path: Path) -> ModelShape:
 
 def _shape_from_config(cfg: dict, path: Path) -> ModelShape:
     return ModelShape(
-        name=cfg.get("_name_or_path") or path.name or "checkpoint",
+        name=safe_name(str(cfg.get("_name_or_path") or path.name)),  # it becomes keys and labels
         n_layer=cfg.get("n_layer", 12),
         n_head=cfg.get("n_head", 12),
         n_embd=cfg.get("n_embd", 768),

@@ -41,13 +41,36 @@ class JobContext:
     deadline: float | None = None  # time.monotonic() value after which the job stops
     on_progress: ProgressFn | None = None
     warnings: list[str] = field(default_factory=list)
+    # Steps (warm-up and timed repeats) done and expected per phase, for progress over the whole job.
+    _done: dict[str, int] = field(default_factory=dict)
+    _total: dict[str, int] = field(default_factory=dict)
+
+    def job_counts(self) -> tuple[int, int]:
+        """(steps done, steps expected) over every phase of the job: init counts 1, forward and train
+        their warm-up + repeats (`repeats: auto`: + max_repeats, an upper bound until the phase ends)."""
+        spec = self.spec
+        per_phase = spec.warmup + (spec.max_repeats if spec.repeats == "auto" else spec.repeats)
+        total = sum(self._total.get(p, 1 if p == "init" else per_phase) for p in spec.phases)
+        return sum(self._done.values()), total
+
+    def say(self, what: str) -> None:
+        """Report what the job does now (compiling, measuring the roofline) with its counts so far."""
+        if self.on_progress is not None:
+            self.on_progress(what, *self.job_counts())
+
+    def roofline_progress(self, done: int, total: int) -> None:
+        """`on_progress` of the CPU roofline measurement (`farm.engine.hardware.cpu_ceiling`)."""
+        self.say(f"setup: measuring the CPU roofline {done}/{total} shapes")
 
     def step(self, phase: str) -> Callable[[int, int], None]:
-        """Called between timed repeats: reports progress and enforces the deadline."""
+        """Called between timed repeats: reports the job's progress and enforces the deadline."""
 
         def _step(done: int, total: int) -> None:
-            if self.on_progress is not None:
-                self.on_progress(phase, done, total)
+            for p in self._done:  # a phase that ended (auto repeats stop early) counts what it ran
+                if p != phase:
+                    self._total[p] = self._done[p]
+            self._done[phase], self._total[phase] = done, total
+            self.say(phase)
             if self.deadline is not None and time.monotonic() > self.deadline:
                 raise JobTimeout(f"{phase}: time limit of {self.spec.time_limit_s} s reached after {done}/{total}")
 
@@ -57,7 +80,7 @@ class JobContext:
         """Warm-up and timed repeats of `fn`: the spec's count, or adaptive for `repeats: auto`."""
         spec = self.spec
         if spec.repeats == "auto":
-            return repeat_adaptive(
+            timed = repeat_adaptive(
                 fn,
                 warmup=spec.warmup,
                 timer=self.timer,
@@ -68,6 +91,9 @@ class JobContext:
                 deadline=self.deadline,
                 on_step=self.step(phase),
             )
+            self._total[phase] = self._done.get(phase, 0)  # it stopped before max_repeats: the bar fills
+            self.say(phase)
+            return timed
         return repeat(fn, repeats=spec.repeats, warmup=spec.warmup, timer=self.timer, on_step=self.step(phase))
 
     def judged(self, phase: str, timed: Timed, mem: PeakMemory, breakdown: dict[str, float]) -> PhaseResult:
@@ -177,6 +203,7 @@ def run_forward(ctx: JobContext) -> PhaseResult:
     with PeakMemory(dev) as mem:
         if spec.compile:
             fn = torch.compile(model)
+            ctx.say("forward: compiling (torch.compile's first call)")
             breakdown["compile_s"], _ = ctx.timer.time(forward)  # first call compiles
         timed = ctx.measure("forward", forward)
     return ctx.judged("forward", timed, mem, breakdown)
@@ -234,15 +261,34 @@ def run_train(ctx: JobContext) -> PhaseResult:
         with PeakMemory(dev) as mem:
             if spec.compile:
                 fn = torch.compile(model)
+                ctx.say("train: compiling (torch.compile's first call, forward and backward)")
                 breakdown["compile_s"], _ = ctx.timer.time(step)
             timed = ctx.measure("train", step)
-        if losses:
+        diverged = _diverged(losses)
+        if losses and diverged is None:
             breakdown["loss_first"] = float(losses[0])
             breakdown["loss_last"] = float(losses[-1])
     finally:
         opt.zero_grad(set_to_none=True)  # gradients freed; optimizer state goes with the frame
         _free(ctx)
-    return ctx.judged("train", timed, mem, breakdown)
+    result = ctx.judged("train", timed, mem, breakdown)
+    if diverged is not None:
+        # The times are kept (they were measured), but a step that computed NaN is not a training step.
+        result.status, result.error = "failed", diverged
+    return result
+
+
+def _diverged(losses: list[torch.Tensor]) -> str | None:
+    """The error for the first step (warm-up included, from 1) whose loss is not finite ("training
+    diverged: loss nan at step k"); None when every loss is. Read after timing: one check, one sync."""
+    if not losses:
+        return None
+    values = torch.stack(losses).float()
+    bad = (~torch.isfinite(values)).nonzero()
+    if bad.numel() == 0:
+        return None
+    k = int(bad[0, 0])
+    return f"train: training diverged: loss {float(values[k])} at step {k + 1} of {len(losses)} (warm-up included)"
 
 
 PHASE_RUNNERS: dict[str, Callable[[JobContext], PhaseResult]] = {
@@ -253,7 +299,7 @@ PHASE_RUNNERS: dict[str, Callable[[JobContext], PhaseResult]] = {
 
 
 @contextlib.contextmanager
-def precision_settings(spec: BenchSpec) -> Iterator[dict[str, object]]:
+def precision_settings(spec: BenchSpec) -> Iterator[dict[str, str | int | float | bool | None]]:
     """Apply the spec's threads and float32 matmul precision for the job; restore afterwards."""
     prev_threads, prev_prec = torch.get_num_threads(), torch.get_float32_matmul_precision()
     if spec.threads:

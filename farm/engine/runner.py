@@ -120,14 +120,16 @@ def check_fits(spec: BenchSpec, device: torch.device) -> None:
         )
 
 
-def peak_for(spec: BenchSpec, device: torch.device, threads: int) -> Peak | None:
+def peak_for(
+    spec: BenchSpec, device: torch.device, threads: int, on_progress: Callable[[int, int], None] | None = None
+) -> Peak | None:
     """The device's ceiling (docs/ceilings.md): a GPU's table or derived peak; the CPU's theoretical
     peak with the measured GEMM roofline beside it; None otherwise (its phases are `unverified`).
     On CUDA it reads the device's properties: call it after the timed device set-up."""
     if device.type == "cuda":
         return gpu_ceiling(cuda_gpu_info(device.index or 0), spec.dtype, spec.matmul_precision)
     if device.type == "cpu":
-        return cpu_ceiling(spec, threads)
+        return cpu_ceiling(spec, threads, on_progress)  # progress: roofline shapes measured
     return None
 
 
@@ -212,7 +214,8 @@ def run_job(
                 _devices_used.add(str(device))
                 if check_memory:
                     check_fits(spec, device)
-                ctx.peak = peak_for(spec, device, result.threads)  # may calibrate the CPU: under the lock
+                # may measure the CPU roofline (seconds, with progress): under the lock
+                ctx.peak = peak_for(spec, device, result.threads, ctx.roofline_progress)
                 if device.type == "cuda":  # the facts the ceiling came from, kept even if a phase fails
                     result.machine = with_gpu(result.machine, cuda_gpu_info(device.index or 0))
             if ctx.peak is None:
@@ -264,7 +267,7 @@ def _waiting(ctx: JobContext, what: str) -> Callable[[], None] | None:
     progress = ctx.on_progress
     if progress is None:
         return None
-    return lambda: progress(f"{what}: waiting for the host lock", 0, 0)
+    return lambda: ctx.say(f"{what}: waiting for the host lock")  # keeps the bar's counts
 
 
 # torch reports a failed CPU allocation as a RuntimeError from its allocator (c10 "enforce fail"),
@@ -305,7 +308,10 @@ def _rejudge_against_fresh_peak(result: JobResult, ctx: JobContext, threads: int
     old = peak.roofline_flops
     if not any(p.achieved_flops and p.achieved_flops > old for p in result.phases.values()):
         return
-    fresh = roofline(ctx.spec, threads, refresh=True)
+    fresh = roofline(
+        ctx.spec, threads, refresh=True,
+        on_progress=lambda d, t: ctx.say(f"calibration: re-measuring the CPU roofline {d}/{t} shapes"),
+    )  # fmt: skip
     if fresh.flops <= old:
         return
     result.warnings.append(

@@ -271,3 +271,10 @@ def daily_at_most(expr: str) -> bool:
     """True when a cron fires at most once a day (one minute, one hour): its runs are keyed by date."""
     minute, hour = expr.split()[:2]
     return minute.isdigit() and hour.isdigit()
+
+
+def with_tags(specs: list[BenchSpec], tags: dict[str, str] | None) -> list[BenchSpec]:
+    """Each spec with `tags` laid over its own (`farm sweep --tag K=V`), validated again."""
+    if not tags:
+        return specs
+    return [BenchSpec.model_validate(s.model_dump() | {"tags": {**s.tags, **tags}}) for s in specs]

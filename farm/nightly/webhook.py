@@ -8,13 +8,18 @@ Message (one per regression, `Content-Type: application/json`):
 ```
 
 `text` suits Slack/Mattermost incoming webhooks; `verdict` holds every field of
-`farm.nightly.regress.Verdict`. A failed delivery is reported back to the caller, never raised: a
+`farm.nightly.regress.Verdict`. Data text in `text` (machine, model, device, phase, reason, run)
+goes through `webhook_text`: control and bidi characters shown escaped (`\\x1b`), `& < >` escaped
+as Slack asks (so `<!channel>` or `<http://x|click>` in a machine name is text, not a mention or a
+link), each field capped at `MAX_FIELD` and the whole text at `MAX_TEXT` characters.
+A failed delivery is reported back to the caller, never raised: a
 webhook that is down must not hide the regression from the terminal or fail a nightly run.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import threading
 import urllib.error
 import urllib.request
@@ -22,6 +27,22 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from farm.nightly.regress import Verdict
+
+MAX_FIELD = 200  # characters of one data field in `text`
+MAX_TEXT = 1000  # characters of the whole `text`
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+_SLACK = {"&": "&amp;", "<": "&lt;", ">": "&gt;"}
+
+
+def _cap(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def webhook_text(text: str, limit: int = MAX_FIELD) -> str:
+    """Data text for a webhook message: control and bidi characters shown escaped (`\\x1b`, `\\n`),
+    `& < >` escaped for Slack/Mattermost, at most `limit` characters."""
+    text = _UNSAFE.sub(lambda m: repr(m[0])[1:-1], text)
+    return _cap(re.sub(r"[&<>]", lambda m: _SLACK[m[0]], text), limit)
 
 
 @dataclass(frozen=True)
@@ -35,19 +56,22 @@ class Delivery:
 
 
 def describe(v: Verdict) -> str:
-    """One human line for a verdict."""
-    where = f"{v.model} {v.phase} on {v.device} ({v.machine})"
+    """One human line for a verdict, its data text escaped (`webhook_text`), at most `MAX_TEXT` characters."""
+    t = webhook_text
+    where = f"{t(v.model)} {t(v.phase)} on {t(v.device)} ({t(v.machine)})"
     if v.baseline_s is None or v.change is None:
-        return f"{where}: {v.kind} ({v.reason})"
+        return _cap(f"{where}: {v.kind} ({t(v.reason)})", MAX_TEXT)
     direction = "slower" if v.change > 0 else "faster"
     conf = f", confidence {v.confidence:.1%}" if v.confidence is not None else ""
-    return (
+    return _cap(
         f"{where} is {abs(v.change):.1%} {direction}: {v.new_s:.4g} s vs baseline {v.baseline_s:.4g} s "
-        f"(median of {v.n_history}){conf}; run {v.run_id}"
+        f"(median of {v.n_history}){conf}; run {t(v.run_id)}",
+        MAX_TEXT,
     )
 
 
 def message(v: Verdict) -> dict[str, object]:
+    """The JSON body of one verdict's POST: `text` escaped for a chat, `verdict` as data (JSON-escaped)."""
     return {"event": f"farm.{v.kind}", "text": describe(v), "verdict": v.model_dump(mode="json")}
 
 

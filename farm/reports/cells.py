@@ -1,9 +1,34 @@
 """The cells of a report row, shared by every format: display text per column, the flag labels,
-the header lines, and the same row as plain values (CSV and JSON). Never imports torch."""
+the header lines, and the same row as plain values (CSV and JSON); and the one escaping function
+of each format, through which every data string (machine, host, model, tag, error, run name) is shown:
+
+- terminal, `term`: control characters (C0, DEL, C1: ESC, CR, BEL, newline) and bidi controls
+  shown escaped (`\\x1b`, `\\u202e`); shown as `rich.text.Text`, so never read as markup.
+- Markdown, `md`: backslash, pipe and backtick escaped, `](` as `]\\(` (no link or image), `& < >`
+  as entities (no raw HTML or autolink), CR/LF as spaces, other control characters as by `term`.
+- CSV, `csv_cell`: a text cell beginning with `=`, `+`, `-`, `@`, tab or CR gets a `'` prefix
+  (OWASP's CSV-injection advice); numbers stay numbers; control and bidi characters other than
+  tab, CR and LF shown escaped (CSV is printed to terminals too).
+- HTML, `html_text`: `html.escape`, control and bidi characters other than tab, CR and LF shown
+  escaped (the HTML modules import it as `escape`).
+- matplotlib labels, `plot_label`: control characters dropped, length capped; every plot is drawn
+  with mathtext off (`MATH_OFF`), so `$...$` is text.
+- webhook text: `farm.nightly.webhook.webhook_text` (a layer below this one).
+
+JSON needs none (`json.dumps` escapes control characters). `write_text_atomic` writes an output
+file whole or not at all. Never imports torch.
+"""
 
 from __future__ import annotations
 
+import errno
+import html
 import io
+import os
+import re
+import stat
+import tempfile
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console, RenderableType
@@ -242,9 +267,108 @@ def row_dict(row: Row) -> dict[str, Any]:
     }
 
 
+# Control characters (C0, DEL, C1), bidi embeddings/overrides/isolates and marks, line and
+# paragraph separators: what can move a terminal's cursor, retitle it, or reorder what is read.
+UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+MAX_LABEL = 48  # characters of data text in a plot label (longer ones squash the axes)
+# matplotlib settings for every plot: text is text (`$...$` is not mathtext, no LaTeX).
+MATH_OFF: dict[Any, Any] = {"text.parse_math": False, "text.usetex": False}  # keys: matplotlib rcParams
+INLINE_UNSAFE = re.compile(UNSAFE.pattern.replace(r"\x00-\x1f", r"\x00-\x08\x0b\x0c\x0e-\x1f"))  # not \t \n \r
+_MD_SPECIAL = re.compile(r"[\\|`]")
+_MD_ENTITY = {"&": "&amp;", "<": "&lt;", ">": "&gt;"}
+_NUMBER = re.compile(r"^[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?$")
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _shown(m: re.Match[str]) -> str:
+    return repr(m[0])[1:-1]  # \x1b, \r, \n, \t, \u202e
+
+
+def term(text: str) -> str:
+    """Data text for a terminal: control and bidi characters shown escaped (`\\x1b`), one line.
+
+    Show the result as `rich.text.Text` (never as markup): `[/x]` then prints as typed.
+    """
+    return UNSAFE.sub(_shown, text)
+
+
 def md(text: str) -> str:
-    """Text for a Markdown table cell or line: pipes escaped, one line."""
-    return text.replace("|", "\\|").replace("\n", " ")
+    """Data text for a Markdown line or table cell: backslash, pipe and backtick escaped, `](` as
+    `]\\(` (no inline link or image), `& < >` as entities (no raw HTML, no autolink), CR and LF as
+    spaces (one line), other control characters shown escaped as by `term`."""
+    text = _MD_SPECIAL.sub(lambda m: "\\" + m[0], text).replace("](", "]\\(")
+    text = re.sub(r"[&<>]", lambda m: _MD_ENTITY[m[0]], text)
+    return term(re.sub(r"\r\n|[\r\n]", " ", text))
+
+
+def csv_cell(value: Any) -> Any:
+    """A CSV value: a text cell that a spreadsheet would run as a formula (it begins with `=`, `+`,
+    `-`, `@`, tab or CR) gets a `'` prefix (OWASP's CSV-injection advice). Numbers (int, float,
+    and text that is exactly a number such as `-1.5`) are left as they are. Control and bidi
+    characters other than tab, CR and LF are shown escaped (`\\x1b`), as by `term`."""
+    if not isinstance(value, str):
+        return value
+    if value.startswith(FORMULA_START) and not _NUMBER.match(value):
+        value = "'" + value
+    return INLINE_UNSAFE.sub(_shown, value)
+
+
+def html_text(text: str) -> str:
+    """Data text for HTML (text or a quoted attribute): `html.escape`, and control and bidi
+    characters other than tab, CR and LF shown escaped (`\\x1b`)."""
+    return html.escape(INLINE_UNSAFE.sub(_shown, text))
+
+
+def plot_label(text: str, limit: int = MAX_LABEL) -> str:
+    """Data text for a matplotlib label: control and bidi characters dropped (newlines as spaces),
+    at most `limit` characters. Draw it under `MATH_OFF` so that `$` is a dollar sign."""
+    text = UNSAFE.sub("", re.sub(r"[\r\n\t]+", " ", text))
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write `text` to `path` whole or not at all: a temporary file in the same directory, then a
+    rename (a reader never sees half a file; a failure leaves what was there). A path that is not a
+    regular file (`/dev/null`, a FIFO, `/dev/full`) is written directly. OSError on failure, with
+    no temporary file left behind; its message names `path` (`cannot write PATH: why`), never the
+    temporary file."""
+    try:
+        _write_atomic(Path(path), text)
+    except OSError as e:
+        raise OSError(e.errno, f"cannot write {path}: {e.strerror or e}") from None
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    target = Path(os.path.realpath(path))  # through a symlink, to the file it names
+    try:
+        mode = target.stat().st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        mode = None  # new (or a parent is missing or a file: the temporary file below fails so)
+    if mode is not None and stat.S_ISDIR(mode):
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR))
+    if mode is not None and not stat.S_ISREG(mode):
+        with open(target, "w", encoding="utf-8") as f:
+            f.write(text)
+        return
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        if mode is not None:
+            os.chmod(tmp, stat.S_IMODE(mode))  # a replaced file keeps its permissions
+        else:
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600: a new file gets open()'s usual mode
+        os.replace(tmp, target)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
 
 
 def plain_text(renderable: RenderableType, width: int = 200) -> str:

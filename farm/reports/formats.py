@@ -6,7 +6,8 @@ format carries the same flags: a short label in the table, the full text below i
 a `flags` field per row and `notes` for the report), the results counted per status (unverified
 apart from ok) and the peak (and roofline) each MFU is relative to. Listings (`farm.reports.listing.Listing`):
 the same formats. `render(obj, fmt)` is text; `terminal(obj)` the Rich renderable.
-This module never imports torch.
+Data text goes through its format's escaping function (`farm.reports.cells`: `term`, `md`,
+`csv_cell`, `html.escape`). This module never imports torch.
 """
 
 from __future__ import annotations
@@ -27,11 +28,13 @@ from farm.reports.cells import (
     ROW_FIELDS,
     STATUS_STYLE,
     cells,
+    csv_cell,
     flag_lines,
     header_lines,
     md,
     plain_text,
     row_dict,
+    term,
 )
 from farm.reports.listing import Listing
 from farm.reports.report import Report
@@ -62,21 +65,24 @@ def choose_format(fmt: str | None, output: str | None = None) -> str:
 
 def to_terminal(report: Report) -> Group:
     """Rich renderables: one table per spec, then notes and flags."""
-    parts: list[Any] = [Text(report.title, style="bold"), *(Text(line, style="dim") for line in header_lines(report))]
+    parts: list[Any] = [
+        Text(term(report.title), style="bold"),
+        *(Text(term(line), style="dim") for line in header_lines(report)),
+    ]
     for g in report.groups:
-        t = Table(title=Text(g.title), header_style="bold", title_justify="left")
+        t = Table(title=Text(term(g.title)), header_style="bold", title_justify="left")
         for i, col in enumerate(COLUMNS):
             t.add_column(col, justify="right" if 4 <= i <= 11 else "left")
         for row in g.rows:
             style = next((STATUS_STYLE[f.kind] for f in row.flags if f.kind in _ROW_STYLED), None)
-            t.add_row(*(Text(c) for c in cells(row)), style=style)
+            t.add_row(*(Text(term(c)) for c in cells(row)), style=style)
         parts.append(t)
     for line in report.peaks:
-        parts.append(Text(line, style="dim"))
+        parts.append(Text(term(line), style="dim"))
     for note in report.notes:
-        parts.append(Text(f"note: {note}", style="yellow"))
+        parts.append(Text(f"note: {term(note)}", style="yellow"))
     for line in flag_lines(report):
-        parts.append(Text(f"flag: {line}"))
+        parts.append(Text(f"flag: {term(line)}"))
     return Group(*parts)
 
 
@@ -108,7 +114,7 @@ def to_csv(report: Report) -> str:
     for row in report.rows:
         d = row_dict(row)
         d["flags"] = "; ".join(d["flags"])
-        w.writerow(d)
+        w.writerow({k: csv_cell(v) for k, v in d.items()})
     return buf.getvalue()
 
 

@@ -5,23 +5,31 @@ confidence interval of the median as an error bar, the points judged `regression
 triangles and `improvement` as green ones (`farm.nightly.regress`), points with a flag (unverified,
 contended, outlier, drift: `point_flags`) circled in grey and counted in the caption. The view is an HTML fragment with
 inline PNG images, for `farm report`'s HTML (`results_section` of `Report.history`, drawn by
-`farm.reports.html.render_html`) or for a standalone page (`farm regressions --html FILE`). Never imports torch.
+`farm.reports.html.render_html`) or for a standalone page (`farm regressions --html FILE`).
+
+A point whose `finished_at` lies outside `PLOTTED_DATES` (a year 9999 or 1900 typed into an import)
+is left out of its plot and counted in the caption: one bad date never stops the plots of its
+series or the report. Plots are drawn with mathtext off; data text is escaped (`farm.reports.cells`).
+Never imports torch.
 """
 
 from __future__ import annotations
 
 import base64
-import html
 import io
 from collections import Counter
 from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from farm.nightly.regress import Point, SeriesKey, Verdict, build_series, detect
+from farm.reports.cells import MATH_OFF, html_text, plot_label, write_text_atomic
 from farm.results.result import JobResult
 
 MAX_SERIES = 24
+# The dates a history plot draws; a point outside is left out of the plot (the caption counts it).
+PLOTTED_DATES = (datetime(1970, 1, 1, tzinfo=UTC), datetime(2200, 1, 1, tzinfo=UTC))
 TITLE = "History: time per night, regressions marked"
 
 
@@ -36,13 +44,24 @@ def point_flags(p: Point) -> list[str]:
     return flags
 
 
+def plotted(p: Point) -> bool:
+    """Whether a point's date is within `PLOTTED_DATES` (naive dates are taken as UTC)."""
+    when = p.when if p.when.tzinfo is not None else p.when.replace(tzinfo=UTC)
+    return PLOTTED_DATES[0] <= when < PLOTTED_DATES[1]
+
+
 def _series_png(key: SeriesKey, points: Sequence[Point], marks: dict[str, str]) -> str:
-    """A base64 PNG of one series."""
+    """A base64 PNG of one series (points within `PLOTTED_DATES`), mathtext off."""
     # matplotlib is imported only when a plot is drawn: it costs a second at start-up.
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # (lazily, as above)
+    with matplotlib.rc_context(MATH_OFF):
+        return _draw_series(key, points, marks)
+
+
+def _draw_series(key: SeriesKey, points: Sequence[Point], marks: dict[str, str]) -> str:
+    import matplotlib.pyplot as plt  # lazily: matplotlib costs a second at start-up (see _series_png)
 
     xs: list[Any] = [p.when for p in points]  # datetimes: matplotlib plots them (its stubs say floats)
     meds, lo, hi = [], [], []
@@ -70,7 +89,8 @@ def _series_png(key: SeriesKey, points: Sequence[Point], marks: dict[str, str]) 
             ax.scatter([x for x, _ in sel], [m for _, m in sel], marker=marker, s=70, color=color, zorder=3, label=kind)
     machine, device, spec_hash, phase = key
     model = points[-1].result.model_name
-    ax.set_title(f"{machine} · {device} · {model} ({spec_hash}) · {phase}", fontsize=9)
+    title = f"{plot_label(machine)} · {plot_label(device)} · {plot_label(model)} ({spec_hash}) · {plot_label(phase)}"
+    ax.set_title(title, fontsize=9)
     ax.set_ylabel("median time (s)", fontsize=8)
     ax.tick_params(labelsize=7)
     ax.set_ylim(bottom=0)
@@ -107,17 +127,18 @@ def history_section(
     keys.sort(key=rank)
     parts = []
     for k in keys[:max_series]:
-        pts = series[k]
+        pts = [p for p in series[k] if plotted(p)]
+        left_out = len(series[k]) - len(pts)
         series_marks = {p.result.job_id: marks.get((p.result.job_id, k[3]), "") for p in pts}
         n_reg = sum(v == "regression" for v in series_marks.values())
         counts = Counter(f for p in pts for f in point_flags(p))
         flagged = "".join(f", {n} {f}" for f, n in sorted(counts.items()))
+        if left_out:
+            years = f"{PLOTTED_DATES[0].year}-{PLOTTED_DATES[1].year}"
+            flagged += f", {left_out} left out of the plot (date outside {years})"
         alt = f"{k[0]} {k[1]} {k[2]} {k[3]}: {len(pts)} results, {n_reg} regressions{flagged}"
-        parts.append(
-            f'<figure class="history"><img alt="{html.escape(alt)}" '
-            f'src="data:image/png;base64,{_series_png(k, pts, series_marks)}">'
-            f"<figcaption>{html.escape(alt)}</figcaption></figure>"
-        )
+        img = f'<img alt="{html_text(alt)}" src="data:image/png;base64,{_series_png(k, pts, series_marks)}">'
+        parts.append(f'<figure class="history">{img if pts else ""}<figcaption>{html_text(alt)}</figcaption></figure>')
     if not parts:
         parts.append("<p>No history yet: a series needs stored results with raw times.</p>")
     elif len(keys) > max_series:
@@ -140,11 +161,11 @@ def write_page(path: str | Path, results: Iterable[JobResult], verdicts: Iterabl
     title, body = history_section(results, verdicts)
     doc = (
         "<!doctype html><html><head><meta charset='utf-8'>"
-        f"<title>{html.escape(title)}</title>"
+        f"<title>{html_text(title)}</title>"
         "<style>body{font-family:sans-serif;margin:2em}figure{margin:1em 0}"
         "figcaption{font-size:0.85em;color:#555}</style></head>"
-        f"<body><h1>{html.escape(title)}</h1>\n{body}\n</body></html>\n"
+        f"<body><h1>{html_text(title)}</h1>\n{body}\n</body></html>\n"
     )
     p = Path(path)
-    p.write_text(doc, encoding="utf-8")
+    write_text_atomic(p, doc)
     return p

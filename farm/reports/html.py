@@ -5,17 +5,18 @@ its history (`Report.history`, loaded by `select(..., history=True)`); `extra_se
 hook other features use to add sections: each is `(title, html_fragment)`, appended after the
 report's own sections. The fragment is inserted as given (it is trusted HTML from farm code);
 the title is escaped. Plots are drawn for the first `MAX_PLOTTED_GROUPS` specs; every spec gets
-its table. This module never imports torch.
+its table. Data text is escaped with `cells.html_text` (imported as `escape`); plots draw it as
+plain text (`farm.reports.plots`). This module never imports torch.
 """
 
 from __future__ import annotations
 
 import base64
 from collections.abc import Sequence
-from html import escape
 
 from farm.reports import plots
 from farm.reports.cells import COLUMNS, SEVERE, cells, header_lines
+from farm.reports.cells import html_text as escape
 from farm.reports.history import results_section
 from farm.reports.report import Report, Row
 

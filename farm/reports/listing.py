@@ -5,7 +5,8 @@ verdicts, schedules, sweep points, environment differences), in every format of
 A `Listing` is a title, columns, rows of plain values (str, int, float, None), a status per row
 (a key of `farm.reports.cells.STATUS_STYLE`: the row's colour in the terminal, its class in HTML)
 and notes. JSON is `doc` when the command has a document shape of its own (kept for scripts),
-else `{"title", "rows": [{column: value}], "notes"}`. Text from data is never read as Rich markup.
+else `{"title", "rows": [{column: value}], "notes"}`. Text from data is never read as Rich markup;
+each format escapes it with its function of `farm.reports.cells` (`term`, `md`, `csv_cell`, `html.escape`).
 Never imports torch.
 """
 
@@ -15,14 +16,14 @@ import csv
 import io
 import json
 from dataclasses import dataclass, field
-from html import escape
 from typing import Any
 
 from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from farm.reports.cells import STATUS_STYLE, md, plain_text
+from farm.reports.cells import STATUS_STYLE, csv_cell, md, plain_text, term
+from farm.reports.cells import html_text as escape
 
 Value = str | int | float | bool | None
 
@@ -50,12 +51,12 @@ def cell(value: Value) -> str:
 
 
 def to_terminal(listing: Listing) -> Group:
-    t = Table(title=Text(listing.title), header_style="bold")
+    t = Table(title=Text(term(listing.title)), header_style="bold")
     for col in listing.columns:
-        t.add_column(Text(col))
+        t.add_column(Text(term(col)))
     for i, row in enumerate(listing.rows):
-        t.add_row(*(Text(cell(v)) for v in row), style=STATUS_STYLE.get(listing.status_of(i) or ""))
-    return Group(t, *(Text(f"note: {n}", style="yellow") for n in listing.notes))
+        t.add_row(*(Text(term(cell(v))) for v in row), style=STATUS_STYLE.get(listing.status_of(i) or ""))
+    return Group(t, *(Text(f"note: {term(n)}", style="yellow") for n in listing.notes))
 
 
 def to_text(listing: Listing, width: int = 200) -> str:
@@ -74,8 +75,8 @@ def to_markdown(listing: Listing) -> str:
 def to_csv(listing: Listing) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(listing.columns)
-    w.writerows([["" if v is None else v for v in row] for row in listing.rows])
+    w.writerow([csv_cell(c) for c in listing.columns])
+    w.writerows([["" if v is None else csv_cell(v) for v in row] for row in listing.rows])
     return buf.getvalue()
 
 

@@ -8,19 +8,25 @@
 - `scaling_png`: median time against model size (or tokens per step) when the results vary it
   (measured results: ok and unverified, the latter labelled).
 
-This module never imports torch.
+Every figure is drawn with mathtext and LaTeX off (`cells.MATH_OFF`: a `$` in a machine or model
+name is a dollar sign) and data text in labels goes through `cells.plot_label`. This module never
+imports torch.
 """
 
 from __future__ import annotations
 
+import functools
 import io
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import ParamSpec, TypeVar
 
+from matplotlib import rc_context
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter
 
+from farm.reports.cells import MATH_OFF, plot_label
 from farm.reports.report import MEASURED, Group, Report, Row
 
 KIND_COLOURS = {"cpu": "#4C72B0", "cuda": "#55A868", "mps": "#8172B2"}
@@ -31,6 +37,21 @@ HATCH = {"invalid": "//", "unverified": ".."}
 TAGGED = ("invalid", "above-peak", "unverified", "noisy", "outlier", "drift", "contended")
 
 
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def text_only(draw: Callable[P, R]) -> Callable[P, R]:
+    """Run a drawing function under `MATH_OFF`: its labels, made and drawn inside, are plain text."""
+
+    @functools.wraps(draw)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        with rc_context(MATH_OFF):
+            return draw(*args, **kwargs)
+
+    return wrapper
+
+
 def _png(fig: Figure) -> bytes:
     FigureCanvasAgg(fig)
     buf = io.BytesIO()
@@ -39,7 +60,7 @@ def _png(fig: Figure) -> bytes:
 
 
 def row_label(row: Row, with_run: bool) -> str:
-    label = row.record.series
+    label = plot_label(row.record.series)
     return f"{label} [{row.record.run_id}]" if with_run else label
 
 
@@ -71,6 +92,7 @@ def _phases(rows: Sequence[Row]) -> list[str]:
     return list(dict.fromkeys(r.phase_name for r in rows if r.phase is not None))
 
 
+@text_only
 def time_bars_png(group: Group) -> bytes | None:
     """Horizontal bars of median time per result, one panel per phase, log x with CI whiskers."""
     phases = _phases(group.rows)
@@ -108,10 +130,11 @@ def time_bars_png(group: Group) -> bytes | None:
         ax.set_yticks(ys, [row_label(r, with_run) for r in rows], fontsize=7)
         ax.set_title(phase, fontsize=10)
         ax.set_xlabel("median time, s (log; bars: 95% CI)", fontsize=8)
-    fig.suptitle(group.title, fontsize=9)
+    fig.suptitle(plot_label(group.title, 120), fontsize=9)
     return _png(fig)
 
 
+@text_only
 def speedup_png(group: Group) -> bytes | None:
     """Speedup of each result over its baseline per phase, log x, bootstrap 95% CI whiskers."""
     rows = [r for r in group.rows if r.speedup is not None][:MAX_BARS]
@@ -139,9 +162,9 @@ def speedup_png(group: Group) -> bytes | None:
     ax.axvline(1.0, color="grey", ls="--", lw=1)
     _log_x(ax, [v for r in rows if r.speedup for v in (r.speedup.value, r.speedup.low, r.speedup.high, 1.0) if v])
     ax.set_yticks(ys, [f"{r.phase_name}: {row_label(r, with_run)}" for r in rows], fontsize=7)
-    base = rows[0].baseline.series if rows[0].baseline else "baseline"
+    base = plot_label(rows[0].baseline.series) if rows[0].baseline else "baseline"
     ax.set_xlabel(f"speedup vs {base} (log; bars: bootstrap 95% CI)", fontsize=8)
-    ax.set_title(group.title, fontsize=9)
+    ax.set_title(plot_label(group.title, 120), fontsize=9)
     return _png(fig)
 
 
@@ -155,6 +178,7 @@ def scaling_axis(report: Report) -> str | None:
     return None
 
 
+@text_only
 def scaling_png(report: Report) -> bytes | None:
     """Median time against model parameters (or batch x seq tokens), log-log, a line per device."""
     axis = scaling_axis(report)
@@ -168,9 +192,9 @@ def scaling_png(report: Report) -> bytes | None:
         lines: dict[str, list[Row]] = {}
         for r in rows:
             if r.phase_name == phase:
-                other = f"{r.record.batch}×{r.record.seq}" if axis == "params" else r.record.model_name
+                other = f"{r.record.batch}×{r.record.seq}" if axis == "params" else plot_label(r.record.model_name)
                 unchecked = " unverified" if r.status == "unverified" else ""
-                lines.setdefault(f"{r.record.series} ({other}){unchecked}", []).append(r)
+                lines.setdefault(f"{plot_label(r.record.series)} ({other}){unchecked}", []).append(r)
         for label, pts in list(lines.items())[:12]:
             pts.sort(key=lambda r: getattr(r.record, axis))
             xs = [getattr(r.record, axis) for r in pts]

@@ -12,8 +12,9 @@ Plain files, servable by any web server or opened from disk; nothing is fetched 
   phase linked to its history page (plots are drawn once, on the spec pages).
 - `regressions.html`: every regression and improvement found, newest first, linked to its series.
 
-Every data string is escaped for HTML. File names are built from run ids, spec hashes and phase
-names, which the farm validates as `[A-Za-z0-9_.-]`. This module never imports torch.
+Every data string is escaped for HTML (`cells.html_text`, imported as `escape`). File names are
+built from run ids, spec hashes and phase names, which the farm validates as `[A-Za-z0-9_.-]`.
+This module never imports torch.
 """
 
 from __future__ import annotations
@@ -24,11 +25,11 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from html import escape
 from pathlib import Path
 
 from farm.nightly.regress import Verdict, detect
 from farm.reports.cells import COLUMNS, cells, fmt_seconds, header_lines
+from farm.reports.cells import html_text as escape
 from farm.reports.compare import DEFAULT_BASELINE
 from farm.reports.history import history_section
 from farm.reports.html import CSS

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict
 class HostLoad(BaseModel):
     """The host during one timed phase."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     lock_wait_s: float = 0.0  # time spent waiting for the host lock before the phase (not timed)
     locked: bool = True  # the phase held the host lock (False: FARM_HOST_LOCK=off on that host)

@@ -22,7 +22,7 @@ class GpuInfo(BaseModel):
     """One GPU. The compute capability, SM count and max SM clock are what a ceiling is derived from
     for a GPU outside the table of published peaks (`farm.results.peaks.gpu_ceiling`)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     index: int
     name: str
@@ -38,7 +38,7 @@ class GpuInfo(BaseModel):
 class MachineFingerprint(BaseModel):
     """What a result was measured on."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     hostname: str
     machine_tag: str

@@ -21,6 +21,7 @@ import contextlib
 import functools
 import gc
 import json
+import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -210,6 +211,36 @@ def record_from_dict(d: dict[str, Any]) -> Record:
     )
 
 
+_RECORD_STRINGS = ("job_id", "run_id", "device", "status", "spec_hash", "model_name", "dtype", "matmul_precision")
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def check_record(rec: Record) -> None:
+    """ValueError naming the first field of a record (read from a stored result) that a report could
+    not use: a stored result that no longer validates (a NaN written as `null`, a field of the wrong
+    type) is skipped by the reader rather than failing the report. Costs a pass over the numbers."""
+    for name in _RECORD_STRINGS:
+        if not isinstance(getattr(rec, name), str):
+            raise ValueError(f"{name}: not a string")
+    for name in ("params", "batch", "seq"):
+        if not _number(getattr(rec, name)):
+            raise ValueError(f"spec.{name}: not a number")
+    if not isinstance(rec.finished_at, str) or not all(isinstance(w, str) for w in rec.warnings):
+        raise ValueError("finished_at or warnings: not text")
+    for p in rec.phases.values():
+        if not isinstance(p.times, list) or not all(_number(t) for t in p.times):
+            raise ValueError(f"phases.{p.name}.times_s: not a list of finite numbers")
+        for f in _PHASE_FLOATS:
+            v = getattr(p, f)
+            if v is not None and not _number(v):
+                raise ValueError(f"phases.{p.name}.{f}: not a finite number")
+        if not isinstance(p.status, str) or not isinstance(p.n, int):
+            raise ValueError(f"phases.{p.name}.status: not a status")
+
+
 def records_from_results(results: Iterable[JobResult]) -> list[Record]:
     """Records from validated results in memory (tests, `farm run`, imports)."""
     return [record_from_dict(r.model_dump(mode="json")) for r in results]
@@ -272,11 +303,15 @@ def summary_json(rec: Record, result_bytes: int) -> str:
 
 def record_from_summary(row: list[Any]) -> Record | None:
     """A record from a parsed summary; None when it was written by another summary version (an
-    older summary, without the fields added since, is then re-derived from its result)."""
+    older summary, without the fields added since, is then re-derived from its result).
+    ValueError (or TypeError, IndexError) for one that does not unpack or holds a non-finite number."""
     if row[1] != SUMMARY_VERSION or len(row) != len(_FIELDS) + 4:
         return None
     rec = Record(*row[2:-2])
-    floats = np.frombuffer(binascii.a2b_base64(row[-1]), dtype="<f8").tolist()
+    packed = np.frombuffer(binascii.a2b_base64(row[-1]), dtype="<f8")
+    if not np.isfinite(packed).all():
+        raise ValueError("a packed number is not finite")
+    floats = packed.tolist()
     pos = 0
     for name, status, error, n, noisy, source, mem, kind, reason, creason, rsource, stop, k, nones, marks in row[-2]:
         times = floats[pos : pos + k]

@@ -6,7 +6,9 @@ peak memory and the prediction. A phase faster than its device's peak allows is 
 the reason, and so is the job: an impossible number is never reported as a speedup. A counted
 phase with no ceiling to check it against (or above an uncertain one) is `unverified`: measured,
 but not checked.
-This module never imports torch.
+Every number is finite (`allow_inf_nan=False`): NaN or Infinity anywhere is refused where the
+result is made or imported, so it can never be stored (JSON would write it as `null`, which no
+longer reads back). This module never imports torch.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ def utcnow() -> datetime:
 class PhaseResult(BaseModel):
     """One phase of one job: raw times and everything derived from them."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     name: str
     status: Status = "ok"
@@ -193,7 +195,7 @@ def judge(
 class JobResult(BaseModel):
     """Everything the farm knows about one job on one device."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     schema_version: int = SCHEMA_VERSION
     job_id: str
@@ -209,7 +211,7 @@ class JobResult(BaseModel):
     machine: MachineFingerprint | None = None
     worker: str | None = None
     phases: dict[str, PhaseResult] = {}
-    precision: dict[str, Any] = {}  # dtype, mode, matmul precision, TF32 flags actually set
+    precision: dict[str, str | int | float | bool | None] = {}  # dtype, mode, matmul precision, TF32 flags set
     threads: int | None = None
     attempt: int = 1
     fresh_process: bool | None = None  # the job ran in a process that had not touched the device before
@@ -248,7 +250,8 @@ class JobResult(BaseModel):
             return self
         bad = next((p for p in self.phases.values() if p.status not in MEASURED_STATUSES), None)
         if bad is not None:
-            reason = bad.invalid_reason or bad.error
+            # An invalid phase says why in `invalid_reason`; a failed one (a diverged loss) in `error`.
+            reason = (bad.invalid_reason or bad.error) if bad.status == "invalid" else (bad.error or bad.invalid_reason)
             self.error = (self.error or reason) if self.status == "ok" else (reason or self.error)
             self.status = bad.status
             return self

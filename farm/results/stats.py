@@ -47,7 +47,7 @@ KENDALL_EXACT_MAX_N = 33  # exact permutation p-value up to here (no ties), as s
 
 
 class Stats(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     n: int
     median_s: float

@@ -26,6 +26,13 @@ test checks every key the farm writes against it:
 
 Celery's broker keys (queues, `unacked`, bindings) are kombu's, not the farm's.
 
+Redis contents are untrusted too: a reader that meets a record it cannot parse (garbage JSON, a
+result that no longer validates, a summary that does not unpack) skips it, logs one warning naming
+the key on the `farm.results.store` logger and lists it in `ResultStore.skipped`; a bad summary is
+only a cache and is re-derived from its result. `delete_results` removes a bad record with its
+summary and index entries; `write_import` writes an import in one transaction (WATCH + MULTI),
+only if what the importer judged is still what Redis holds.
+
 A result and its index entries are written by one Lua script, atomically: a redelivered job
 whose result exists changes nothing. Spec hashes of an older `SPEC_HASH_VERSION` are re-derived
 once, on the first read after an upgrade (`migrate_spec_hashes`). Reports read through
@@ -39,20 +46,33 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, ParamSpec, TypeVar
 
+import pydantic
 import pydantic_core
 import redis
 
-from farm.errors import BrokerError, BrokerUnavailable, NotFoundError
-from farm.results.records import Record, paused_gc, record_from_dict, record_from_summary, summary_json
+from farm.errors import BrokerError, BrokerUnavailable, FarmError, NotFoundError
+from farm.results.records import (
+    Record,
+    check_record,
+    paused_gc,
+    record_from_dict,
+    record_from_summary,
+    summary_json,
+)
 from farm.results.result import JobResult
-from farm.spec import SPEC_HASH_VERSION, BenchSpec, Job
+from farm.spec import SPEC_HASH_VERSION, STORED, BenchSpec, Job
+
+log = logging.getLogger(__name__)
 
 FIRES_KEPT = 200  # firings kept per schedule
+SOCKET_TIMEOUT_S = 30.0  # a command without an answer for this long: Redis is unreachable (see connect)
 
 # Every key pattern the farm writes, as `<prefix>:` + pattern (`*` one segment, `**` the rest).
 KEY_TABLE = (
@@ -122,6 +142,42 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 
+def unreadable(e: Exception) -> str:
+    """Why a stored record cannot be read, in one short line (never the value itself)."""
+    if isinstance(e, pydantic.ValidationError):
+        errs = e.errors()
+        first = errs[0]
+        if first["type"] == "json_invalid":
+            return f"is not a readable record: {first['msg'][:200]}"
+        loc = ".".join(str(x) for x in first["loc"]) or "record"
+        more = f" (and {len(errs) - 1} more)" if len(errs) > 1 else ""
+        return f"does not validate: {loc}: {first['msg']}{more}"[:300]
+    if isinstance(e, KeyError):
+        return f"lacks the field {str(e)[:80]}"
+    text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return f"is not a readable record: {text[:200]}"
+
+
+def _run_named(raw: str) -> str | None:
+    """The run id a stored result names, read leniently (None when it cannot be told)."""
+    try:
+        doc = json.loads(raw)
+    except ValueError:
+        return None
+    run_id = doc.get("run_id") if isinstance(doc, dict) else None
+    return run_id if isinstance(run_id, str) else None
+
+
+@dataclass(frozen=True)
+class Occupancy:
+    """What Redis holds for the job and run ids of an import (`ResultStore.occupancy`)."""
+
+    results: frozenset[str]  # job ids with a result key (readable or not)
+    jobs: frozenset[str]  # job ids with a job state hash (submitted, queued, running or imported)
+    runs: Mapping[str, tuple[str, ...]]  # existing run id -> its job ids
+    result_runs: Mapping[str, str | None]  # job id with a result -> the run it names (None: unreadable)
+
+
 def broker_error(e: redis.RedisError) -> BrokerError:
     """The farm's error for a redis-py exception: the one translation, used by the store and its callers."""
     if isinstance(e, redis.AuthenticationError) or (
@@ -154,9 +210,18 @@ def redbeat_prefix(prefix: str) -> str:
 
 
 def connect(url: str) -> redis.Redis:
-    """A redis-py client for a farm URL (redis://, rediss:// with TLS, user:password@)."""
+    """A redis-py client for a farm URL (redis://, rediss:// with TLS, user:password@).
+
+    `socket_timeout`: a Redis host cut off without a TCP reset (a network partition) makes a read
+    fail after SOCKET_TIMEOUT_S (BrokerUnavailable, which `wait` rides out for a while) instead of
+    blocking until the link comes back. The store issues no blocking commands, and its largest
+    script (a report's fetch of 1,000 summaries) takes milliseconds.
+    """
     try:
-        return redis.Redis.from_url(url, decode_responses=True, socket_connect_timeout=5, health_check_interval=30)
+        return redis.Redis.from_url(
+            url, decode_responses=True, socket_connect_timeout=5, socket_timeout=SOCKET_TIMEOUT_S,
+            socket_keepalive=True, health_check_interval=30,
+        )  # fmt: skip
     except ValueError as e:
         raise BrokerError(f"invalid Redis URL: {e}") from None
 
@@ -178,6 +243,22 @@ class ResultStore:
         self._fetch = self.r.register_script(_FETCH_SUMMARIES)
         self._rehash = self.r.register_script(_REHASH_RESULT)
         self._hashes_current = False  # the spec indexes are known to follow SPEC_HASH_VERSION
+        self.skipped: dict[str, str] = {}  # key -> why, for every record a read skipped
+
+    def _skip(self, key: str, why: str) -> None:
+        """A record a read skipped: logged (with its key and job id) each time, and kept in `skipped`."""
+        self.skipped[key] = why
+        kind, _, job_id = key[len(self.p) + 1 :].partition(":")  # result, summary or job; the job id
+        extra = {"farm_key": key, "farm_kind": kind, "farm_job": job_id, "farm_why": why}
+        log.warning("skipped %s: it %s", key, why, extra=extra)
+
+    def _parse_result(self, key: str, raw: str) -> JobResult | None:
+        """A stored result, or None (skipped, with a warning) when it cannot be read."""
+        try:
+            return JobResult.model_validate_json(raw, context=STORED)
+        except ValueError as e:  # pydantic's ValidationError is a ValueError
+            self._skip(key, unreadable(e))
+            return None
 
     @classmethod
     def from_url(cls, url: str, prefix: str = "farm") -> ResultStore:
@@ -233,10 +314,15 @@ class ResultStore:
 
     @_redis
     def get_result(self, job_id: str) -> JobResult:
-        raw = self.r.get(self.key("result", job_id))
+        """One result; NotFoundError when there is none, or when its record cannot be read (named)."""
+        key = self.key("result", job_id)
+        raw = self.r.get(key)
         if raw is None:
             raise NotFoundError(f"no result for job {job_id!r}")
-        return JobResult.model_validate_json(raw)
+        try:
+            return JobResult.model_validate_json(raw, context=STORED)
+        except ValueError as e:
+            raise NotFoundError(f"no readable result for job {job_id!r}: {key} {unreadable(e)}") from None
 
     @_redis
     def has_result(self, job_id: str) -> bool:
@@ -248,7 +334,10 @@ class ResultStore:
         out: list[JobResult] = []
         for i in range(0, len(job_ids), chunk):
             keys = [self.key("result", j) for j in job_ids[i : i + chunk]]
-            out.extend(JobResult.model_validate_json(raw) for raw in self.r.mget(keys) if raw is not None)
+            for key, raw in zip(keys, self.r.mget(keys), strict=True):
+                res = None if raw is None else self._parse_result(key, raw)
+                if res is not None:
+                    out.append(res)
         return out
 
     @_redis
@@ -298,10 +387,11 @@ class ResultStore:
         return self.get_results(self.query_ids(**selectors))
 
     def load_records(self, job_ids: Sequence[str], chunk: int = 1000, cache: bool = True) -> list[Record]:
-        """Report records for job ids (missing ones skipped), in order.
+        """Report records for job ids (missing and unreadable ones skipped), in order.
 
         Cached summaries come back from one script call per chunk and one parse; results without a
-        (current) summary are fetched with MGET, parsed by pydantic-core, and their summaries written.
+        (current, readable) summary are fetched with MGET, parsed by pydantic-core, checked
+        (`check_record`), and their summaries written. A result that cannot be read is skipped.
         """
         with paused_gc():
             return self._load_records(job_ids, chunk, cache)
@@ -315,15 +405,20 @@ class ResultStore:
             rkeys = [self.key("result", j) for j in ids]
             skeys = [self.key("summary", j) for j in ids]
             cached = self._fetch(keys=[*skeys, *rkeys]) if cache else [None] * len(ids)
-            rows = pydantic_core.from_json("[" + ",".join(c or "null" for c in cached) + "]")
-            recs = [record_from_summary(row) if row else None for row in rows]
+            recs = self._summaries(skeys, cached)
             missing = [k for k, rec in enumerate(recs) if rec is None]
             if missing:
                 pipe = self.r.pipeline(transaction=False)
                 for k, raw in zip(missing, self.r.mget([rkeys[k] for k in missing]), strict=True):
                     if raw is None:
                         continue
-                    recs[k] = rec = record_from_dict(pydantic_core.from_json(raw))
+                    try:
+                        rec = record_from_dict(pydantic_core.from_json(raw))
+                        check_record(rec)
+                    except (ValueError, KeyError, TypeError, AttributeError) as e:
+                        self._skip(rkeys[k], unreadable(e))
+                        continue
+                    recs[k] = rec
                     if cache:
                         pipe.set(skeys[k], summary_json(rec, len(raw.encode())))
                 try:
@@ -332,6 +427,157 @@ class ResultStore:
                     pass  # a read-only replica still reports; the summaries are only a cache
             out.extend(r for r in recs if r is not None)
         return out
+
+    def _summaries(self, skeys: Sequence[str], cached: Sequence[str | None]) -> list[Record | None]:
+        """Records from cached summaries (one parse for the chunk); a summary that does not parse or
+        unpack is skipped with a warning and re-derived from its result (None here)."""
+        try:
+            rows = pydantic_core.from_json("[" + ",".join(c or "null" for c in cached) + "]")
+        except ValueError:
+            rows = []
+            for key, c in zip(skeys, cached, strict=True):
+                try:
+                    rows.append(pydantic_core.from_json(c) if c else None)
+                except ValueError as e:
+                    self._skip(key, unreadable(e) + " (re-derived from its result)")
+                    rows.append(None)
+        recs: list[Record | None] = []
+        for key, row in zip(skeys, rows, strict=True):
+            try:
+                recs.append(record_from_summary(row) if row else None)
+            except (ValueError, KeyError, TypeError, IndexError, AttributeError) as e:
+                self._skip(key, unreadable(e) + " (re-derived from its result)")
+                recs.append(None)
+        return recs
+
+    # -- removing and mending records ---------------------------------------------------------
+    def _indexes_of(self, raw: str | None) -> list[str] | None:
+        """The index keys a stored result was filed under, read leniently from its JSON (the
+        fields `put_result` indexed by); None when they cannot be told from it."""
+        try:
+            doc = json.loads(raw) if raw is not None else None
+        except ValueError:
+            return None
+        if not isinstance(doc, dict):
+            return None
+        values = [v for k in ("run_id", "device", "spec_hash", "model_name") if isinstance(v := doc.get(k), str)]
+        if len(values) != 4:
+            return None
+        run_id, device, spec_hash, model = values
+        keys = [self.key("idx", "all"), self.key("idx", "run", run_id), self.key("idx", "device", device)]
+        keys += [self.key("idx", "spec", spec_hash), self.key("idx", "model", model)]
+        machine = doc.get("machine")
+        if isinstance(machine, dict) and isinstance(machine.get("machine_tag"), str):
+            keys.append(self.key("idx", "machine", machine["machine_tag"]))
+        elif machine is not None:
+            return None
+        return keys
+
+    def _all_indexes(self) -> list[str]:
+        """Every index key (SCAN): only when a record too broken to name its own indexes is removed."""
+        return sorted(k for k in self.r.scan_iter(match=self.key("idx", "*"), count=1000, _type="zset"))
+
+    def _unfile(self, pipe: Any, job_ids: Sequence[str], raws: Sequence[str | None]) -> None:
+        """Queue on `pipe` the removal of results, their summaries and every index entry."""
+        everywhere: list[str] | None = None
+        for job_id, raw in zip(job_ids, raws, strict=True):
+            keys = self._indexes_of(raw)
+            if keys is None:
+                everywhere = self._all_indexes() if everywhere is None else everywhere
+                keys = everywhere
+            pipe.delete(self.key("result", job_id), self.key("summary", job_id))
+            for k in keys:
+                pipe.zrem(k, job_id)
+
+    @_redis
+    def delete_results(self, job_ids: Sequence[str]) -> list[str]:
+        """Remove results (readable or not) with their summaries and index entries, in one transaction.
+
+        NotFoundError (and nothing removed) when a job id has neither a result nor an index entry.
+        The run and the job's state hash keep their record of the job (it then has no result).
+        """
+        ids = list(dict.fromkeys(job_ids))
+        rkeys = [self.key("result", j) for j in ids]
+        with self.r.pipeline(transaction=True) as pipe:
+            pipe.watch(*rkeys)
+            raws = pipe.mget(rkeys) if rkeys else []
+            indexed = [pipe.zscore(self.key("idx", "all"), j) is not None for j in ids]
+            absent = [j for j, raw, seen in zip(ids, raws, indexed, strict=True) if raw is None and not seen]
+            if absent:
+                raise NotFoundError(f"no result for job {', '.join(repr(j) for j in absent[:5])}: nothing deleted")
+            pipe.multi()
+            self._unfile(pipe, ids, raws)
+            pipe.execute()
+        return ids
+
+    @_redis
+    def occupancy(self, job_ids: Collection[str], run_ids: Collection[str]) -> Occupancy:
+        """Which of these job ids have a result or a job hash, and which runs exist (with their jobs)."""
+        return self._occupancy(self.r, list(job_ids), list(run_ids))
+
+    def _occupancy(self, client: Any, job_ids: list[str], run_ids: list[str]) -> Occupancy:
+        raws = dict(zip(job_ids, client.mget([self.key("result", j) for j in job_ids]), strict=True)) if job_ids else {}
+        results = {j for j, raw in raws.items() if raw is not None}
+        result_runs = {j: _run_named(raws[j]) for j in sorted(results)}
+        jobs = {j for j in job_ids if client.exists(self.key("job", j))} if job_ids else set()
+        runs: dict[str, tuple[str, ...]] = {}
+        for run_id in run_ids:
+            raw = client.hget(self.key("run", run_id), "jobs")
+            if raw is None and not client.exists(self.key("run", run_id)):
+                continue
+            try:
+                listed = json.loads(raw) if raw else []
+            except ValueError:
+                listed = []
+            runs[run_id] = tuple(str(j) for j in listed) if isinstance(listed, list) else ()
+        return Occupancy(frozenset(results), frozenset(jobs), runs, result_runs)
+
+    @_redis
+    def write_import(
+        self,
+        results: Sequence[JobResult],
+        new_runs: Mapping[str, Sequence[Job]],
+        seen: Occupancy,
+        *,
+        replace: Collection[str] = (),
+        name: str | None = None,
+        tags: dict[str, str] | None = None,
+    ) -> None:
+        """Store imported results and create their new runs in one transaction (WATCH + MULTI).
+
+        `seen` is what the importer judged (`occupancy`); if Redis holds anything else by the time
+        of writing, nothing is written (FarmError). Results in `replace` overwrite the stored one,
+        whose summary and index entries are removed first; every other result must be new.
+        """
+        ids = [r.job_id for r in results]
+        run_ids = sorted({r.run_id for r in results} | set(new_runs))
+        watched = [self.key(kind, j) for j in ids for kind in ("result", "job")]
+        watched += [self.key("run", r) for r in run_ids]
+        docs = [r.model_dump_json() for r in results]
+        with self.r.pipeline(transaction=True) as pipe:
+            pipe.watch(*watched)
+            if self._occupancy(pipe, ids, run_ids) != seen:
+                raise FarmError("the farm changed while the import was checked: nothing was written; run it again")
+            old = [r.job_id for r in results if r.job_id in replace]
+            old_raws = [pipe.get(self.key("result", j)) for j in old]
+            pipe.multi()
+            self._unfile(pipe, old, old_raws)
+            for res, doc in zip(results, docs, strict=True):
+                when = (res.finished_at or res.started_at).timestamp()
+                pipe.set(self.key("result", res.job_id), doc)
+                for k in self._index_keys(res):
+                    pipe.zadd(k, {res.job_id: when})
+                pipe.set(
+                    self.key("summary", res.job_id), summary_json(record_from_dict(json.loads(doc)), len(doc.encode()))
+                )
+            for run_id, jobs in new_runs.items():
+                self._run_commands(pipe, run_id, [], jobs, name, tags, "done")
+            try:
+                pipe.execute()
+            except redis.WatchError:
+                raise FarmError(
+                    "the farm changed while the import was written: nothing was written; run it again"
+                ) from None
 
     # -- spec hash migration -----------------------------------------------------------------
     def _ensure_current_hashes(self) -> None:
@@ -373,7 +619,7 @@ class ResultStore:
                     old = doc["spec_hash"]
                     key = json.dumps(doc["spec"], sort_keys=True)
                     if key not in derived:
-                        derived[key] = BenchSpec.model_validate(doc["spec"]).spec_hash()
+                        derived[key] = BenchSpec.model_validate(doc["spec"], context=STORED).spec_hash()
                 except (ValueError, KeyError, TypeError):
                     continue  # not a result this version can read: left as it is
                 new = derived[key]
@@ -407,8 +653,22 @@ class ResultStore:
     ) -> None:
         """Record a run and its jobs (state `state`) in one transaction. One spec is stored as
         `spec`; several (a sweep) as `specs`; none (an import) as an empty `spec`."""
-        now = time.time()
         pipe = self.r.pipeline(transaction=True)
+        self._run_commands(pipe, run_id, specs, jobs, name, tags, state)
+        pipe.execute()
+
+    def _run_commands(
+        self,
+        pipe: Any,
+        run_id: str,
+        specs: Sequence[BenchSpec],
+        jobs: Sequence[Job],
+        name: str | None,
+        tags: dict[str, str] | None,
+        state: str,
+    ) -> None:
+        """Queue on `pipe` the writes that record a run and its jobs (`create_run`, `write_import`)."""
+        now = time.time()
         run: dict[str, Any] = {
             "run_id": run_id,
             "created_at": now,
@@ -425,7 +685,6 @@ class ResultStore:
             doc = {"run_id": run_id, "device": j.device, "queue": j.queue, "state": state, "worker": "",
                    "attempts": 0, "updated_at": now, "job": j.model_dump_json()}  # fmt: skip
             pipe.hset(self.key("job", j.job_id), mapping=doc)
-        pipe.execute()
 
     @_redis
     def get_run(self, run_id: str) -> dict[str, Any]:
@@ -467,7 +726,15 @@ class ResultStore:
         pipe = self.r.pipeline(transaction=False)
         for j in run["jobs"]:
             pipe.hget(self.key("job", j), "job")
-        return [Job.model_validate_json(doc) for doc in pipe.execute() if doc]
+        out = []
+        for j, doc in zip(run["jobs"], pipe.execute(), strict=True):
+            if not doc:
+                continue
+            try:
+                out.append(Job.model_validate_json(doc, context=STORED))
+            except ValueError as e:
+                self._skip(self.key("job", j), unreadable(e))
+        return out
 
     @_redis
     def job_rows(self, run_id: str) -> list[tuple[str, dict[str, str], str | None]]:
@@ -481,9 +748,20 @@ class ResultStore:
         raw = pipe.execute()
         n = len(jobs)
         return [
-            (job_id, h, json.loads(res)["status"] if res else None)
+            (job_id, h, self._status_of(job_id, res) if res else None)
             for job_id, h, res in zip(jobs, raw[:n], raw[n:], strict=True)
         ]
+
+    def _status_of(self, job_id: str, raw: str) -> str:
+        """A stored result's status, "unreadable" (with a warning) when its record cannot be read."""
+        try:
+            status = json.loads(raw)["status"]
+            if isinstance(status, str):
+                return status
+            raise ValueError("its status is not a string")
+        except (ValueError, KeyError, TypeError) as e:
+            self._skip(self.key("result", job_id), unreadable(e))
+            return "unreadable"
 
     @_redis
     def set_job_state(self, job_id: str, state: str, **fields: Any) -> None:
