@@ -9,6 +9,7 @@ GPU-less machine. The images themselves stay validated offline (tests/test_deplo
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import os
 import re
@@ -18,6 +19,8 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -175,13 +178,23 @@ def test_worker_gpu_command_refuses_without_a_gpu(compose_env: dict[str, str], t
     assert _healthcheck("worker-gpu", compose_env).returncode != 0
 
 
-def test_flower_command_starts(compose_env: dict[str, str], tmp_path: Path) -> None:
-    pytest.importorskip("flower", reason="flower is not installed (the monitoring image's extra)")
+def _http_status(url: str, auth: str | None) -> int:
+    req = urllib.request.Request(url)
+    if auth is not None:
+        req.add_header("Authorization", "Basic " + base64.b64encode(auth.encode()).decode())
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return int(resp.status)
+    except urllib.error.HTTPError as e:
+        return e.code
+
+
+def test_flower_command_starts_behind_basic_auth(compose_env: dict[str, str], tmp_path: Path) -> None:
     with socket.socket() as s:
         if s.connect_ex(("127.0.0.1", 5555)) == 0:
             pytest.skip("port 5555 is taken here")
-    env = {**compose_env, "FLOWER_BASIC_AUTH": ""}
-    p = _start("flower", env, tmp_path / "flower.log")
+    auth = "admin:composetest-flower"
+    p = _start("flower", {**compose_env, "FLOWER_BASIC_AUTH": auth}, tmp_path / "flower.log")
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -191,5 +204,16 @@ def test_flower_command_starts(compose_env: dict[str, str], tmp_path: Path) -> N
             assert p.poll() is None, (tmp_path / "flower.log").read_text()[-3000:]
             assert time.monotonic() < deadline
             time.sleep(0.5)
+        assert _http_status("http://127.0.0.1:5555/api/workers", None) == 401
+        assert _http_status("http://127.0.0.1:5555/api/tasks", auth) == 200
     finally:
         _stop(p)
+
+
+def test_flower_command_refuses_without_basic_auth(compose_env: dict[str, str], tmp_path: Path) -> None:
+    p = _start("flower", {**compose_env, "FLOWER_BASIC_AUTH": ""}, tmp_path / "flower.log")
+    try:
+        assert p.wait(30) == 2
+    finally:
+        _stop(p)
+    assert "set FLOWER_BASIC_AUTH" in (tmp_path / "flower.log").read_text()

@@ -105,7 +105,7 @@ def test_publish_two_machines_three_nights(store: ResultStore, tmp_path: Path) -
     # The seed's question first: the GPU against the CPU of the newest run, with its interval.
     compare = index[index.index('id="compare"') : index.index('id="regressions"')]
     assert "nightly-20261103" in compare and "speedup vs cpu" in compare
-    assert re.search(r"\d+x \[\d", compare), compare[:2000]
+    assert re.search(r"\d+× \[\d", compare), compare[:2000]
 
 
 def test_publish_marks_a_regression_and_renders_in_chromium(store: ResultStore, tmp_path: Path) -> None:

@@ -4,7 +4,9 @@ Settings follow docs/reliability.md: JSON only (a pickle message is refused), la
 reject on worker lost, prefetch 1, time limits below a visibility timeout set in every place Celery
 and kombu read it, connection retry forever on start-up, long tasks cancelled on connection loss,
 successful tasks deduplicated. Celery keeps its task state in process memory (see make_app); the
-results themselves live in the farm's own keys (`farm.results.store`).
+results themselves live in the farm's own keys (`farm.results.store`). Task events are sent (Flower,
+`celery events`). A worker drops, with one log line, a queue entry it cannot decode instead of
+exiting (`GuardedChannel`, installed by `install_message_guard`).
 
 Queues (named by `farm.spec.queue_for`): a job goes to `job.queue` (`cpu`, `cuda`, `cuda.h100`,
 `cpu.<machine>`); small farm tasks (`farm.fire_schedule`) go to `control`, which every worker
@@ -17,10 +19,17 @@ never does (and this module imports neither).
 from __future__ import annotations
 
 import functools
+import json
 import logging
+from collections.abc import Container, Iterable
+from queue import Empty
+from typing import Any
 
 from celery import Celery
 from kombu.exceptions import OperationalError
+from kombu.serialization import registry
+from kombu.transport import redis as kombu_redis
+from kombu.utils.encoding import bytes_to_str
 
 from farm.cluster.embedded import resolve_redis_url
 from farm.errors import BrokerError, ConfigError
@@ -54,6 +63,139 @@ def job_time_limits(spec_limit_s: float | None, settings: Settings) -> tuple[flo
         soft = spec_limit_s
         hard = min(hard, soft + max(HARD_LIMIT_GRACE_S, 0.1 * soft))
     return soft, hard
+
+
+# -- messages a worker cannot decode -------------------------------------------------------------------
+def _envelope_problem(payload: Any) -> str | None:
+    """Why kombu could not build a message from this decoded queue entry (None: it can)."""
+    if not isinstance(payload, dict):
+        return f"a JSON {type(payload).__name__}, not a kombu message"
+    props = payload.get("properties")
+    if not isinstance(props, dict) or not isinstance(props.get("delivery_tag"), str) or not props["delivery_tag"]:
+        return "no delivery tag"
+    info = props.get("delivery_info")
+    if not isinstance(info, dict) or not all(isinstance(info.get(k), str) for k in ("exchange", "routing_key")):
+        return "no delivery info"
+    if props.get("body_encoding") not in (None, "base64", "utf-8"):
+        return "unknown body encoding"
+    if not isinstance(payload.get("body"), str | None) or not isinstance(payload.get("headers"), dict | None):
+        return "body or headers of the wrong type"
+    if not all(isinstance(payload.get(k), str | None) for k in ("content-type", "content-encoding")):
+        return "content type or encoding of the wrong type"
+    return None
+
+
+def _task_problem(payload: dict[str, Any], body: Any, task_names: Container[str]) -> str | None:
+    """Why a worker could not run this message as a task (Celery protocol 2, JSON; None: it can)."""
+    task = (payload.get("headers") or {}).get("task")
+    if not isinstance(task, str):
+        return "no task name (not a Celery protocol 2 task message)"
+    if task not in task_names:
+        return f"task {task[:80]!r} is not one this worker runs"
+    content_type = payload.get("content-type")
+    if content_type != "application/json":  # accept_content is JSON only: never decoded (pickle runs code)
+        name = registry.type_to_name.get(content_type, "unknown")
+        return f"content type {str(content_type)[:80]!r} ({name}) refused: JSON only"
+    try:
+        args = json.loads(body)
+    except (TypeError, ValueError, UnicodeDecodeError):
+        return "body is not JSON"
+    if not (isinstance(args, list) and len(args) == 3 and [type(a) for a in args] == [list, dict, dict]):
+        return "body is not [args, kwargs, embed]"
+    return None
+
+
+class GuardedChannel(kombu_redis.Channel):
+    """kombu's Redis channel, except that an entry it cannot deliver is dropped, not fatal.
+
+    kombu decodes a queue entry before anything that handles decode errors sees it
+    (`Consumer.on_decode_error` is never reached), so one non-JSON entry, or JSON that is not a kombu
+    message, ends the whole worker with `Unrecoverable error`. Here every entry popped from a task
+    queue is checked first: JSON, a kombu envelope, and (on the worker's task queues) a JSON Celery
+    protocol 2 message for a task this worker runs. One that fails is logged (one line naming the
+    queue) and dropped: BRPOP already removed it, and it is never delivered, so it is never acked
+    or redelivered. `install_message_guard` puts this class into kombu's Redis transport.
+    """
+
+    task_queues: frozenset[str] = frozenset()  # queues whose entries must be task messages
+    app: Celery | None = None  # whose registered tasks a task message must name
+
+    def _checked(self, raw: Any, queue: str) -> dict[str, Any] | None:
+        """The decoded entry, or None after logging why it was dropped."""
+        problem: str | None
+        payload: Any = None
+        try:
+            payload = json.loads(bytes_to_str(raw))
+            problem = _envelope_problem(payload)
+        except (TypeError, ValueError, UnicodeDecodeError, RecursionError):
+            problem = "not JSON"
+        if problem is None:
+            try:
+                body = self.Message(payload, channel=self).body  # what kombu does on delivery
+            except Exception:  # any way a malformed envelope breaks kombu's Message
+                problem = "body does not decode"
+            else:
+                if queue in self.task_queues and self.app is not None:
+                    problem = _task_problem(payload, body, self.app.tasks)
+        if problem is None:
+            return dict(payload)
+        size = len(raw) if isinstance(raw, bytes | str) else 0
+        log.error("queue %s: dropped a message this worker cannot decode: %s (%d bytes)", queue, problem, size)
+        return None
+
+    def _brpop_read(self, **options: Any) -> bool:
+        # kombu's own _brpop_read, with the entry checked before delivery.
+        try:
+            try:
+                dest__item = self.client.parse_response(self.client.connection, "BRPOP", **options)
+            except self.connection_errors:
+                self.client.connection.disconnect()  # reconnect on the next poll, as kombu does
+                raise
+            if not dest__item:
+                raise Empty()
+            dest, item = dest__item
+            dest = bytes_to_str(dest).rsplit(self.sep, 1)[0]
+            self._queue_cycle.rotate(dest)
+            payload = self._checked(item, dest)
+            if payload is None:
+                raise Empty()
+            self.connection._deliver(payload, dest)
+            return True
+        finally:
+            self._in_poll = None  # type: ignore[assignment]  # kombu's own reset (its annotation says bool)
+            flush = getattr(self, "_flush_brpop_reauth", None)  # kombu >= 5.6
+            if flush is not None:
+                flush()
+
+    def _get(self, queue: str, timeout: float | None = None) -> dict[str, Any]:
+        # kombu's own _get (consumers without an event loop), with the entry checked.
+        with self.conn_or_acquire() as client:
+            for pri in self.priority_steps:
+                item = client.rpop(self._q_for_pri(queue, pri))
+                if item:
+                    self._maybe_update_queues_expire(client, queue)
+                    payload = self._checked(item, queue)
+                    if payload is None:
+                        raise Empty()
+                    return payload
+            self._maybe_update_queues_expire(client, queue)
+            raise Empty()
+
+    def _deliver_fanout_message(self, message: Any, exchange: str) -> bool:
+        # Broadcasts (control commands, events) arrive as JSON already; check the envelope.
+        problem = _envelope_problem(message)
+        if problem is not None:
+            log.error("broadcast %s: dropped a message this worker cannot decode: %s", exchange, problem)
+            raise Empty()
+        return bool(super()._deliver_fanout_message(message, exchange))
+
+
+def install_message_guard(app: Celery, task_queues: Iterable[str]) -> None:
+    """Make this process's Redis transport drop undecodable entries (`GuardedChannel`): call it in a
+    worker, before it connects, with the queues it consumes tasks from."""
+    GuardedChannel.task_queues = frozenset(task_queues)
+    GuardedChannel.app = app  # its tasks are read on delivery: the worker imports them after this call
+    kombu_redis.Transport.Channel = GuardedChannel
 
 
 def make_app(settings: Settings | None = None, broker_url: str | None = None) -> Celery:
@@ -107,6 +249,10 @@ def make_app(settings: Settings | None = None, broker_url: str | None = None) ->
         task_create_missing_queues=True,
         task_routes={SCHEDULE_TASK_NAME: {"queue": CONTROL_QUEUE}},
         broker_connection_timeout=5,
+        # Events for Flower and `celery events` (docs/deploy.md): every task's sent/received/started/
+        # succeeded/failed, and the workers' heartbeats (`farm worker` runs with them on).
+        worker_send_task_events=True,
+        task_send_sent_event=True,
     )
     return app
 

@@ -5,7 +5,9 @@ touched in the parent, because job processes are forked from it), subscribes to 
 config can serve plus `control`, and beats a heartbeat into Redis from a thread of the main
 process. Each job runs in a pool child: `execute_job` counts the delivery, skips a job whose result
 is already stored, quarantines one delivered too often, runs it, and stores the result (confirmed
-by Redis) before the task returns, so the late ack only follows a stored result. The task
+by Redis) before the task returns, so the late ack only follows a stored result. A job that fails
+validation is stored as `failed` when its id names a job the farm submitted, else logged and
+dropped; entries the worker cannot decode at all never reach it (`queue.GuardedChannel`). The task
 itself (`farm.run_job`, a `shared_task`) is declared here, over `execute_job`; the app in
 `farm.cluster.queue` lists this module in Celery's `include`, so workers import it at start.
 
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -32,18 +35,22 @@ from celery.worker import state as celery_state
 from pydantic import ValidationError
 
 from farm.cluster.embedded import results_url
-from farm.cluster.queue import TASK_NAME, get_app
+from farm.cluster.queue import TASK_NAME, get_app, install_message_guard
 from farm.engine.hardware import fingerprint, machine_tag, nvml_gpus
 from farm.engine.runner import run_job
 from farm.errors import BrokerError, BrokerUnavailable, ConfigError
 from farm.results.result import JobResult
 from farm.results.store import ResultStore
 from farm.settings import Settings, get_settings
-from farm.spec import CONTROL_QUEUE, Job
+from farm.spec import CONTROL_QUEUE, STORED, Job
 
 log = logging.getLogger("farm.cluster.worker")
 
+JOB_ID_RE = re.compile(Job.model_fields["job_id"].metadata[0].pattern)  # the pattern `Job.job_id` enforces
 STORE_RETRY_S = 60.0  # how long a finished job keeps trying to store its result before requeueing
+# Heartbeat events on (Flower and `celery events` list live workers from them; task events are on in
+# the app's settings). Gossip and mingle off: see docs/deploy.md for the start-up times measured.
+WORKER_EVENT_FLAGS: tuple[str, ...] = ("--without-gossip", "--without-mingle")
 
 
 @dataclass
@@ -231,10 +238,15 @@ class Heartbeat:
 
 # -- the task body ----------------------------------------------------------------------------------
 def _progress_writer(store: ResultStore, job_id: str) -> Callable[[str, int, int], None]:
-    """on_progress for run_job: phase/done/total into the job's state, at most every 0.2 s per phase."""
+    """on_progress for run_job: phase/done/total into the job's state, at most every 0.2 s per phase;
+    and one log line each time the step changes (a phase, compiling, measuring the CPU roofline)."""
     last: dict[str, float] = {}
+    said = [""]
 
     def on_progress(phase: str, done: int, total: int) -> None:
+        if phase != said[0]:
+            said[0] = phase
+            log.info("job %s: %s (%d/%d steps)", job_id, phase, done, total)
         now = time.monotonic()
         if done < total and now - last.get(phase, 0.0) < 0.2:
             return
@@ -271,9 +283,7 @@ def execute_job(job_doc: dict[str, Any], request: Any = None) -> dict[str, Any]:
     try:
         job = Job.model_validate(job_doc)
     except (ValidationError, TypeError) as e:
-        # Not a job we can store a result for: log and acknowledge (a malformed message never loops).
-        log.error("rejected a malformed job message: %s", str(e).splitlines()[0])
-        return {"job_id": None, "status": "rejected"}
+        return _invalid_job_message(job_doc, request, e)
     cfg = _config
     name = cfg.name if cfg else socket.gethostname()
     try:
@@ -324,6 +334,51 @@ def execute_job(job_doc: dict[str, Any], request: Any = None) -> dict[str, Any]:
         result.error = f"{phase}: soft time limit of {soft} s exceeded; the job stopped and freed its memory"
     _store_confirmed(store, result)
     return {"job_id": job.job_id, "status": result.status}
+
+
+def _validation_summary(e: Exception) -> str:
+    """A short, one-line account of why a job message failed validation."""
+    if isinstance(e, ValidationError):
+        parts = [f"{'.'.join(str(p) for p in err['loc']) or 'job'}: {err['msg']}" for err in e.errors()[:3]]
+        text = "; ".join(parts) + (f" (+{e.error_count() - 3} more)" if e.error_count() > 3 else "")
+    else:
+        text = f"{type(e).__name__}: {e}"
+    return " ".join(text.split())[:300]
+
+
+def _invalid_job_message(job_doc: Any, request: Any, e: Exception) -> dict[str, Any]:
+    """A `farm.run_job` message whose job fails validation: a `failed` result when its job id names a
+    job the farm submitted (the spec stored at submission), else logged and dropped (acknowledged:
+    a malformed message never loops)."""
+    info = getattr(request, "delivery_info", None) or {}
+    queue = info.get("routing_key") or "?"
+    why = _validation_summary(e)
+    candidates = [job_doc.get("job_id") if isinstance(job_doc, dict) else None, getattr(request, "id", None)]
+    ids = [c for c in candidates if isinstance(c, str) and JOB_ID_RE.fullmatch(c)]
+    try:
+        store = worker_store()
+        for job_id in dict.fromkeys(ids):
+            raw = store.job_field(job_id, "job")
+            try:
+                stored = Job.model_validate_json(raw or "", context=STORED)
+            except ValueError:
+                continue
+            if stored.job_id != job_id:
+                continue
+            if store.has_result(job_id):  # the real message already ran: keep its result and state
+                log.error("queue %s: job %s: dropped a message that fails validation (%s)", queue, job_id, why)
+                return {"job_id": job_id, "status": "skipped"}
+            name = _config.name if _config else socket.gethostname()
+            error = f"the job's message failed validation on the worker: {why}"
+            _store_confirmed(store, JobResult.failure(stored, "failed", error, worker=name))
+            log.error("queue %s: job %s: its message fails validation (%s): stored as failed", queue, job_id, why)
+            return {"job_id": job_id, "status": "failed"}
+    except BrokerError as ex:
+        log.warning("results store unreachable for a malformed job message (%s): requeued", ex)
+        time.sleep(2.0)  # no hot loop of deliveries while Redis is down
+        raise Reject(f"results store unreachable: {ex}", requeue=True) from ex
+    log.error("queue %s: dropped a job message that fails validation (%s): no job of this farm to fail", queue, why)
+    return {"job_id": None, "status": "rejected"}
 
 
 def _store_outcome(job_doc: Any, status: str, error: str) -> None:
@@ -388,6 +443,7 @@ def run_worker(config: WorkerConfig, loglevel: str = "info") -> None:
     os.environ.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
     settings = get_settings()
     app = get_app()  # ConfigError for bad limits, BrokerError without a Redis URL
+    install_message_guard(app, config.queues)  # an entry it cannot decode is dropped, never fatal
     _check_credentials()
     # torch and the engine were imported with this module, once, so that forked job processes start
     # warm. Importing torch does not initialise CUDA; nothing in this process ever calls into CUDA.
@@ -424,9 +480,7 @@ def run_worker(config: WorkerConfig, loglevel: str = "info") -> None:
         "fair",
         "--loglevel",
         loglevel.upper(),
-        "--without-gossip",
-        "--without-mingle",
-        "--without-heartbeat",
+        *WORKER_EVENT_FLAGS,
     ]
     if config.max_tasks_per_child:
         argv += ["--max-tasks-per-child", str(config.max_tasks_per_child)]

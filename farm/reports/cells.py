@@ -33,6 +33,7 @@ from typing import Any
 
 from rich.console import Console, RenderableType
 
+from farm.reports.compare import Ratio
 from farm.reports.report import Report, Row, peak_kind
 
 SEVERE = {"invalid", "above-peak", "failed", "oom", "timeout", "cancelled"}
@@ -95,19 +96,24 @@ def fmt_bytes(b: int | None) -> str:
     return f"{b} B"
 
 
-def speedup_text(row: Row) -> str:
-    if row.is_baseline:
+def ratio_text(s: Ratio | None, is_baseline: bool = False) -> str:
+    """A speedup and its interval as every format shows it: `1.44× [1.39, 1.62]`, with the interval's
+    note and real coverage where it has them, `1.3× (no CI: n<5)` without one, `baseline`, or `-`."""
+    if is_baseline:
         return "baseline"
-    s = row.speedup
     if s is None:
         return "-"
     if s.low is None or s.high is None:
-        text = f"{s.value:.3g}× ({s.note or 'no CI'})"
-    else:
-        text = f"{s.value:.3g}× [{s.low:.3g}, {s.high:.3g}]"
-        extra = [e for e in (s.note, f"coverage {s.coverage:.0%}" if s.coverage is not None else None) if e]
-        if extra:
-            text += f" ({'; '.join(extra)})"
+        return f"{s.value:.3g}× ({s.note or 'no CI'})"
+    text = f"{s.value:.3g}× [{s.low:.3g}, {s.high:.3g}]"
+    extra = s.note or (f"coverage {s.coverage:.0%}" if s.coverage is not None else None)  # a note names it
+    return f"{text} ({extra})" if extra else text
+
+
+def speedup_text(row: Row) -> str:
+    text = ratio_text(row.speedup, row.is_baseline)
+    if row.is_baseline or row.speedup is None:
+        return text
     side = row.speedup_unverified
     if side:
         text += " (unverified)" if side == "result" else f" ({side} unverified)"

@@ -36,8 +36,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from farm.errors import NotFoundError
-from farm.reports.cells import fmt_seconds
+from farm.reports.cells import fmt_seconds, ratio_text
 from farm.reports.compare import (
     LEVEL,
     MIN_CI_REPEATS,
@@ -49,7 +48,7 @@ from farm.reports.compare import (
     device_matches,
 )
 from farm.reports.listing import Listing
-from farm.reports.report import PHASE_ORDER, Selection, group_title
+from farm.reports.report import PHASE_ORDER, Selection, group_title, selected_records
 from farm.results.records import PhaseRecord, Record, paused_gc
 from farm.results.result import MEASURED_STATUSES
 from farm.results.store import ResultStore
@@ -288,19 +287,8 @@ def pool_rows(records: Sequence[Record], baseline: Baseline, pool: Iterable[Reco
 def select_pooled(store: ResultStore, selection: Selection, baseline: Baseline) -> list[PoolRow]:
     """Query the store (and the baselines the selection left out) and pool the rows."""
     with paused_gc():
-        records = store.load_records(selection.query_ids(store))
-        if not records:
-            raise NotFoundError(f"no stored results match {selection.describe()}")
-        hashes = sorted({r.spec_hash for r in records})
-        extra: list[str] = []
-        if baseline.run:
-            extra = store.query_ids(runs=[baseline.run], spec_hashes=hashes)
-        elif baseline.machine:
-            extra = store.query_ids(machines=[baseline.machine], spec_hashes=hashes)
-        elif selection.narrows_runs():
-            extra = store.query_ids(runs=sorted({r.run_id for r in records}), spec_hashes=hashes)
-        have = {r.job_id for r in records}
-        return pool_rows(records, baseline, store.load_records([j for j in extra if j not in have]))
+        records, pool = selected_records(store, selection, baseline)
+        return pool_rows(records, baseline, pool)
 
 
 COLUMNS = [
@@ -323,15 +311,7 @@ def spec_label(rec: Record) -> str:
 
 
 def _speedup_text(row: PoolRow) -> str:
-    if row.is_baseline:
-        return "baseline"
-    s = row.speedup
-    if s is None:
-        return "-"
-    if s.low is None or s.high is None:
-        return f"{s.value:.3g}× ({s.note})"
-    text = f"{s.value:.3g}× [{s.low:.3g}, {s.high:.3g}]"
-    return f"{text} ({s.note})" if s.note else text
+    return ratio_text(row.speedup, row.is_baseline)
 
 
 def _row_doc(row: PoolRow) -> dict[str, object]:

@@ -28,7 +28,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from farm.nightly.regress import Verdict, detect
-from farm.reports.cells import COLUMNS, cells, fmt_seconds, header_lines
+from farm.reports.cells import COLUMNS, cells, fmt_seconds, header_lines, speedup_text
 from farm.reports.cells import html_text as escape
 from farm.reports.compare import DEFAULT_BASELINE
 from farm.reports.history import history_section
@@ -95,13 +95,7 @@ def _when(iso: str) -> str:
 
 
 def _speedup(row: Row) -> str:
-    if row.is_baseline:
-        return "baseline"
-    s = row.speedup
-    if s is None:
-        return "-"
-    ci = f" [{s.low:.3g}, {s.high:.3g}]" if s.low is not None and s.high is not None else " (no CI)"
-    return escape(f"{s.value:.3g}x{ci}")
+    return escape(speedup_text(row))
 
 
 def _spec_label(rec: Record) -> str:

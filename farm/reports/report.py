@@ -396,7 +396,8 @@ def history_results(store: ResultStore, records: Sequence[Record]) -> list[JobRe
     return [r for r in found if (r.machine.machine_tag if r.machine else "unknown", r.device, r.spec_hash) in keys]
 
 
-def _select(store: ResultStore, selection: Selection, baseline: Baseline) -> Report:
+def selected_records(store: ResultStore, selection: Selection, baseline: Baseline) -> tuple[list[Record], list[Record]]:
+    """The records a selection matches, and the baselines it left out (the report's and the pool's)."""
     records = store.load_records(selection.query_ids(store))
     if not records:
         raise NotFoundError(f"no stored results match {selection.describe()}")
@@ -409,5 +410,9 @@ def _select(store: ResultStore, selection: Selection, baseline: Baseline) -> Rep
     elif selection.narrows_runs():
         extra = store.query_ids(runs=sorted({r.run_id for r in records}), spec_hashes=hashes)
     have = {r.job_id for r in records}
-    pool = store.load_records([j for j in extra if j not in have])
+    return records, store.load_records([j for j in extra if j not in have])
+
+
+def _select(store: ResultStore, selection: Selection, baseline: Baseline) -> Report:
+    records, pool = selected_records(store, selection, baseline)
     return build_report(records, baseline, pool, selection)
