@@ -38,6 +38,7 @@ class Settings(BaseSettings):
     heartbeat_interval: float = Field(default=5.0, gt=0)
     heartbeat_ttl: float = Field(default=20.0, gt=0)
     webhook_url: str | None = None  # POSTed a JSON message per detected regression
+    publish_dir: Path | None = None  # `farm publish` into this directory after every schedule firing
 
     @model_validator(mode="after")
     def _limits_ordered(self) -> Settings:

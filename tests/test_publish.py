@@ -147,3 +147,26 @@ def test_publish_holds_with_a_thousand_results(store: ResultStore, tmp_path: Pat
     assert len(list((site / "runs").glob("*.html"))) == 30  # the default: newest 30 runs
     assert len(list((site / "specs").glob("*.html"))) == 8 * 3
     assert_site_holds(site)
+
+
+def test_a_schedule_firing_republishes_the_site(
+    store: ResultStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With FARM_PUBLISH_DIR, `farm schedule run` (what `farm beat` has a worker do) republishes the
+    site after the firing: last night's results are on it; tonight's run is queued."""
+    import yaml
+
+    store_results(store, night("nightly-20261101", 0, [BenchSpec(model="gpt2", batch=1, seq=128)]))
+    site = tmp_path / "site"
+    monkeypatch.setenv("FARM_PUBLISH_DIR", str(site))
+    get_settings.cache_clear()
+    sweep = tmp_path / "tiny.yaml"
+    sweep.write_text(yaml.safe_dump({"name": "tiny", "model": "gpt2-tiny", "phases": ["forward"], "seq": 16}))
+    runner = CliRunner()
+    assert runner.invoke(app, ["schedule", "add", "tiny", "--every", "3600", "--sweep", str(sweep)]).exit_code == 0
+    assert not site.exists()  # adding a schedule publishes nothing
+    res = runner.invoke(app, ["schedule", "run", "tiny"])
+    assert res.exit_code == 0, res.output
+    index = (site / "index.html").read_text()
+    assert "from 2 stored results" in index and "nightly-20261101" in index
+    assert_site_holds(site)

@@ -30,6 +30,7 @@ from farm import __version__
 from farm.cli import farm_cmds, publish, repair_cmds, report_cmds, run, schema, sweep_cmds
 from farm.cli.output import EXIT_BAD_INPUT, EXIT_BROKER, EXIT_JOB_FAILED, EXIT_NOT_FOUND, fail, out
 from farm.errors import BrokerError, CheckpointError, ConfigError, FarmError, NotFoundError, SpecError
+from farm.reports.publish import install_publish_hook
 from farm.results.store import broker_error
 
 _EXIT_CODES: list[tuple[type[FarmError], int]] = [
@@ -90,6 +91,7 @@ def _root(
 ) -> None:
     """Time GPT-2 models on CPUs and GPUs: build (init), forward and train, honestly."""
     repair_cmds.warn_skipped_records()  # a record no reader can parse: one warning line per key
+    install_publish_hook()  # with FARM_PUBLISH_DIR, every schedule firing in this process republishes
 
 
 for _fn in (

@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -42,6 +44,8 @@ from farm.nightly.webhook import notify
 from farm.results.store import ResultStore, redbeat_prefix
 from farm.settings import Settings, get_settings, mask_url
 from farm.spec import CONTROL_QUEUE
+
+log = logging.getLogger(__name__)
 
 MIN_EVERY_S = 1.0
 MAX_EVERY_S = 366 * 86400.0  # a year and a day: beyond that, use cron
@@ -273,6 +277,13 @@ def notify_finished(book: ScheduleBook, name: str, settings: Settings) -> list[s
     return judged
 
 
+AfterFire = Callable[[Firing, Settings], None]
+# Called after every firing, in the process that fired (a worker serving `control`, or `farm schedule
+# run`). Layers above register here what nightly cannot import: the CLI registers `farm publish`
+# (`farm.reports.publish.install_publish_hook`, active when FARM_PUBLISH_DIR is set).
+AFTER_FIRE: list[AfterFire] = []
+
+
 def fire(
     name: str,
     *,
@@ -307,6 +318,11 @@ def fire(
     )
     book.record(firing)
     notify_finished(book, name, settings)
+    for hook in AFTER_FIRE:
+        try:
+            hook(firing, settings)
+        except Exception as e:  # the firing is recorded and its jobs queued: a failed hook must not undo that
+            log.warning("schedule %s: after-firing hook %s failed: %s", name, getattr(hook, "__name__", hook), e)
     return firing
 
 

@@ -12,6 +12,10 @@ Plain files, servable by any web server or opened from disk; nothing is fetched 
   phase linked to its history page (plots are drawn once, on the spec pages).
 - `regressions.html`: every regression and improvement found, newest first, linked to its series.
 
+With FARM_PUBLISH_DIR set, every schedule firing republishes the site there (`install_publish_hook`,
+registered by the CLI, so by every `farm worker` that serves the `control` queue and by
+`farm schedule run`).
+
 Every data string is escaped for HTML (`cells.html_text`, imported as `escape`). File names are
 built from run ids, spec hashes and phase names, which the farm validates as `[A-Za-z0-9_.-]`.
 This module never imports torch.
@@ -19,6 +23,7 @@ This module never imports torch.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from collections import defaultdict
@@ -27,7 +32,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from farm.cluster.controller import store_for
 from farm.nightly.regress import Verdict, detect
+from farm.nightly.schedule import AFTER_FIRE, Firing
 from farm.reports.cells import COLUMNS, cells, fmt_seconds, header_lines, speedup_text
 from farm.reports.cells import html_text as escape
 from farm.reports.compare import DEFAULT_BASELINE
@@ -37,6 +44,9 @@ from farm.reports.report import Report, Row, build_report
 from farm.results.records import Record
 from farm.results.result import JobResult
 from farm.results.store import ResultStore
+from farm.settings import Settings
+
+log = logging.getLogger(__name__)
 
 MAX_RUN_PAGES = 30
 RECENT_RUNS = 50
@@ -328,3 +338,17 @@ def publish(
     tick("index.html")
     site.runs, site.specs = len(linked), len({h for h, _ in by_spec_phase})
     return site
+
+
+def publish_after_fire(firing: Firing, settings: Settings) -> None:
+    """The after-firing hook: republish FARM_PUBLISH_DIR with every result stored so far (the night
+    that just fired is queued; the site shows the nights that have finished)."""
+    if settings.publish_dir is not None:
+        site = publish(store_for(settings), settings.publish_dir)
+        log.info("schedule %s: published %d pages to %s", firing.schedule, len(site.pages), site.root)
+
+
+def install_publish_hook() -> None:
+    """Register `publish_after_fire` with the schedules (once per process; the CLI calls it)."""
+    if publish_after_fire not in AFTER_FIRE:
+        AFTER_FIRE.append(publish_after_fire)
