@@ -90,6 +90,10 @@ def test_celery_dash_a_farm(api_farm: WorkerProcess) -> None:
     ping = subprocess.run([*celery, "inspect", "ping", "--timeout", "10"], capture_output=True, text=True,
                           env=env, timeout=120)  # fmt: skip
     assert ping.returncode == 0 and "pong" in ping.stdout
+    active = subprocess.run([*celery, "inspect", "active", "--timeout", "10", "--json"], capture_output=True,
+                            text=True, env=env, timeout=120)  # fmt: skip
+    assert active.returncode == 0, active.stderr
+    assert list(json.loads(active.stdout).values()) == [[]]  # one worker, nothing running
 
 
 def test_celery_dash_a_farm_without_a_farm_says_so(tmp_path: Path) -> None:
@@ -99,3 +103,17 @@ def test_celery_dash_a_farm_without_a_farm_says_so(tmp_path: Path) -> None:
                          capture_output=True, text=True, env=env, timeout=120)  # fmt: skip
     assert res.returncode != 0
     assert "farm up" in res.stderr + res.stdout and "Traceback" not in res.stderr
+
+
+def test_submit_wait_results_and_the_worker_log(api_farm: WorkerProcess) -> None:
+    """fa.submit + fa.wait as the README shows them; fa.results by selector; the worker logs each step."""
+    sub = fa.submit(TINY, name="api-submit", tags={"via": "api"})
+    results = fa.wait(sub.run_id, timeout=600)
+    assert [r.status for r in results] in (["ok"], ["unverified"])
+    assert [r.job_id for r in fa.results([sub.run_id], devices=["cpu"], models=["gpt2-tiny"])] == [results[0].job_id]
+    assert fa.results([sub.run_id], devices=["cuda"]) == []
+    rows = fa.to_rows(results)
+    assert rows[0]["run_id"] == sub.run_id and rows[0]["phase"] == "forward"
+    log = api_farm.log()
+    assert f"job {results[0].job_id}: forward (" in log  # one line per step, not per repeat
+    assert log.count(f"job {results[0].job_id}: forward (") == 1

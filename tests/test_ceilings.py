@@ -316,3 +316,15 @@ def test_uncertain_cpu_ceiling_is_raised_to_the_clock_the_gemm_implies(monkeypat
     )
     low = hardware.cpu_ceiling(BenchSpec(model="gpt2-tiny", batch=1, seq=64), threads=2)
     assert low is not None and low.flops == pytest.approx(2 * 32 * 2445e6)
+
+
+def test_an_inflated_fingerprint_within_the_bounds_cannot_make_the_seed_ok() -> None:
+    """A file declaring an A10G with sm_100, 1024 SMs at 5 GHz (inside GpuInfo's bounds) derives a
+    ceiling of about 1,300 TFLOP/s fp32 from its own facts: it cannot vouch for the seed's 390."""
+    fp = syn.machine("lab", gpu="NVIDIA A10G")
+    inflated = fp.gpus[0].model_copy(update={"compute_capability": "10.0", "sm_count": 1024, "max_sm_clock_mhz": 5000})
+    fp = fp.model_copy(update={"gpus": [inflated]})
+    checked = recheck(_seed_result(fp, dtype="float32"), "seed.json")
+    assert checked.status == "unverified"
+    reason = checked.phases["forward"].invalid_reason or ""
+    assert "derived: sm_100, 1024 SM x 5000 MHz" in reason and "cannot vouch" in reason

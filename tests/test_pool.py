@@ -23,7 +23,9 @@ from farm.reports.listing import to_csv, to_markdown, to_text
 from farm.reports.pool import PoolRow, hierarchical_ci, pool_listing, pool_rows, pooled_ratio
 from farm.reports.report import Selection, build_report
 from farm.results import synthetic as syn
+from farm.results.host import HostLoad
 from farm.results.records import Record, records_from_results
+from farm.results.result import JobResult
 from farm.results.store import ResultStore
 from farm.settings import get_settings
 
@@ -37,6 +39,11 @@ def _night(median: float, rng: random.Random, n: int = 5) -> list[float]:
 
 def _nights(a: tuple[float, ...] = (1.0, 1.0, 1.0), b: tuple[float, ...] = NIGHTS_B, n: int = 5) -> list[Record]:
     """One run a night; in each, machine A and machine B time the same CPU forward."""
+    return records_from_results(_night_results(a, b, n))
+
+
+def _night_results(a: tuple[float, ...], b: tuple[float, ...], n: int) -> list[JobResult]:
+    """`_nights`' results: A's then B's each night (B's of night i at index 2i + 1)."""
     rng = random.Random(1)
     results = []
     for i, (ma, mb) in enumerate(zip(a, b, strict=False)):
@@ -55,7 +62,7 @@ def _nights(a: tuple[float, ...] = (1.0, 1.0, 1.0), b: tuple[float, ...] = NIGHT
                 finished_at=when + timedelta(minutes=1),
             )
         )
-    return records_from_results(results)
+    return results
 
 
 def _value(r: Ratio | None) -> float:
@@ -146,6 +153,23 @@ def test_failed_phases_are_left_out_and_counted() -> None:
     recs[-1].phases["forward"].status = "failed"
     b = _row(pool_rows(recs, Baseline(machine="A")), "B")
     assert b.results.runs == 3 and b.left_out == 1
+
+
+def test_unverified_and_contended_runs_are_pooled_and_counted_in_the_flags() -> None:
+    results = _night_results((1.0, 1.0, 1.0), NIGHTS_B, 5)
+    busy = HostLoad(load_avg_1m=2.9, other_cpu_s=1.8, contended=True, reason="other processes used 1.8 CPU s")
+    results[1] = syn.flagged(results[1], "forward", unverified="no ceiling for this CPU")
+    results[3] = syn.flagged(results[3], "forward", host=busy)
+    results[5] = syn.flagged(results[5], "forward", host=busy)
+    assert results[1].status == "unverified" and results[3].phases["forward"].host == busy
+    rows = pool_rows(records_from_results(results), Baseline(machine="A"))
+    b, a = _row(rows, "B"), _row(rows, "A")
+    assert b.results.runs == 3 and b.left_out == 0  # the unverified night is pooled, not left out
+    assert b.flags == ["unverified 1/3", "contended 2/3"] and a.flags == []
+    lst = pool_listing(rows, Baseline(machine="A"), Selection())
+    assert "| unverified 1/3, contended 2/3 |" in to_markdown(lst)
+    doc_b = next(r for r in lst.doc["rows"] if r["machine"] == "B")
+    assert doc_b["flags"] == ["unverified 1/3", "contended 2/3"]
 
 
 def test_listing_renders_in_every_format() -> None:

@@ -170,3 +170,20 @@ def test_a_schedule_firing_republishes_the_site(
     index = (site / "index.html").read_text()
     assert "from 2 stored results" in index and "nightly-20261101" in index
     assert_site_holds(site)
+
+
+def test_publish_escapes_hostile_text(store: ResultStore, tmp_path: Path) -> None:
+    """Text from data (a CPU model, a run name) is escaped on every page of the site."""
+    evil = "<script>alert(1)</script>\x1b[31m"
+    box = syn.machine("box-evil").model_copy(update={"cpu_model": evil})
+    spec = BenchSpec(model="gpt2", batch=1, seq=128)
+    res = syn.result("evil-run", 0, "cpu", {"forward": [0.5, 0.51, 0.49, 0.5, 0.52]}, spec=spec, fingerprint=box)
+    jobs = [Job(job_id=res.job_id, run_id="evil-run", device="cpu", spec=spec)]
+    store.create_run("evil-run", [], jobs, name=evil, state="done")
+    assert store.put_result(res)
+    site = tmp_path / "site"
+    assert CliRunner().invoke(app, ["publish", str(site)]).exit_code == 0
+    for page in site.rglob("*.html"):
+        text = page.read_text()
+        assert "<script>" not in text and "\x1b" not in text, page.name
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in (site / "index.html").read_text()

@@ -7,15 +7,18 @@ import io
 import json
 
 import pytest
+from rich.console import Console
 
 from farm.dates import parse_when
 from farm.errors import SpecError
+from farm.reports.cells import COLUMNS, cells, fmt_flops
 from farm.reports.compare import Baseline
-from farm.reports.formats import render, to_markdown
+from farm.reports.formats import render, to_markdown, to_terminal
 from farm.reports.report import Report, Selection, build_report
 from farm.results import synthetic as syn
 from farm.results.records import records_from_results
-from farm.spec import BenchSpec
+from farm.results.result import JobResult
+from farm.spec import BenchSpec, Job
 
 CPU = {"init": [1.2], "forward": [0.50, 0.51, 0.49, 0.50, 0.52], "train": [1.60, 1.62, 1.58, 1.61, 1.59]}
 GPU = {"init": [1.5], "forward": [0.0050, 0.0051, 0.0049, 0.0050, 0.0050], "train": [0.020, 0.030, 0.021, 0.026, 0.019]}
@@ -149,3 +152,48 @@ def test_fmt_seconds_picks_the_unit_after_rounding() -> None:
     assert [fmt_seconds(x) for x in (0.9996, 0.0009996, 0.5, 2.5, 123.4, 1e-7)] == [
         "1 s", "1 ms", "500 ms", "2.5 s", "123 s", "0.1 µs",
     ]  # fmt: skip
+
+
+def test_cancelled_job_without_a_torch_version_is_no_mixed_versions_note() -> None:
+    ok = syn.result("c1", 0, "cpu", CPU)
+    job = Job(job_id="c1-001", run_id="c1", device="cuda", spec=ok.spec)
+    cancelled = JobResult.failure(job, "cancelled", "cancelled by the user before it ran")
+    rep = build_report(records_from_results([ok, cancelled]))
+    assert cancelled.machine is None or cancelled.machine.torch_version is None  # unknown, as stored
+    assert not any("mixed" in n for n in rep.notes), rep.notes
+    assert all(f.kind != "versions" for r in rep.rows for f in r.flags)
+    assert _row(rep, "cuda", "-").flags[0].kind == "cancelled"
+
+
+def test_flops_cells_carry_an_si_prefix_chosen_per_value() -> None:
+    assert [fmt_flops(x) for x in (8.62e10, 4.52e13, 5.12e8, 999.96e9, 1.5e3, 12.0, None, 0.0)] == [
+        "86.2 G", "45.2 T", "512 M", "1 T", "1.5 k", "12", "-", "-",
+    ]  # fmt: skip
+    rep = build_report(records_from_results([syn.result("f1", 0, "cpu", CPU)]))
+    fwd = _row(rep, "cpu", "forward")
+    assert fwd.phase is not None and fwd.phase.achieved_flops is not None
+    flops_cell = cells(fwd)[COLUMNS.index("FLOP/s")]
+    assert flops_cell == fmt_flops(fwd.phase.achieved_flops) and flops_cell.endswith(" G")  # a CPU: GFLOP/s
+    assert "| FLOP/s |" in to_markdown(rep) and "TFLOP/s" not in to_markdown(rep)
+    assert json.loads(render(rep, "json"))["rows"][1]["achieved_flops"] == fwd.phase.achieved_flops  # raw
+
+
+def test_run_id_ci_mfu_and_speedup_are_whole_on_a_160_column_terminal() -> None:
+    run = "20261201T105923-3f2a9c"
+    gpu = syn.machine("gpu-box-in-the-far-rack", gpu="NVIDIA H100 80GB HBM3")
+    results = [
+        syn.result(run, 0, "cpu", CPU, fingerprint=syn.machine("cpu-box-in-the-far-rack")),
+        syn.result(run, 1, "cuda:h100", GPU, fingerprint=gpu),
+    ]
+    rep = build_report(records_from_results(results))
+    fwd = _row(rep, "cuda:h100", "forward")
+    whole = [cells(fwd)[COLUMNS.index(c)] for c in ("run", "95% CI (cov.)", "MFU", "speedup [95% CI]")]
+    assert fwd.speedup is not None and fwd.speedup.low is not None and " – " in whole[1]
+    buf = io.StringIO()
+    Console(width=160, file=buf, color_system=None).print(to_terminal(rep), crop=False)
+    lines = buf.getvalue().splitlines()
+    assert max(len(line) for line in lines) > 160  # wider than the terminal rather than cut
+    line = next(x for x in lines if run in x and "forward" in x and "cuda:h100" in x)  # the id in full
+    for cell in whole:  # and each of the four cells on the row's one line
+        assert cell in line, (cell, line)
+    assert "…" not in buf.getvalue()

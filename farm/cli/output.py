@@ -123,7 +123,7 @@ def write(text: str, output: Path | None, fmt: str) -> None:
 def emit(obj: Report | Listing, fmt: str, output: Path | None = None, after: Sequence[str] = ()) -> None:
     """A report or listing in its format; `after` lines follow the terminal table (not other formats)."""
     if fmt == "terminal" and output is None:
-        out.print(terminal(obj))
+        out.print(terminal(obj), crop=False)  # a wide table wraps in the terminal, never loses columns
         for line in after:
             out.print(Text(term(line)), highlight=False)
         return

@@ -65,7 +65,7 @@ COLUMNS = [
     "95% CI (cov.)",
     "n",
     "tokens/s",
-    "TFLOP/s",
+    "FLOP/s",
     "MFU",
     "peak mem",
     "speedup [95% CI]",
@@ -85,6 +85,21 @@ def fmt_seconds(s: float | None) -> str:
     if r >= 1e-3:
         return f"{r * 1e3:.3g} ms"
     return f"{r * 1e6:.3g} µs"
+
+
+_SI = ((1e18, "E"), (1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k"))
+
+
+def fmt_flops(f: float | None) -> str:
+    """FLOP/s with an SI prefix chosen per value, three significant digits: `86.2 G`, `45.2 T`,
+    `512 M`; the prefix is chosen after rounding (999.96e9 is `1 T`). `-` for none or zero."""
+    if not f:
+        return "-"
+    r = float(f"{f:.3g}")
+    for size, prefix in _SI:
+        if abs(r) >= size:
+            return f"{r / size:.3g} {prefix}"
+    return f"{r:.3g}"
 
 
 def fmt_bytes(b: int | None) -> str:
@@ -174,7 +189,7 @@ def cells(row: Row) -> list[str]:
         ci,
         repeats_text(row),
         f"{p.tokens_per_s:,.0f}" if p and p.tokens_per_s else "-",
-        f"{p.achieved_flops / 1e12:.3g}" if p and p.achieved_flops else "-",
+        fmt_flops(p.achieved_flops if p else None),
         mfu_text(row),
         fmt_bytes(p.peak_memory_bytes) if p else "-",
         speedup_text(row),

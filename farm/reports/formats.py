@@ -50,6 +50,9 @@ SUFFIX_FORMATS = {
 }
 # Flag kinds that colour a report row (the first one a row has wins).
 _ROW_STYLED = ("invalid", "above-peak", "failed", "oom", "timeout", "unverified")
+# Columns (by `COLUMNS` index) never wrapped: run id, CI, MFU, speedup. Every column is as wide as its
+# header and its longest cell, so on a narrow terminal the table is wider than it: no cell is cut (`…`).
+_WHOLE = {COLUMNS.index("run"), COLUMNS.index("95% CI (cov.)"), COLUMNS.index("MFU"), COLUMNS.index("speedup [95% CI]")}
 
 
 def choose_format(fmt: str | None, output: str | None = None) -> str:
@@ -64,18 +67,28 @@ def choose_format(fmt: str | None, output: str | None = None) -> str:
 
 
 def to_terminal(report: Report) -> Group:
-    """Rich renderables: one table per spec, then notes and flags."""
+    """Rich renderables: one table per spec, then notes and flags.
+
+    No cell is cut (`…`), and the run id, CI, MFU and speedup cells are never wrapped: where the
+    console is narrower than the table, the table is wider than it; print it with `crop=False` to
+    keep its right-hand columns."""
     parts: list[Any] = [
         Text(term(report.title), style="bold"),
         *(Text(term(line), style="dim") for line in header_lines(report)),
     ]
     for g in report.groups:
         t = Table(title=Text(term(g.title)), header_style="bold", title_justify="left")
+        rows = [[Text(term(c)) for c in cells(row)] for row in g.rows]
         for i, col in enumerate(COLUMNS):
-            t.add_column(col, justify="right" if 4 <= i <= 11 else "left")
-        for row in g.rows:
+            t.add_column(
+                col,
+                justify="right" if 4 <= i <= 11 else "left",
+                no_wrap=i in _WHOLE,
+                min_width=max([len(col), *(r[i].cell_len for r in rows)]),
+            )
+        for row, texts in zip(g.rows, rows, strict=True):
             style = next((STATUS_STYLE[f.kind] for f in row.flags if f.kind in _ROW_STYLED), None)
-            t.add_row(*(Text(term(c)) for c in cells(row)), style=style)
+            t.add_row(*texts, style=style)
         parts.append(t)
     for line in report.peaks:
         parts.append(Text(term(line), style="dim"))

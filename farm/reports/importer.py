@@ -13,8 +13,12 @@ a CPU's theoretical peak from its flags, cores and threads, with its recorded cl
 CPU_MAX_MHZ (at CPU_MAX_MHZ when none was recorded). The peak a result recorded is never used.
 Where no ceiling can be had (an unknown GPU, a CUDA result whose fingerprint lists no GPU, no
 fingerprint at all) the phases are `unverified`. A result faster than its ceiling is `invalid`
-with the reason, like one from a worker; a phase without raw times, or with a time that is not a
-positive finite number, is `invalid` too. A phase that failed (a diverged loss) stays failed.
+with the reason, like one from a worker. Only a published peak looked up by GPU name can make an
+imported phase `ok`: a ceiling derived from the file's own hardware facts (a GPU's SMs and clock,
+a CPU's cores, ISA and clock) can rule a number out but not vouch for it, so a phase below it is
+`unverified` (a file declaring 1,024 SMs at 5 GHz must not make the seed's 390 TFLOP/s `ok`);
+a phase without raw times, or with a time that is not a positive finite number, is `invalid` too.
+A phase that failed (a diverged loss) stays failed.
 
 The file is untrusted (docs/reliability.md, "Untrusted input"): it is read through
 `farm.untrusted.load_document` (at most `MAX_IMPORT_BYTES`, JSON only, depth and string bounds),
@@ -156,6 +160,13 @@ def derive_ceiling(res: JobResult) -> tuple[Peak | None, str | None]:
     return None, f"no ceiling is known for {kind!r} devices"
 
 
+def vouches(peak: Peak) -> bool:
+    """A ceiling an imported result can be `ok` against: a published peak looked up by the GPU's name.
+    One derived from the file's recorded properties (GPU SMs and clock, CPU cores, ISA and clock)
+    only bounds it."""
+    return peak.source.startswith("table:")
+
+
 def _invalid(p: PhaseResult, reason: str) -> PhaseResult:
     return p.model_copy(update={"status": "invalid", "invalid_reason": f"{p.name}: {reason}"})
 
@@ -184,6 +195,14 @@ def recheck_phase(res: JobResult, p: PhaseResult, peak: Peak | None = None, why:
     )
     if out.status == "unverified" and peak is None and why:
         out.invalid_reason = f"{p.name}: {why}"
+    elif out.status == "ok" and peak is not None and not vouches(peak):
+        # Derived from what the file says about its machine (SM count, clock, cores, ISA): such a
+        # ceiling can rule a number out (invalid), but a file cannot vouch for its own hardware.
+        out.status = "unverified"
+        out.invalid_reason = (
+            f"{p.name}: below a ceiling derived from the file's own hardware facts ({peak.source}); "
+            "an imported file cannot vouch for them, only a published peak by GPU name can"
+        )
     # Measured facts beside the verdict are kept: the host's load, what stopped `repeats: auto`.
     return out.model_copy(update=kept)
 

@@ -26,7 +26,9 @@ a row: with `machine=<tag>` (and no `run=`), every result of that machine for th
 tag where it has one), over all its runs; otherwise each pooled result's own baseline as
 `BaselineMatcher` finds it (`device=cpu`: the CPU result of the same run; `run=<id>`: that run),
 each counted once. The between-run spread shown is the range and the coefficient of variation of
-the per-run medians. Only `ok` phases with raw times are pooled. Never imports torch.
+the per-run medians. Only `ok` and `unverified` phases with raw times are pooled; the flags cell
+counts the unverified and contended runs among them (`unverified k/n`, `contended k/n`), beside
+noisy, outlier and drift. Never imports torch.
 """
 
 from __future__ import annotations
@@ -187,8 +189,8 @@ class PoolRow:
     baseline_series: list[str]  # `device @ machine` of the baseline results
     is_baseline: bool
     speedup: Ratio | None
-    left_out: int  # results of the row whose phase was not ok (or had no times)
-    flags: list[str]  # noisy, outlier, drift: how many pooled runs carry each
+    left_out: int  # results of the row whose phase was neither ok nor unverified (or had no times)
+    flags: list[str]  # unverified, contended, noisy, outlier, drift: how many pooled runs carry each
 
 
 def _usable(ph: PhaseRecord | None) -> bool:
@@ -215,9 +217,16 @@ def _machine_base(pool: Sequence[Record], rec: Record, b: Baseline) -> list[Reco
 
 
 def _flag_counts(recs: Iterable[Record], phase: str) -> list[str]:
+    """How many pooled runs carry each flag, `kind k/n`: unverified (no ceiling checked it),
+    contended (other processes used the CPU), noisy, outlier, drift."""
     phs = [r.phases[phase] for r in recs]
-    counts = {"noisy": sum(p.noisy for p in phs), "outlier": sum(p.outlier for p in phs)}
-    counts["drift"] = sum(p.drift for p in phs)
+    counts = {
+        "unverified": sum(p.status == "unverified" for p in phs),
+        "contended": sum(p.contended for p in phs),
+        "noisy": sum(p.noisy for p in phs),
+        "outlier": sum(p.outlier for p in phs),
+        "drift": sum(p.drift for p in phs),
+    }
     return [f"{k} {v}/{len(phs)}" for k, v in counts.items() if v]
 
 
@@ -353,7 +362,9 @@ def pool_listing(rows: Sequence[PoolRow], baseline: Baseline, selection: Selecti
     ]
     left = sum(r.left_out for r in rows)
     if left:
-        notes.append(f"{left} results whose phase was not ok were left out of the pools")
+        notes.append(
+            f"{left} results whose phase was neither ok nor unverified (or had no times) were left out of the pools"
+        )
     missing = sum(1 for r in rows if r.baseline is None)
     if missing:
         notes.append(f"{missing} of {len(rows)} rows have no baseline ({baseline.describe()})")

@@ -228,6 +228,11 @@ def _peak_lines(records: Sequence[Record]) -> list[str]:
     return out
 
 
+def _measured(rec: Record) -> bool:
+    """The result measured something (ok, unverified, invalid, or a phase ran): its versions count."""
+    return rec.status in (*MEASURED, "invalid") or bool(rec.phases)
+
+
 def _version_flag(rec: Record, base: Record) -> Flag | None:
     diffs = []
     if rec.farm_version != base.farm_version:
@@ -296,11 +301,14 @@ def _build(
             records[i].run_id,
         ),
     )
-    farm_counts: Counter[str | None] = Counter(r.farm_version for r in records)
-    torch_counts: Counter[str | None] = Counter(r.torch_version for r in records)
+    # Versions are compared among results that measured something: a job cancelled or failed
+    # before it ran has no torch version, and is no sign of mixed software.
+    measured = [r for r in records if _measured(r)]
+    farm_counts: Counter[str | None] = Counter(r.farm_version for r in measured)
+    torch_counts: Counter[str | None] = Counter(r.torch_version for r in measured)
     usual = (_usual(farm_counts), _usual(torch_counts))
     if usual[0] is not None or usual[1] is not None:
-        usual = (usual[0] or records[0].farm_version, usual[1] or records[0].torch_version)
+        usual = (usual[0] or measured[0].farm_version, usual[1] or measured[0].torch_version)
     mixed = usual != (None, None)
     buckets: dict[str, dict[str, list[Row]]] = {}  # spec hash -> phase -> rows
     titles: dict[str, str] = {}
@@ -313,8 +321,10 @@ def _build(
         if by_phase is None:
             by_phase = buckets[rec.spec_hash] = {}
             titles[rec.spec_hash] = group_title(rec)
-        vflag = _version_flag(rec, base) if base is not None and base is not rec else None
-        if vflag is None and mixed:
+        vflag = None
+        if _measured(rec) and base is not None and base is not rec and _measured(base):
+            vflag = _version_flag(rec, base)
+        if vflag is None and mixed and _measured(rec):
             vflag = _minority_flag(rec, usual)
         if not rec.phases:
             row = Row(rec, None, base, flags=_own_flags(rec, None) + ([vflag] if vflag else []))
