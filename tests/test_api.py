@@ -117,3 +117,16 @@ def test_submit_wait_results_and_the_worker_log(api_farm: WorkerProcess) -> None
     log = api_farm.log()
     assert f"job {results[0].job_id}: forward (" in log  # one line per step, not per repeat
     assert log.count(f"job {results[0].job_id}: forward (") == 1
+
+
+def test_store_query_takes_singular_and_plural_selectors(redis_url: str) -> None:
+    """`ResultStore.query(model=...)` used to raise TypeError (only `models=` worked)."""
+    from farm.results import synthetic as syn
+    from farm.results.store import ResultStore
+
+    store = ResultStore.from_url(redis_url)
+    res = syn.result("q1", 0, "cpu", {"forward": [0.1] * 5})
+    assert store.put_result(res)
+    assert [r.job_id for r in store.query(model="gpt2")] == [res.job_id]
+    assert [r.job_id for r in store.query(models=["gpt2"], device="cpu", run=["q1"])] == [res.job_id]
+    assert store.query(machine="elsewhere") == []

@@ -72,6 +72,7 @@ from farm.spec import SPEC_HASH_VERSION, STORED, BenchSpec, Job
 log = logging.getLogger(__name__)
 
 FIRES_KEPT = 200  # firings kept per schedule
+_SINGULAR = {"run": "runs", "machine": "machines", "device": "devices", "model": "models", "spec_hash": "spec_hashes"}
 SOCKET_TIMEOUT_S = 30.0  # a command without an answer for this long: Redis is unreachable (see connect)
 
 # Every key pattern the farm writes, as `<prefix>:` + pattern (`*` one segment, `**` the rest).
@@ -383,7 +384,12 @@ class ResultStore:
         return ids[-limit:] if limit else ids
 
     def query(self, **selectors: Any) -> list[JobResult]:
-        """Results matching the selectors of `query_ids`, oldest first."""
+        """Results matching the selectors of `query_ids`, oldest first. The singular spellings
+        (`run`, `machine`, `device`, `model`, `spec_hash`) take one value or several, like the plural."""
+        for one, many in _SINGULAR.items():
+            if one in selectors:
+                value = selectors.pop(one)
+                selectors[many] = [*selectors.get(many, ()), *([value] if isinstance(value, str) else value)]
         return self.get_results(self.query_ids(**selectors))
 
     def load_records(self, job_ids: Sequence[str], chunk: int = 1000, cache: bool = True) -> list[Record]:
