@@ -207,3 +207,20 @@ def test_control_characters_in_a_spec_are_shown_escaped(tmp_path: Path, key: str
     assert "\n" not in err and "\x1b" not in err and "\t" not in err
     assert repr(key)[1:-1] in err  # shown, escaped
     assert nothing_runs == []
+
+
+def test_run_repeats_auto_through_the_cli() -> None:
+    """`--repeats auto`: repeats until the median's CI is within 2% (or the budget/max), and says which."""
+    args = ["run", "--model", "gpt2-tiny", "--phases", "forward", "--devices", "cpu", "--json"]
+    result = runner.invoke(app, [*args, "--batch", "1", "--seq", "16", "--repeats", "auto", "--warmup", "1"])
+    assert result.exit_code == 0, result.output
+    job = json.loads(result.stdout)[0]
+    assert job["spec"]["repeats"] == "auto"
+    fwd = job["phases"]["forward"]
+    assert fwd["repeats_stop"] in ("target", "budget", "max")
+    assert len(fwd["times_s"]) >= 5  # the minimum before any stop
+    if fwd["repeats_stop"] == "target":
+        st = fwd["stats"]
+        assert (st["ci_high_s"] - st["ci_low_s"]) / 2 <= 0.02 * st["median_s"] * 1.0001
+    bad = runner.invoke(app, [*args, "--repeats", "sometimes"])
+    assert bad.exit_code == 2
