@@ -15,12 +15,13 @@ export PYTHONUNBUFFERED=1 FARM_HOME=${FARM_HOME:-/tmp/farmhome}
   > "$OUT/machine.txt" 2>&1
 # The whole run stays under 10 minutes: each step gets its own cap, cut to what is left of 580 s.
 limit() { local left=$((580 - SECONDS)); if [ "$1" -lt "$left" ]; then echo "$1"; else echo $((left > 1 ? left : 1)); fi; }
-timeout "$(limit 150)" python3 benchmarks/gpu_check.py --skip-cpu --gpu-compile --out "$OUT/gc" > "$OUT/gpu_check.log" 2>&1
+timeout "$(limit 130)" python3 benchmarks/gpu_check.py --skip-cpu --gpu-compile --out "$OUT/gc" > "$OUT/gpu_check.log" 2>&1
 echo "gpu_check rc=$?"
-# The GPU path through the farm (embedded Redis, a CPU and a CUDA worker, kill -9 mid-job, report).
-OUT="$OUT/farm" timeout "$(limit 300)" benchmarks/gpu_farm_check.sh > "$OUT/gpu_farm_check.log" 2>&1
+# The GPU path through the farm (embedded Redis, a CPU and a CUDA worker, kill -9 mid-job, report):
+# 360 s, its step limits (310 s) with `farm down` and the rest; 130 + 360 + 70 + 20 = 580 s in all.
+OUT="$OUT/farm" timeout "$(limit 360)" benchmarks/gpu_farm_check.sh > "$OUT/gpu_farm_check.log" 2>&1
 echo "gpu_farm_check rc=$?"
-timeout "$(limit 100)" python3 benchmarks/model_vs_hf.py --threads 2 --json "$OUT/vs_hf.json" > "$OUT/vs_hf.log" 2>&1
+timeout "$(limit 70)" python3 benchmarks/model_vs_hf.py --threads 2 --json "$OUT/vs_hf.json" > "$OUT/vs_hf.log" 2>&1
 echo "model_vs_hf rc=$?"
 timeout "$(limit 30)" python3 benchmarks/lm_head_loss.py --threads 2 --repeats 3 > "$OUT/lm_head_loss.log" 2>&1
 echo "lm_head_loss rc=$?"

@@ -4,6 +4,8 @@ Redis is exit 3 and one line on stderr, never a traceback; an OS error is exit 1
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -105,3 +107,56 @@ def test_output_into_a_missing_directory_is_one_line_exit_1(env: redis.Redis, tm
     assert len(lines) == 1 and "Traceback" not in res.output
     assert f"cannot write {target}" in lines[0] and "No such file or directory" in lines[0]
     assert not target.parent.exists()
+
+
+USAGE_ERRORS = [
+    (["run", "--batch", "abc"], "farm run: --batch: "),
+    (["submit", "--unserved-after", "nan"], "farm submit: --unserved-after: "),
+    (["run", "--no-such-option"], "farm run: No such option: --no-such-option"),
+    (["diff", "a-000"], "farm diff: Missing argument"),
+    (["no-such-command"], "farm: No such command 'no-such-command'"),
+    (["--no-such-option"], "farm: No such option: --no-such-option"),
+    (["schedule", "add"], "farm schedule add: Missing argument"),
+]
+
+
+@pytest.mark.parametrize(("argv", "start"), USAGE_ERRORS, ids=lambda a: " ".join(a) if isinstance(a, list) else "")
+def test_usage_errors_are_one_line_exit_2(argv: list[str], start: str) -> None:
+    """Click's usage errors (bad value, unknown option or command, missing argument): exit 2, one line
+    on stderr naming the command and its --help, not Typer's usage box; nothing on stdout."""
+    res = runner.invoke(app, argv)
+    assert res.exit_code == 2, (res.output, res.exception)
+    lines = [ln for ln in res.stderr.split("\n") if ln.strip()]
+    assert len(lines) == 1, res.stderr
+    assert lines[0].startswith(f"error: {start}"), lines[0]
+    assert lines[0].endswith(f"(see {start.split(':')[0]} --help)"), lines[0]
+    assert res.stdout == ""
+
+
+def test_usage_error_escapes_control_characters() -> None:
+    res = runner.invoke(app, ["run", "--x\x1b[31m\nred"])
+    assert res.exit_code == 2, res.output
+    lines = [ln for ln in res.stderr.split("\n") if ln.strip()]
+    assert len(lines) == 1 and "\x1b" not in res.stderr and "\\x1b" in lines[0], res.stderr
+
+
+def test_usage_error_through_the_console_script() -> None:
+    """The installed `farm` script (Typer's real main, not CliRunner): one line, exit 2."""
+    farm = Path(sys.executable).parent / "farm"
+    proc = subprocess.run([str(farm), "run", "--batch", "abc"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith("error: farm run: --batch: ") and proc.stderr.count("\n") == 1, proc.stderr
+    assert proc.stdout == ""
+
+
+def test_help_version_and_no_args_unchanged() -> None:
+    """What is not an error keeps working: no arguments prints the help (exit 2), --help and --version exit 0."""
+    bare = runner.invoke(app, [])
+    assert bare.exit_code == 2 and "Usage" in bare.stdout and "run" in bare.stdout
+    assert runner.invoke(app, ["--help"]).exit_code == 0
+    assert (
+        runner.invoke(app, ["run", "--help"]).exit_code == 0
+        and "--batch" in runner.invoke(app, ["run", "--help"]).stdout
+    )
+    version = runner.invoke(app, ["--version"])
+    assert version.exit_code == 0 and version.stdout.startswith("farm ")

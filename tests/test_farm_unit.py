@@ -88,6 +88,49 @@ def test_plan_worker_cuda_without_gpus_refuses(monkeypatch: pytest.MonkeyPatch) 
     assert cfg.queues == ["cuda", "control"] and cfg.gpu_index is None
 
 
+H100 = GpuInfo(index=0, name="NVIDIA H100 80GB HBM3", tag="h100")
+
+
+@pytest.mark.parametrize(("gpu", "usable"), [(None, 0), (0, 0), (1, 1)])
+def test_plan_worker_cuda_refuses_when_cuda_can_use_fewer_gpus_than_asked(
+    monkeypatch: pytest.MonkeyPatch, gpu: int | None, usable: int
+) -> None:
+    """A broken driver or runtime: NVML sees a GPU but torch's CUDA can use none (or fewer than --gpu
+    asks for): a one-line ConfigError naming both counts, before the worker takes a job."""
+    monkeypatch.setattr(worker, "nvml_gpus", lambda: (H100,))
+    monkeypatch.setattr(worker, "cuda_device_count", lambda: usable)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    with pytest.raises(ConfigError) as info:
+        worker.plan_worker("cuda", gpu=gpu, name="g")
+    message = str(info.value)
+    assert "\n" not in message and message.endswith("the worker did not start"), message
+    assert f"NVML finds 1 GPU(s) but CUDA can use {usable}" in message
+    assert message.startswith("--device cuda" + ("" if gpu is None else f" --gpu {gpu}") + ":"), message
+    assert "CUDA_VISIBLE_DEVICES='0'" in message
+
+
+def test_plan_worker_cuda_starts_when_cuda_can_use_enough_gpus(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(worker, "nvml_gpus", lambda: (H100,))
+    monkeypatch.setattr(worker, "cuda_device_count", lambda: 1)
+    cfg = worker.plan_worker("cuda", name="g")
+    assert cfg.device == "cuda" and cfg.gpu_index == 0 and cfg.gpu_names == [H100.name]
+    assert cfg.queues == ["cuda", "cuda.h100", "control"] and cfg.max_tasks_per_child == 1
+    a100 = GpuInfo(index=1, name="NVIDIA A100-SXM4-40GB", tag="a100")
+    monkeypatch.setattr(worker, "nvml_gpus", lambda: (H100, a100))
+    monkeypatch.setattr(worker, "cuda_device_count", lambda: 2)
+    cfg = worker.plan_worker("cuda", gpu=1, name="g")
+    assert cfg.gpu_index == 1 and cfg.queues == ["cuda", "cuda.a100", "control"]
+
+
+def test_plan_worker_cuda_with_explicit_queues_skips_the_cuda_probe(monkeypatch: pytest.MonkeyPatch) -> None:
+    def probe() -> int:
+        raise AssertionError("explicit queues are the operator's word: no CUDA probe")
+
+    monkeypatch.setattr(worker, "nvml_gpus", lambda: (H100,))
+    monkeypatch.setattr(worker, "cuda_device_count", probe)
+    assert worker.plan_worker("cuda", queues=["cuda.h100"], name="g").queues == ["cuda.h100", "control"]
+
+
 def test_wildcards_fan_out_to_live_worker_tags() -> None:
     workers = [{"queues": ["cuda", "cuda.h100", "control"]}, {"queues": ["cuda", "cuda.a100"]}, {"queues": ["cpu"]}]
     spec = parse_spec({**TINY, "devices": ["cpu", "cuda:*"]})

@@ -234,7 +234,7 @@ def test_farm_run_bad_options(pairs: list[tuple[str, str]]) -> None:
         # click refuses the type itself (usage error on stderr, exit 2).
         result = runner.invoke(app, ["run", *argv])
         TALLY["cli type rejected"] += 1
-        assert_clean_failure(result, one_line=False)
+        assert_clean_failure(result, one_line=True)
         return
     try:
         build_spec(None, **opts)

@@ -75,7 +75,7 @@ def test_submit_options(farm_redis: redis.Redis, pairs: list[tuple[str, str]]) -
     except ValueError:
         result = runner.invoke(app, ["submit", *argv])
         TALLY["submit type rejected"] += 1
-        assert_clean_failure(result, one_line=False)
+        assert_clean_failure(result, one_line=True)
         assert farm_redis.dbsize() == 0
         return
     try:

@@ -24,6 +24,12 @@ from typing import Any
 import redis
 import typer
 from kombu.exceptions import OperationalError
+from typer._click.exceptions import (  # typer's vendored click: the classes its parser raises
+    BadParameter,
+    ClickException,
+    MissingParameter,
+    NoArgsIsHelpError,
+)
 from typer.core import TyperGroup
 
 from farm import __version__
@@ -52,12 +58,49 @@ def _os_message(e: OSError) -> str:
     return f"{e.filename}: {text}" if e.filename else text
 
 
+def usage_line(e: ClickException) -> str:
+    """A click usage error as one line: `farm run: --batch: why (see farm run --help)`."""
+    ctx = getattr(e, "ctx", None)
+    where = ctx.command_path if ctx is not None else "farm"
+    name: str | None = None
+    if isinstance(e, BadParameter) and not isinstance(e, MissingParameter):
+        hint, param = e.param_hint, e.param
+        if isinstance(hint, str):
+            name = hint
+        elif hint:
+            name = " / ".join(hint)
+        elif param is not None:
+            name = param.opts[0] if param.opts else param.name
+    text = f"{where}: {name}: {e.message}" if name else f"{where}: {e.format_message()}"
+    text = text.rstrip().rstrip(".")
+    if ctx is not None and ctx.command.get_help_option(ctx) is not None:
+        text += f" (see {where} {ctx.help_option_names[0]})"
+    return text
+
+
 class FarmGroup(TyperGroup):
-    """The root group: every command (subgroups too) runs inside its `invoke`, which maps errors."""
+    """The root group: every command (subgroups too) runs inside its `invoke`, which maps errors.
+
+    Click's usage errors (a bad option value, an unknown option or command, a missing argument),
+    from parsing the root (`make_context`) or a command (`invoke`), are one line and their exit
+    code (2) too, instead of Typer's usage box; `no_args_is_help` still prints the help.
+    """
+
+    def make_context(self, info_name: str | None, args: list[str], parent: Any = None, **extra: Any) -> Any:
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except NoArgsIsHelpError:
+            raise
+        except ClickException as e:
+            raise fail(usage_line(e), e.exit_code) from None
 
     def invoke(self, ctx: Any) -> Any:  # typer's (vendored) click Context
         try:
             return super().invoke(ctx)
+        except NoArgsIsHelpError:
+            raise
+        except ClickException as e:
+            raise fail(usage_line(e), e.exit_code) from None
         except FarmError as e:
             raise fail(str(e), exit_code_for(e)) from None
         except redis.RedisError as e:
