@@ -146,3 +146,23 @@ def start_worker(
             cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=full_env, start_new_session=True
         )
     return WorkerProcess(proc, name, redis_url, log_path, full_env.get("FARM_KEY_PREFIX", "farm"))
+
+
+def stop_session(proc: subprocess.Popen[bytes], grace_s: float = 30.0) -> None:
+    """SIGTERM a process started with `start_new_session=True` and its session (a warm shutdown, as
+    Compose and systemd send it), wait up to `grace_s`, then SIGKILL whatever of the session is left."""
+    family = []
+    for q in psutil.process_iter():
+        with contextlib.suppress(psutil.Error, OSError):
+            if os.getsid(q.pid) == proc.pid:
+                family.append(q)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(grace_s)
+    for q in family:
+        with contextlib.suppress(psutil.Error):
+            q.kill()
+    psutil.wait_procs(family, timeout=5)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(5)

@@ -14,7 +14,6 @@ import contextlib
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -25,10 +24,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import psutil
 import pytest
 import redis
 import yaml
+from farmproc import stop_session
 
 from farm.engine.hardware import nvml_gpus
 
@@ -117,20 +116,7 @@ def _start(service: str, env: dict[str, str], log: Path) -> subprocess.Popen[byt
 
 
 def _stop(p: subprocess.Popen[bytes]) -> None:
-    """SIGTERM as Compose sends it (warm shutdown), then nothing of the service is left."""
-    family = []
-    for q in psutil.process_iter():
-        with contextlib.suppress(psutil.Error, OSError):
-            if os.getsid(q.pid) == p.pid:
-                family.append(q)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(p.pid, signal.SIGTERM)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        p.wait(30)
-    for q in family:
-        with contextlib.suppress(psutil.Error):
-            q.kill()
-    psutil.wait_procs(family, timeout=5)
+    stop_session(p, grace_s=30)
 
 
 def _healthcheck(service: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:

@@ -9,10 +9,8 @@ wrong credentials is refused with 401. Every process is stopped afterwards.
 from __future__ import annotations
 
 import base64
-import contextlib
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -23,9 +21,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import psutil
 import pytest
-from farmproc import start_worker
+from farmproc import start_worker, stop_session
 
 from farm.cluster.redisproc import free_port
 
@@ -68,23 +65,8 @@ class Flower:
             time.sleep(0.5)
 
 
-def _stop_session(proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM the process's session, then SIGKILL whatever of it is left."""
-    family = []
-    for p in psutil.process_iter():
-        with contextlib.suppress(psutil.Error, OSError):
-            if os.getsid(p.pid) == proc.pid:
-                family.append(p)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(15)
-    for p in family:
-        with contextlib.suppress(psutil.Error):
-            p.kill()
-    psutil.wait_procs(family, timeout=5)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(5)
+def _stop_session(p: subprocess.Popen[bytes]) -> None:
+    stop_session(p, grace_s=15)
 
 
 @pytest.fixture()
