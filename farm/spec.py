@@ -23,8 +23,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 from farm.errors import SpecError
 from farm.untrusted import MAX_SPEC_BYTES, load_document
 
-Phase = Literal["init", "forward", "train"]
-PHASES: tuple[Phase, ...] = ("init", "forward", "train")
+Phase = Literal["init", "forward", "train", "generate"]
+# Every phase, in canonical order. `all` is the seed's three (ALL_PHASES): `generate` needs room for
+# `gen_tokens` after a prompt of `seq` tokens, which the default spec (seq 1024 = GPT-2's context)
+# does not leave, and a nightly series of `all` keeps the same phases it always had.
+PHASES: tuple[Phase, ...] = ("init", "forward", "train", "generate")
+ALL_PHASES: tuple[Phase, ...] = ("init", "forward", "train")
+MAX_GEN_TOKENS = 8192
+MAX_WORLD_SIZE = 64
 DTYPES: tuple[str, ...] = ("float32", "bfloat16", "float16")
 DEVICE_KINDS: tuple[str, ...] = ("cpu", "cuda", "mps")
 DType = Literal["float32", "bfloat16", "float16"]
@@ -160,12 +166,13 @@ def parse_device_tag(tag: str) -> tuple[str, str | None]:
 CONTROL_QUEUE = "control"  # small farm tasks (a schedule's firing); every worker consumes it
 
 
-def queue_for(tag: str) -> str:
-    """The Celery queue of a device tag: `cpu`, `cuda`, `cuda.h100`."""
+def queue_for(tag: str, world_size: int = 1) -> str:
+    """The Celery queue of a device tag: `cpu`, `cuda`, `cuda.h100`; `cuda.h100.x8` for a job over 8 devices."""
     kind, narrow = parse_device_tag(tag)
     if narrow == "*":
         raise SpecError("devices", f"{tag!r} is a wildcard; expand it before choosing a queue")
-    return kind if narrow is None else f"{kind}.{narrow}"
+    base = kind if narrow is None else f"{kind}.{narrow}"
+    return base if world_size == 1 else f"{base}.x{world_size}"
 
 
 class BenchSpec(BaseModel):
@@ -194,7 +201,12 @@ class BenchSpec(BaseModel):
     # float32 matmul precision: "highest" is strict fp32, "high" allows TF32 on GPUs (and
     # bf16x3 on some CPUs). Recorded with every result because it changes the peak.
     matmul_precision: Literal["highest", "high", "medium"] = "highest"
-    phases: tuple[Phase, ...] = PHASES
+    phases: tuple[Phase, ...] = ALL_PHASES
+    # generate: tokens decoded one at a time (greedy, key/value cache) after the prompt of `seq` tokens.
+    gen_tokens: int = Field(default=128, gt=0, le=MAX_GEN_TOKENS)
+    # train: DistributedDataParallel over this many devices of one worker (NCCL on GPUs, gloo processes on
+    # CPUs), `batch` per device; the job's queue is `<device queue>.x<world_size>` above 1.
+    world_size: int = Field(default=1, gt=0, le=MAX_WORLD_SIZE)
     devices: tuple[str, ...] = ("cpu",)
     threads: int | None = Field(default=None, gt=0, le=1024)
     compile: bool = False
@@ -214,7 +226,9 @@ class BenchSpec(BaseModel):
                 raise ValueError(e.message) from None
         return v
 
-    @field_validator("batch", "seq", "warmup", "threads", "seed", "max_repeats", mode="before")
+    @field_validator(
+        "batch", "seq", "warmup", "threads", "seed", "max_repeats", "gen_tokens", "world_size", mode="before"
+    )
     @classmethod
     def _ints_not_bools(cls, v: Any) -> Any:
         return _reject_bool(v)
@@ -255,7 +269,7 @@ class BenchSpec(BaseModel):
             v = [p.strip() for p in v.split(",") if p.strip()]
         if isinstance(v, list | tuple):
             if "all" in v:
-                return PHASES
+                v = [*ALL_PHASES, *(p for p in v if p != "all")]
             bad = [p for p in v if p not in PHASES]
             if bad:
                 raise ValueError(f"unknown phase {bad[0]!r}; allowed: all, {', '.join(PHASES)}")
@@ -300,6 +314,11 @@ class BenchSpec(BaseModel):
         shape = self.shape
         if self.seq > shape.block_size:
             raise ValueError(f"seq: {self.seq} is above the model's context ({shape.block_size} tokens)")
+        if "generate" in self.phases and self.seq + self.gen_tokens > shape.block_size:
+            raise ValueError(
+                f"gen_tokens: a prompt of seq {self.seq} + {self.gen_tokens} generated tokens is above the model's "
+                f"context ({shape.block_size} tokens); lower seq or gen_tokens"
+            )
         return self
 
     @property
@@ -332,6 +351,9 @@ class BenchSpec(BaseModel):
         doc["model"] = self.shape.model_dump(mode="json", exclude={"name"})
         if self.dtype == "float32":
             doc["precision_mode"] = "none"
+        for name, default in _LATER_WORK_FIELDS.items():  # added after hash version 2: only when set
+            if getattr(self, name) != default:
+                doc[name] = getattr(self, name)
         return doc
 
     def spec_hash(self) -> str:
@@ -357,8 +379,11 @@ class BenchSpec(BaseModel):
 SPEC_HASH_VERSION = 2
 WORK_FIELDS: tuple[str, ...] = (
     "model", "batch", "seq", "dtype", "precision_mode", "matmul_precision", "threads", "compile", "optimizer",
-    "checkpoint",
+    "checkpoint", "gen_tokens", "world_size",
 )  # fmt: skip
+# Work fields added after version 2, with their defaults: they enter the hash only when not at the default,
+# so every hash made before they existed stands (a spec that does not set them is the same work).
+_LATER_WORK_FIELDS: dict[str, Any] = {"gen_tokens": 128, "world_size": 1}
 # How the work is measured, where, and labels. `seed` picks the random weights and tokens: the
 # same FLOPs on the same shapes, so the same work.
 MEASUREMENT_FIELDS: tuple[str, ...] = (
@@ -395,7 +420,8 @@ class Job(BaseModel):
 
     @property
     def queue(self) -> str:
-        return queue_for(self.device)
+        """The device's queue; `<queue>.x<n>` for a job over n devices (`world_size`)."""
+        return queue_for(self.device, self.spec.world_size)
 
 
 def new_run_id() -> str:

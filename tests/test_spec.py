@@ -8,7 +8,7 @@ import pytest
 
 from farm.errors import SpecError
 from farm.spec import (
-    PHASES,
+    ALL_PHASES,
     PRESETS,
     BenchSpec,
     Job,
@@ -24,7 +24,7 @@ from farm.spec import (
 def test_defaults_are_the_seed_protocol() -> None:
     spec = parse_spec({})
     assert (spec.model_name, spec.batch, spec.seq, spec.repeats) == ("gpt2", 8, 1024, 5)
-    assert spec.phases == PHASES
+    assert spec.phases == ALL_PHASES
     assert spec.devices == ("cpu",)
     assert spec.dtype == "float32"
 
@@ -45,7 +45,7 @@ def test_custom_shape() -> None:
 
 
 def test_phases_all_and_order() -> None:
-    assert parse_spec({"phases": "all"}).phases == PHASES
+    assert parse_spec({"phases": "all"}).phases == ALL_PHASES
     assert parse_spec({"phases": "train,init,train"}).phases == ("init", "train")
     assert parse_spec({"phases": ["forward"]}).phases == ("forward",)
 
@@ -104,7 +104,7 @@ def test_bad_input_names_the_field(data: dict, field: str, words: list[str]) -> 
 
 
 def test_all_inside_a_list_means_all() -> None:
-    assert parse_spec({"phases": "all,train"}).phases == PHASES
+    assert parse_spec({"phases": "all,train"}).phases == ALL_PHASES
 
 
 def test_spec_is_frozen_and_not_a_mapping() -> None:
@@ -204,3 +204,23 @@ def test_repeats_auto_and_its_fields() -> None:
         with pytest.raises(SpecError) as e:
             parse_spec(bad)
         assert e.value.field == next(iter(bad)) and words in e.value.message
+
+
+def test_generate_is_selectable_but_not_in_all() -> None:
+    spec = parse_spec({"model": "gpt2-tiny", "seq": 64, "phases": "all,generate"})
+    assert spec.phases == (*ALL_PHASES, "generate")
+    with pytest.raises(SpecError) as e:  # the default seq 1024 leaves no room in GPT-2's context
+        parse_spec({"phases": "generate"})
+    assert e.value.field == "gen_tokens" and "1024" in e.value.message
+
+
+def test_fields_added_after_hash_v2_keep_old_hashes() -> None:
+    base = parse_spec({"model": "gpt2-tiny", "seq": 64})
+    assert (
+        parse_spec({"model": "gpt2-tiny", "seq": 64, "gen_tokens": 128, "world_size": 1}).spec_hash()
+        == base.spec_hash()
+    )
+    assert parse_spec({"model": "gpt2-tiny", "seq": 64, "gen_tokens": 32}).spec_hash() != base.spec_hash()
+    two = parse_spec({"model": "gpt2-tiny", "seq": 64, "world_size": 2})
+    assert two.spec_hash() != base.spec_hash()
+    assert two.expand()[0].queue == "cpu.x2" and base.expand()[0].queue == "cpu"
