@@ -55,6 +55,8 @@ def submit(
     devices: o.Devices = None,
     batch: o.Batch = None,
     seq: o.Seq = None,
+    gen_tokens: o.GenTokens = None,
+    world_size: o.WorldSize = None,
     repeats: o.Repeats = None,
     warmup: o.Warmup = None,
     dtype: o.DType = None,

@@ -41,7 +41,11 @@ Model = Annotated[
     ),
 ]
 Phases = Annotated[
-    str | None, typer.Option(help="'all' or a comma list of init,forward,train.", show_default=f"all: {_d('phases')}")
+    str | None,
+    typer.Option(
+        help="'all' (init,forward,train) or a comma list of init,forward,train,generate.",
+        show_default=f"all: {_d('phases')}",
+    ),
 ]
 Devices = Annotated[
     str | None,
@@ -49,6 +53,23 @@ Devices = Annotated[
 ]
 Batch = Annotated[int | None, typer.Option(help="Batch size.", show_default=_d("batch"))]
 Seq = Annotated[int | None, typer.Option(help="Sequence length, at most the model's context.", show_default=_d("seq"))]
+GenTokens = Annotated[
+    int | None,
+    typer.Option(
+        "--gen-tokens",
+        help="generate: tokens decoded one at a time after the seq-token prompt.",
+        show_default=_d("gen_tokens"),
+    ),
+]
+WorldSize = Annotated[
+    int | None,
+    typer.Option(
+        "--world-size",
+        help="train: DistributedDataParallel over this many devices of one worker (gloo processes on CPU, NCCL on "
+        "GPUs), the same batch on each.",
+        show_default=_d("world_size"),
+    ),
+]
 Repeats = Annotated[
     str | None,
     typer.Option(
@@ -97,8 +118,8 @@ Name = Annotated[str | None, typer.Option("--name", help="A name for the run, sh
 
 # The spec options every spec-taking command declares (farm run, farm submit), in one list.
 SPEC_OPTION_NAMES = (
-    "model", "phases", "devices", "batch", "seq", "repeats", "warmup", "dtype", "precision_mode",
-    "matmul_precision", "threads", "compile", "optimizer", "seed", "time_limit", "checkpoint", "tag",
+    "model", "phases", "devices", "batch", "seq", "gen_tokens", "world_size", "repeats", "warmup", "dtype",
+    "precision_mode", "matmul_precision", "threads", "compile", "optimizer", "seed", "time_limit", "checkpoint", "tag",
 )  # fmt: skip
 
 
