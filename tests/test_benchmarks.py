@@ -112,3 +112,48 @@ def test_lm_head_loss_under_autocast_matches() -> None:
         loss = lm_head_loss(h, w, t, chunk=8)
     assert loss.dtype == torch.float32
     torch.testing.assert_close(loss, ref.float(), rtol=1e-3, atol=1e-3)
+
+
+def test_gpu_mfu_ladder_smoke_on_cpu(tmp_path: Path) -> None:
+    """The ladder's rungs run through farm's own run_job; the padded-vocabulary rung counts the real head."""
+    out = tmp_path / "ladder"
+    args = ["benchmarks/gpu_mfu_ladder.py", "--device", "cpu", "--model", "gpt2-tiny", "--batch", "1"]
+    args += ["--seq", "32", "--repeats", "2", "--warmup", "0", "--rungs", "fp32,tf32", "--out", str(out)]
+    proc = _run_script(args, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    doc = json.loads((out / "ladder.json").read_text())
+    assert [r["rung"] for r in doc["rows"]] == ["fp32", "tf32"]
+    for r in doc["rows"]:
+        assert r["status"] in ("ok", "unverified"), r
+        assert r["step_s"] > 0 and 0 < r["mfu"] < 1
+    assert "| fp32 | 1 x 32 |" in (out / "ladder.md").read_text()
+
+
+def test_ladder_padding_keeps_the_real_flops() -> None:
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from gpu_mfu_ladder import padded
+
+    from farm.flops import train_flops
+    from farm.spec import resolve_model
+
+    gpt2 = resolve_model("gpt2")
+    pad = padded(gpt2)
+    assert pad.vocab_size == 50304 and pad.n_embd == gpt2.n_embd
+    assert train_flops(pad, 1, 1024) > train_flops(gpt2, 1, 1024)  # the ladder divides the smaller one
+
+
+def test_cpu_roofline_goal_smoke(tmp_path: Path) -> None:
+    """The CPU goal script prints its verdict rows and skips bf16 without a hardware path."""
+    out = tmp_path / "roof.json"
+    args = ["benchmarks/cpu_roofline_goal.py", "--model", "gpt2-tiny", "--seq", "32", "--repeats", "1"]
+    args += ["--shape-repeats", "1", "--threads", "1", "--json", str(out)]
+    proc = _run_script(args, tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    doc = json.loads(out.read_text())
+    cases = {(r["case"], r["dtype"]) for r in doc["rows"]}
+    assert ("forward", "float32") in cases and ("train step", "float32") in cases
+    for r in doc["rows"]:
+        assert r["verdict_roofline"] in ("met", "NOT MET") and r["roofline_flops"] > 0
+        assert r["of_roofline"] == pytest.approx(r["achieved_flops"] / r["roofline_flops"])
+    if "bfloat16" not in {d for _, d in cases}:
+        assert any("bf16 has no hardware path" in s for s in doc["skipped"])
