@@ -14,6 +14,14 @@ Causal attention needs only half of the attention term. MFU is reported with the
 convention everyone compares against); the plausibility check that marks a result `invalid` uses
 the smaller causal count, so a real fast kernel is never called impossible.
 
+Generation (the `generate` phase, docs/generation.md): a prefill of the `seq`-token prompt whose
+LM head runs on the last position only (greedy decoding reads nothing else), then `gen_tokens - 1`
+decode steps of one token per sequence through the key/value cache. A decode step's attention reads
+every cached position (no causal saving: its one query sees them all), so the step at context n
+(positions after its own is appended) costs 2 * (12 * n_layer * C**2 + C * V) + 4 * n_layer * n * C
+FLOPs per sequence. It is memory-bound: each step must read every weight once (for the whole batch)
+and each sequence's cached keys and values, `decode_step_bytes`.
+
 This module never imports torch.
 """
 
@@ -64,8 +72,62 @@ def train_flops(cfg: ModelShape, batch: int, seq: int) -> int:
     return 3 * forward_flops(cfg, batch, seq)
 
 
-def min_phase_flops(cfg: ModelShape, batch: int, seq: int, phase: str) -> int:
+def prefill_flops(cfg: ModelShape, batch: int, seq: int, causal: bool = False) -> int:
+    """FLOPs of the prompt's forward with the LM head on the last position only (`causal`: attention
+    at half, the least work)."""
+    C = cfg.n_embd
+    attn = attention_flops_per_token(cfg, seq) // (2 if causal else 1)
+    return batch * seq * (2 * 12 * cfg.n_layer * C * C + attn) + batch * 2 * C * cfg.vocab_size
+
+
+def decode_steps(gen_tokens: int) -> int:
+    """Decode steps of a generation: the prefill picks the first of `gen_tokens` new tokens."""
+    return max(0, gen_tokens - 1)
+
+
+def decode_step_flops(cfg: ModelShape, batch: int, context: int) -> int:
+    """FLOPs of one decode step whose new token makes `context` cached positions: its query reads them all."""
+    return batch * (matmul_flops_per_token(cfg) + attention_flops_per_token(cfg, context))
+
+
+def decode_flops(cfg: ModelShape, batch: int, seq: int, gen_tokens: int) -> int:
+    """FLOPs of every decode step after a prompt of `seq` (step i, from 1, at context seq + i)."""
+    return sum(decode_step_flops(cfg, batch, seq + i) for i in range(1, decode_steps(gen_tokens) + 1))
+
+
+def generate_flops(cfg: ModelShape, batch: int, seq: int, gen_tokens: int, causal: bool = False) -> int:
+    """FLOPs of one generation: prefill + decode (`causal`: the prefill's attention at half)."""
+    return prefill_flops(cfg, batch, seq, causal) + decode_flops(cfg, batch, seq, gen_tokens)
+
+
+def kv_cache_bytes(cfg: ModelShape, batch: int, positions: int, kv_bytes: int) -> int:
+    """Bytes of keys and values of every layer for `batch` sequences of `positions` tokens."""
+    return 2 * cfg.n_layer * batch * positions * cfg.n_embd * kv_bytes
+
+
+def decode_weight_bytes(cfg: ModelShape, w_bytes: int) -> int:
+    """Weight bytes one decode step must read: every parameter once (the LM head is the tied token
+    embedding, read whole) except the position table, of which one row is read."""
+    return (param_count(cfg) - (cfg.block_size - 1) * cfg.n_embd) * w_bytes
+
+
+def decode_step_bytes(cfg: ModelShape, batch: int, context: int, w_bytes: int, kv_bytes: int) -> int:
+    """The least bytes one decode step moves from memory: its weights once for the whole batch plus
+    each sequence's keys and values at `context` positions (activations, a few KiB, left out)."""
+    return decode_weight_bytes(cfg, w_bytes) + kv_cache_bytes(cfg, batch, context, kv_bytes)
+
+
+def weight_and_kv_bytes(spec: BenchSpec) -> tuple[int, int]:
+    """(bytes per weight, bytes per cached key/value element) of a spec's job: weights in float32
+    under autocast (master weights), in the dtype when cast; activations in the dtype unless float32."""
+    w_bytes = DTYPE_BYTES[spec.dtype] if spec.mode_for() == "cast" else 4
+    return w_bytes, DTYPE_BYTES[spec.dtype]
+
+
+def min_phase_flops(cfg: ModelShape, batch: int, seq: int, phase: str, gen_tokens: int = 0) -> int:
     """The least work a phase can do: causal attention counted at half. Used to flag `invalid`."""
+    if phase == "generate":
+        return generate_flops(cfg, batch, seq, gen_tokens, causal=True)
     per_token = matmul_flops_per_token(cfg) + attention_flops_per_token(cfg, seq) // 2
     mult = {"forward": 1, "train": 3}.get(phase, 0)
     return mult * batch * seq * per_token
@@ -78,6 +140,8 @@ def phase_flops(spec: BenchSpec, phase: str) -> int:
         return forward_flops(cfg, spec.batch, spec.seq)
     if phase == "train":
         return train_flops(cfg, spec.batch, spec.seq)
+    if phase == "generate":
+        return generate_flops(cfg, spec.batch, spec.seq, spec.gen_tokens)
     return 0
 
 
@@ -91,16 +155,17 @@ class MemoryPrediction:
     optimizer: int
     activations: int
     logits: int
+    kv_cache: int = 0  # generate: keys and values of every layer, batch x (seq + gen_tokens) positions
 
     @property
     def total(self) -> int:
-        return self.weights + self.gradients + self.optimizer + self.activations + self.logits
+        return self.weights + self.gradients + self.optimizer + self.activations + self.logits + self.kv_cache
 
     def describe(self) -> str:
         gib = 1 << 30
         parts = [
             f"{name} {getattr(self, name) / gib:.2f}"
-            for name in ("weights", "gradients", "optimizer", "activations", "logits")
+            for name in ("weights", "gradients", "optimizer", "activations", "logits", "kv_cache")
             if getattr(self, name)
         ]
         return f"{self.total / gib:.2f} GiB ({', '.join(parts)} GiB)"
@@ -117,7 +182,10 @@ def predict_memory(spec: BenchSpec, phase: str) -> MemoryPrediction:
                and outputs, q/k/v, attention output, the 4C MLP input and GELU output); a forward
                under inference mode keeps only about 8·C of one layer at a time
     logits     B·T·V: once in a forward; three times in training (logits, log-softmax saved by
-               cross-entropy, and their gradient), in float32 for the loss
+               cross-entropy, and their gradient), in float32 for the loss; B·V in generate (the
+               last position only)
+    kv_cache   generate: `kv_cache_bytes` for seq + gen_tokens positions in the activation dtype,
+               beside a prefill's activations (as a forward's)
     """
     cfg = spec.shape
     n = param_count(cfg)
@@ -132,6 +200,10 @@ def predict_memory(spec: BenchSpec, phase: str) -> MemoryPrediction:
     if phase == "forward":
         acts = 8 * C * tokens * a_bytes
         return MemoryPrediction(phase, weights, 0, 0, acts, tokens * cfg.vocab_size * a_bytes)
+    if phase == "generate":
+        kv = kv_cache_bytes(cfg, spec.batch, spec.seq + spec.gen_tokens, weight_and_kv_bytes(spec)[1])
+        acts = 8 * C * tokens * a_bytes
+        return MemoryPrediction(phase, weights, 0, 0, acts, spec.batch * cfg.vocab_size * a_bytes, kv)
     states = 2 if spec.optimizer == "adamw" else 1
     acts = 18 * C * cfg.n_layer * tokens * a_bytes
     logits = tokens * cfg.vocab_size * (a_bytes + 2 * 4)

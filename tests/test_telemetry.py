@@ -5,6 +5,7 @@ diff`'s explanation, and reports over hostile stored telemetry."""
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import types
@@ -27,8 +28,10 @@ from farm.engine.telemetry import (
     telemetry_source,
 )
 from farm.engine.timing import Timer
+from farm.nightly.regress import Point
 from farm.reports.diff import environment_diff
 from farm.reports.formats import render
+from farm.reports.history import point_flags
 from farm.reports.report import build_report
 from farm.results import synthetic as syn
 from farm.results.records import records_from_results
@@ -464,6 +467,14 @@ def test_throttled_flag_in_every_format() -> None:
         out = render(report, fmt)
         assert "throttled" in out, fmt
         assert "thermal (hardware) 75%" in out, fmt
+    rows = {(r["job_id"], r["phase"]): r for r in json.loads(render(report, "json"))["rows"]}
+    assert rows[(hot.job_id, "forward")]["throttled"] is True
+    assert "thermal (hardware) 75%" in rows[(hot.job_id, "forward")]["throttled_reason"]
+    assert rows[(hot.job_id, "train")]["throttled"] is False and rows[(base.job_id, "forward")]["throttled"] is False
+    assert "throttled,throttled_reason" in render(report, "csv").splitlines()[0]
+    stored = JobResult.model_validate_json(hot.model_dump_json())
+    point = Point(result=stored, phase="forward", times_s=tuple(stored.phases["forward"].times_s))
+    assert "throttled" in point_flags(point)  # the history plot marks it too
 
 
 def test_a_throttled_baseline_is_named_on_the_speedup_row() -> None:

@@ -310,6 +310,12 @@ def worker(
         None, help="Comma list of queues to consume instead of the detected ones (skips the CUDA device check)."
     ),
     concurrency: int = typer.Option(1, help="Jobs at once on a CPU worker (GPU workers: always 1)."),
+    max_world_size: int | None = typer.Option(
+        None,
+        "--max-world-size",
+        help="Devices one job may use (DDP train; consumes <queue>.x2 .. .xN). Default: the GPU count "
+        "on a GPU worker without --gpu, else 1.",
+    ),
     name: str | None = typer.Option(None, help="Worker name (default: device-host-pid)."),
     loglevel: str = typer.Option("info", help="debug, info, warning, error."),
 ) -> None:
@@ -319,7 +325,7 @@ def worker(
     # The worker imports torch (farm.engine.runner): only this command pays for it.
     from farm.cluster.worker import plan_worker, run_worker
 
-    cfg = plan_worker(device, gpu, queues.split(",") if queues else None, name, concurrency)
+    cfg = plan_worker(device, gpu, queues.split(",") if queues else None, name, concurrency, max_world_size)
     note(f"worker {cfg.name} on {socket.gethostname()}: device {cfg.device}, queues {','.join(cfg.queues)}")
     run_worker(cfg, loglevel)
 

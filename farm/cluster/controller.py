@@ -12,6 +12,7 @@ last worker mid-run (a heartbeat expired across a network partition, a worker re
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ from farm.spec import BenchSpec, Job, check_run_id, new_run_id, parse_device_tag
 
 REDIS_LOST_S = 30.0  # how long `wait` rides out a Redis that went away before it gives up
 UNSERVED_AFTER_S = 60.0  # how long `submit --wait` waits for a worker to start serving a queue
+WORLD_QUEUE_RE = re.compile(r"\.x[0-9]+$")  # the suffix of a queue for jobs over several devices (spec.queue_for)
 LOST_AFTER_S = 60.0  # how long `wait` waits for a queue whose workers vanished mid-run to be served again
 
 
@@ -114,6 +116,7 @@ def live_workers(settings: Settings | None = None, store: ResultStore | None = N
                 "started_at": float(raw.get("started_at") or 0),
                 "last_heartbeat": float(raw.get("updated_at") or 0),
                 "gpus": json.loads(raw.get("gpu_names") or "[]"),
+                "max_world_size": int(raw.get("max_world_size") or 1),
             }
         )
     return out
@@ -134,7 +137,9 @@ def expand_wildcards(spec: BenchSpec, workers: Sequence[dict[str, Any]]) -> Benc
         if narrow != "*":
             devices.append(tag)
             continue
-        found = sorted({q.split(".", 1)[1] for q in queues if q.startswith(f"{kind}.")})
+        # `<kind>.<tag>` queues only: `cuda.x2` / `cuda.h100.x2` (jobs over several devices) name no tag.
+        narrow_queues = [q for q in queues if q.startswith(f"{kind}.") and not WORLD_QUEUE_RE.search(q)]
+        found = sorted({q.split(".", 1)[1] for q in narrow_queues})
         if not found:
             raise SpecError("devices", f"{tag!r} matches no live worker: no worker serves a {kind}.<tag> queue now")
         devices.extend(f"{kind}:{n}" for n in found)

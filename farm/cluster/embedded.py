@@ -2,7 +2,8 @@
 
 `up` starts a real redis-server (farm.cluster.redisproc: 127.0.0.1, a free port, append-only file,
 noeviction, data under the farm's data directory) and one local `farm worker` for the CPU (plus
-one per GPU that NVML sees), detached so that they outlive the command that started them. Their
+one per GPU that NVML sees; `embedded_world_size` says how many devices each gives one job),
+detached so that they outlive the command that started them. Their
 pids, start times and the URL go to `<data dir>/embedded.json`; later commands find the URL there.
 `down` stops exactly those processes (each pid is checked against its recorded start time and
 command line first) and nothing else. No root, no Docker.
@@ -123,8 +124,22 @@ def results_url(settings: Settings | None = None) -> str:
     return settings.results() or resolve_redis_url(settings)
 
 
+EMBEDDED_CPU_MAX_WORLD = 8  # the local CPU worker gives a job up to min(physical cores, this) gloo processes
+
+
+def embedded_world_size(device: str, gpu: int | None) -> int:
+    """Devices the embedded worker gives one job (`farm worker --max-world-size`). CPU: one process
+    per physical core, up to EMBEDDED_CPU_MAX_WORLD (so `cpu.x2` is served from 2 cores on). GPUs:
+    the worker of GPU 0 gives every local GPU (DDP ranks run on cuda:0..n-1), the others 1; the host
+    lock keeps their timed regions apart."""
+    if device == "cpu":
+        return max(1, min(psutil.cpu_count(logical=False) or os.cpu_count() or 1, EMBEDDED_CPU_MAX_WORLD))
+    return max(1, len(nvml_gpus())) if gpu in (None, 0) else 1
+
+
 def _worker_cmd(name: str, device: str, gpu: int | None) -> list[str]:
     cmd = [sys.executable, "-m", "farm.cli.main", "worker", "--device", device, "--name", name]
+    cmd += ["--max-world-size", str(embedded_world_size(device, gpu))]
     return [*cmd, "--gpu", str(gpu)] if gpu is not None else cmd
 
 

@@ -2,7 +2,8 @@
 
 `farm worker` plans a `WorkerConfig` from the hardware (GPUs through NVML only: CUDA is never
 touched in the parent, because job processes are forked from it), subscribes to every queue the
-config can serve plus `control`, and beats a heartbeat into Redis from a thread of the main
+config can serve plus `control` (and `<queue>.x2 .. .x<n>` for jobs over up to `--max-world-size`
+devices), and beats a heartbeat into Redis from a thread of the main
 process. Each job runs in a pool child: `execute_job` counts the delivery, skips a job whose result
 is already stored, quarantines one delivered too often, runs it, and stores the result (confirmed
 by Redis) before the task returns, so the late ack only follows a stored result. A job that fails
@@ -42,7 +43,7 @@ from farm.errors import BrokerError, BrokerUnavailable, ConfigError
 from farm.results.result import JobResult
 from farm.results.store import ResultStore
 from farm.settings import Settings, get_settings
-from farm.spec import CONTROL_QUEUE, STORED, Job
+from farm.spec import CONTROL_QUEUE, MAX_WORLD_SIZE, STORED, Job
 
 log = logging.getLogger("farm.cluster.worker")
 
@@ -67,6 +68,7 @@ class WorkerConfig:
     concurrency: int = 1
     max_tasks_per_child: int | None = None
     gpu_names: list[str] = field(default_factory=list)
+    max_world_size: int = 1  # devices it gives one job (DDP train): it consumes `<queue>.x2 .. .x<n>` too
 
 
 _config: WorkerConfig | None = None  # set in the parent before the pool forks; children inherit it
@@ -78,10 +80,18 @@ def plan_worker(
     queues: list[str] | None = None,
     name: str | None = None,
     concurrency: int = 1,
+    max_world_size: int | None = None,
 ) -> WorkerConfig:
-    """Decide what this worker serves from its hardware (NVML only; CUDA stays untouched)."""
+    """Decide what this worker serves from its hardware (NVML only; CUDA stays untouched).
+
+    `max_world_size`: how many devices it gives one job (a DDP train over cuda:0..n-1, or n CPU
+    processes); default the local GPU count on a GPU worker without `--gpu`, else 1. Above 1 it also
+    consumes `<queue>.x2 .. <queue>.x<n>` for each of its queues.
+    """
     if device not in ("cpu", "cuda", "auto"):
         raise ConfigError(f"--device must be cpu, cuda or auto, got {device!r}")
+    if max_world_size is not None and not 1 <= max_world_size <= MAX_WORLD_SIZE:
+        raise ConfigError(f"--max-world-size must be 1..{MAX_WORLD_SIZE}, got {max_world_size}")
     gpus = list(nvml_gpus())
     # An explicit queue list is the operator's word (tests use it for a CUDA-tagged worker without a
     # GPU); otherwise a CUDA worker proves its device before it takes a job.
@@ -101,6 +111,7 @@ def plan_worker(
             )
     if device == "auto":
         device = "cuda" if gpus else "cpu"
+    gpu_index_given = gpu
     host = socket.gethostname()
     machine = machine_tag(host)
     gpu_names: list[str] = []
@@ -117,10 +128,15 @@ def plan_worker(
         gpu_names = [g.name for g in chosen]
         tags = ["cuda", *[f"cuda:{g.tag}" for g in chosen]]
         concurrency = 1
+    if max_world_size is None:
+        max_world_size = len(gpus) if device == "cuda" and gpu_index_given is None and gpus else 1
+    if check and max_world_size > len(gpus):
+        raise ConfigError(f"--max-world-size {max_world_size}: NVML finds {len(gpus)} GPU(s) here")
     served = [t.replace(":", ".") for t in tags]
     if queues:
         served = [q.strip() for q in queues if q.strip()]
         tags = [q.replace(".", ":", 1) for q in served]
+    served += [f"{q}.x{n}" for q in served if q != CONTROL_QUEUE for n in range(2, max_world_size + 1)]
     if CONTROL_QUEUE not in served:
         served.append(CONTROL_QUEUE)
     if name is None:
@@ -139,6 +155,7 @@ def plan_worker(
         # A fresh process per job on a GPU: clean CUDA state, memory returned to the driver.
         max_tasks_per_child=1 if device == "cuda" else None,
         gpu_names=gpu_names,
+        max_world_size=max_world_size,
     )
 
 

@@ -1,5 +1,6 @@
 """This machine: its fingerprint, its GPUs (NVML, and torch in the job process), its CPU's ceiling
-and the measured GEMM roofline beside it (docs/ceilings.md).
+and the measured GEMM roofline beside it (docs/ceilings.md), its last-level cache and measured
+memory read bandwidth (the ceiling of decoding, docs/generation.md).
 
 The data models (`MachineFingerprint`, `GpuInfo`) live in `farm.results.machine`; the ceilings
 themselves (published table, derivation from GPU properties, the CPU's theoretical peak) in
@@ -33,7 +34,14 @@ from farm import __version__
 from farm.engine.hostlock import CpuSnapshot, host_load
 from farm.paths import cache_dir
 from farm.results.machine import MAX_SM_CLOCK_MHZ, MAX_SM_COUNT, GpuInfo, MachineFingerprint, gpu_tag
-from farm.results.peaks import Peak, cores_used, cpu_theoretical_peak, machine_cpu_ceiling
+from farm.results.peaks import (
+    UNCERTAIN_TOLERANCE,
+    Bandwidth,
+    Peak,
+    cores_used,
+    cpu_theoretical_peak,
+    machine_cpu_ceiling,
+)
 from farm.spec import BenchSpec
 
 
@@ -436,3 +444,125 @@ def roofline(spec: BenchSpec, threads: int, refresh: bool = False, on_progress: 
             pass  # a read-only home still gets a roofline, just not cached
         old = new
     return Peak(flops=float(old["flops"]), source=_roofline_source(old, spec, threads))
+
+
+# -- memory bandwidth and the last-level cache ---------------------------------------------------
+SYSFS_CACHE = "/sys/devices/system/cpu/cpu*/cache/index*"
+BANDWIDTH_MIN_BYTES = 1 << 30  # the buffer read: at least 1 GiB and BANDWIDTH_CACHE_MULTIPLE x the LLC
+BANDWIDTH_CACHE_MULTIPLE = 16
+BANDWIDTH_PASSES = 5
+
+
+def _size_bytes(text: str) -> int | None:
+    m = re.fullmatch(r"\s*(\d+)\s*([KMG]?)\s*(?:i?B)?\s*", text, flags=re.I)
+    if m is None:
+        return None
+    return int(m[1]) << {"": 0, "K": 10, "M": 20, "G": 30}[m[2].upper()]
+
+
+@functools.lru_cache(maxsize=1)
+def last_level_cache() -> tuple[int, str] | None:
+    """(bytes, how) of the CPU's last-level cache over the whole machine (every instance of the
+    highest cache level in sysfs, counted once per set of CPUs sharing it); None where sysfs has none."""
+    seen: dict[tuple[int, str], int] = {}
+    for d in glob.glob(SYSFS_CACHE):
+        try:
+            level = int(Path(d, "level").read_text())
+            if Path(d, "type").read_text().strip() == "Instruction":
+                continue
+            size = _size_bytes(Path(d, "size").read_text())
+            shared = Path(d, "shared_cpu_list").read_text().strip()
+        except (OSError, ValueError):
+            continue
+        if size:
+            seen[(level, shared)] = size
+    if not seen:
+        return None
+    top = max(level for level, _ in seen)
+    parts = [size for (level, _), size in seen.items() if level == top]
+    return sum(parts), f"L{top} {sum(parts) >> 20} MiB in {len(parts)} instance{'s' if len(parts) != 1 else ''} (sysfs)"
+
+
+def _bandwidth_file() -> Path:
+    return cache_dir() / "bandwidth.json"
+
+
+def measure_cpu_bandwidth(threads: int) -> dict[str, Any]:
+    """Read bandwidth now: `torch.sum` over a float32 buffer of max(1 GiB, 16 x the LLC) (smaller
+    where free memory is short), best of BANDWIDTH_PASSES passes after one untimed, at `threads`
+    threads. A sum reads each byte once and writes nothing: the bound a decode step's reads meet."""
+    import torch  # lazily: see the module docstring
+
+    llc = last_level_cache()
+    want = max(BANDWIDTH_MIN_BYTES, BANDWIDTH_CACHE_MULTIPLE * (llc[0] if llc else 0))
+    size = max(1 << 26, min(want, psutil.virtual_memory().available // 4))
+    prev = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    start = CpuSnapshot.now()
+    load_before = psutil.getloadavg()[0]
+    try:
+        buf = torch.ones(size // 4, dtype=torch.float32)  # written once: every page is resident
+        torch.sum(buf)
+        best = math.inf
+        for _ in range(BANDWIDTH_PASSES):
+            t0 = time.perf_counter()
+            torch.sum(buf)
+            best = min(best, time.perf_counter() - t0)
+        del buf
+    finally:
+        torch.set_num_threads(prev)
+    load = host_load(start, CpuSnapshot.now(), cores=threads)
+    return {
+        "bytes_per_s": size / best if best > 0 else 0.0,
+        "buffer_bytes": size,
+        "hostname": socket.gethostname(),
+        "load_avg_1m": load_before,
+        "loaded": load.contended,
+        "measured_at": time.time(),
+    }
+
+
+def cpu_bandwidth(threads: int, refresh: bool = False) -> Bandwidth | None:
+    """This CPU's measured read bandwidth at `threads` threads as a `Bandwidth` ceiling (uncertain:
+    tolerance UNCERTAIN_TOLERANCE), with the last-level cache; cached per host, CPU, torch and threads
+    like the roofline, and measured again when `refresh` or when the cached figure was taken under
+    load more than REMEASURE_LOADED_AFTER_S ago. None when nothing could be read."""
+    import torch  # lazily: see the module docstring
+
+    key = f"{socket.gethostname()}|{_cpu_info()[0]}|{torch.__version__}|{threads}"
+    path = _bandwidth_file()
+    try:
+        cache = json.loads(path.read_text())
+        if not isinstance(cache, dict):
+            cache = {}
+    except (OSError, ValueError):
+        cache = {}
+    found = cache.get(key)
+    old: dict[str, Any] | None = None
+    if isinstance(found, dict) and isinstance(found.get("bytes_per_s"), int | float) and found["bytes_per_s"] > 0:
+        old = found
+    stale = old is not None and old.get("loaded") and time.time() - old.get("measured_at", 0) > REMEASURE_LOADED_AFTER_S
+    entry = old
+    if entry is None or refresh or stale:
+        entry = measure_cpu_bandwidth(threads)
+        if old is not None and entry["loaded"] and entry["bytes_per_s"] <= old["bytes_per_s"]:
+            entry = old
+        cache[key] = entry
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(cache, indent=1))
+            tmp.replace(path)
+        except OSError:
+            pass  # a read-only home still gets a figure, just not cached
+    if not entry["bytes_per_s"] > 0:
+        return None
+    when = datetime.fromtimestamp(entry["measured_at"], UTC).strftime("%Y-%m-%d %H:%M UTC")
+    source = (
+        f"measured: read (torch.sum) of a {entry['buffer_bytes'] >> 20} MiB float32 buffer, best of "
+        f"{BANDWIDTH_PASSES}; {threads} threads; on {entry['hostname']} at load {entry['load_avg_1m']:.2f}"
+        f"{', under load' if entry['loaded'] else ''}, {when}"
+    )
+    bw = Bandwidth(bytes_per_s=float(entry["bytes_per_s"]), source=source, tolerance=UNCERTAIN_TOLERANCE)
+    llc = last_level_cache()
+    return bw.model_copy(update={"cache_bytes": llc[0], "cache_source": llc[1]}) if llc else bw

@@ -66,7 +66,9 @@ class CpuSnapshot:
         for not_busy in ("idle", "iowait", "guest", "guest_nice"):
             total -= getattr(t, not_busy, 0.0)
         own = psutil.Process().cpu_times()
-        return cls(busy_s=total, own_s=own.user + own.system, wall=time.perf_counter())
+        # Waited children (DDP ranks) are the job's own work, not other processes' load.
+        own_s = own.user + own.system + own.children_user + own.children_system
+        return cls(busy_s=total, own_s=own_s, wall=time.perf_counter())
 
 
 def judge_contention(other_cpu_s: float, wall_s: float, cores: int) -> tuple[bool, str | None]:

@@ -1,7 +1,8 @@
 """GPT-2 from scratch in PyTorch, nanoGPT-style: one config (`ModelShape`) handed to every module.
 
 Token + position embeddings, pre-LayerNorm blocks, causal self-attention through
-`F.scaled_dot_product_attention`, tanh-GELU MLP, LM head tied to the token embedding. The model
+`F.scaled_dot_product_attention`, tanh-GELU MLP, LM head tied to the token embedding;
+`forward_cached` decodes with a key/value cache (`farm.engine.kvcache`). The model
 is built directly on its `device` and in its `dtype`; every tensor it creates itself (the
 position indices) is created on the device its parameters live on.
 """
@@ -10,12 +11,13 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from farm.engine.kvcache import KVCache, LayerCache
 from farm.engine.loss import FUSED_LOSS_DEVICES, lm_head_loss
 from farm.errors import CheckpointError, SpecError
 from farm.spec import ModelShape, resolve_model, safe_name
@@ -42,6 +44,26 @@ class CausalSelfAttention(nn.Module):
         y = y.transpose(1, 2).reshape(B, T, C)
         return self.c_proj(y)
 
+    def forward_cached(self, x: torch.Tensor, layer: LayerCache, pos0: int) -> torch.Tensor:
+        """Attention of T new tokens at positions pos0.. over the cached keys and values before them
+        and their own (written into `layer`); `forward`'s arithmetic otherwise."""
+        B, T, C = x.shape
+        hs = C // self.n_head
+        q, k, v = self.c_attn(x).split(C, dim=2)
+        q = q.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, self.n_head, hs).transpose(1, 2)
+        v = v.view(B, T, self.n_head, hs).transpose(1, 2)
+        keys, values = layer.append(k, v, pos0)  # (B, nh, pos0 + T, hs)
+        if pos0 == 0:  # a prompt into an empty cache: plain causal attention over its own tokens
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        elif T == 1:  # one new token sees every cached position and itself: no mask
+            y = F.scaled_dot_product_attention(q, keys, values)
+        else:  # new token i (at pos0 + i) sees positions up to pos0 + i
+            seen = torch.arange(pos0 + T, device=x.device) <= torch.arange(pos0, pos0 + T, device=x.device)[:, None]
+            y = F.scaled_dot_product_attention(q, keys, values, attn_mask=seen)
+        y = y.transpose(1, 2).reshape(B, T, C)
+        return self.c_proj(y)
+
 
 class MLP(nn.Module):
     def __init__(self, cfg: ModelShape, **factory: Any) -> None:
@@ -63,6 +85,10 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(self.ln_1(x))
+        return x + self.mlp(self.ln_2(x))
+
+    def forward_cached(self, x: torch.Tensor, layer: LayerCache, pos0: int) -> torch.Tensor:
+        x = x + self.attn.forward_cached(self.ln_1(x), layer, pos0)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -128,6 +154,24 @@ class GPT(nn.Module):
         if targets is not None:
             loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1))
         return (logits if return_logits else None), loss
+
+    def forward_cached(self, idx: torch.Tensor, cache: KVCache, last_only: bool = False) -> torch.Tensor:
+        """Logits (B, T, vocab) of T new tokens (B, T) at positions `cache.length`.. with the key/value
+        cache (`farm.engine.kvcache`), which they are appended to. `last_only`: the logits of the last
+        position only (B, 1, vocab), all that greedy decoding reads. Equal to `forward` on the whole
+        sequence within float rounding (tests/test_generate.py)."""
+        T = idx.shape[1]
+        pos0 = cache.length
+        if pos0 + T > self.config.block_size:
+            raise ValueError(f"position {pos0 + T - 1} is above the context ({self.config.block_size})")
+        pos = torch.arange(pos0, pos0 + T, device=self.device)
+        x = self.wte(idx) + self.wpe(pos)  # (B, T, C)
+        for block, layer in zip(self.h, cache.layers, strict=True):
+            x = cast(Block, block).forward_cached(x, layer, pos0)
+        cache.length = pos0 + T
+        if last_only:
+            x = x[:, -1:]
+        return self.lm_head(self.ln_f(x))
 
     def num_parameters(self) -> int:
         """Unique parameters (the tied LM head is counted once)."""

@@ -12,17 +12,19 @@ from __future__ import annotations
 import contextlib
 import gc
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
 
 from farm.engine.memory import PeakMemory
 from farm.engine.model import GPT, from_hf_checkpoint
+from farm.engine.telemetry import Probe, TelemetrySource
 from farm.engine.timing import Timed, Timer, repeat, repeat_adaptive
 from farm.errors import JobTimeout
 from farm.results.peaks import Peak
 from farm.results.result import PhaseResult, judge
+from farm.results.telemetry import PhaseTelemetry
 from farm.spec import AUTO_MIN_REPEATS, BenchSpec
 
 ProgressFn = Callable[[str, int, int], None]
@@ -41,6 +43,10 @@ class JobContext:
     deadline: float | None = None  # time.monotonic() value after which the job stops
     on_progress: ProgressFn | None = None
     warnings: list[str] = field(default_factory=list)
+    # The job's telemetry (`farm.engine.telemetry`): None records none. `measure` observes each
+    # phase with it and `judged` attaches the summary.
+    telemetry: TelemetrySource | None = None
+    _probes: dict[str, Probe] = field(default_factory=dict)
     # Steps (warm-up and timed repeats) done and expected per phase, for progress over the whole job.
     _done: dict[str, int] = field(default_factory=dict)
     _total: dict[str, int] = field(default_factory=dict)
@@ -76,8 +82,36 @@ class JobContext:
 
         return _step
 
+    @contextlib.contextmanager
+    def observe(self, phase: str) -> Iterator[Observation]:
+        """Telemetry around a block (a phase's warm-up and timed repeats): on exit the readings after
+        it are taken (NVML's sampler stopped and joined, even when the block raised); then
+        `obs.summary(times_s, tokens_per_repeat)` is its `PhaseTelemetry`, or None without a source."""
+        obs = Observation(self._begin(phase))
+        try:
+            yield obs
+        finally:
+            obs.stop()
+
+    def _begin(self, phase: str) -> Probe | None:
+        if self.telemetry is None:
+            return None
+        try:
+            return self.telemetry.begin()
+        except Exception as e:  # telemetry never fails a phase
+            self.warnings.append(f"{phase}: telemetry not started ({type(e).__name__}: {e})")
+            return None
+
     def measure(self, phase: str, fn: Callable[[], object]) -> Timed:
-        """Warm-up and timed repeats of `fn`: the spec's count, or adaptive for `repeats: auto`."""
+        """Warm-up and timed repeats of `fn`, observed (`observe`; `judged` attaches the telemetry):
+        the spec's count, or adaptive for `repeats: auto`."""
+        with self.observe(phase) as obs:
+            timed = self._measure(phase, fn)
+        if obs.probe is not None:
+            self._probes[phase] = obs.probe
+        return timed
+
+    def _measure(self, phase: str, fn: Callable[[], object]) -> Timed:
         spec = self.spec
         if spec.repeats == "auto":
             timed = repeat_adaptive(
@@ -109,7 +143,33 @@ class JobContext:
             breakdown=breakdown,
         )
         result.repeats_stop = timed.stop
+        probe = self._probes.pop(phase, None)
+        if probe is not None:
+            per_repeat = self.spec.gen_tokens if phase == "generate" else self.spec.seq  # the tokens a repeat makes
+            result.telemetry = Observation(probe).summary(timed.times_s, self.spec.batch * per_repeat)
         return result
+
+
+@dataclass
+class Observation:
+    """The telemetry of one observed block (`JobContext.observe`)."""
+
+    probe: Probe | None
+
+    def stop(self) -> None:
+        if self.probe is not None:
+            with contextlib.suppress(Exception):  # a failed reading is the summary's note, not an error
+                self.probe.stop()
+
+    def summary(self, times_s: Sequence[float], tokens_per_repeat: int) -> PhaseTelemetry | None:
+        """The block's `PhaseTelemetry` (energy per repeat from the median of `times_s`, per token
+        over `tokens_per_repeat`); None when the job has no telemetry source."""
+        if self.probe is None:
+            return None
+        try:
+            return self.probe.summary(times_s, tokens_per_repeat)
+        except Exception as e:  # telemetry never fails a phase
+            return PhaseTelemetry(source="none", notes=[f"telemetry summary failed: {type(e).__name__}: {e}"[:200]])
 
 
 def weight_dtype(spec: BenchSpec) -> torch.dtype:
@@ -161,7 +221,7 @@ def run_init(ctx: JobContext) -> PhaseResult:
         breakdown["device_setup_s"] = ctx.device_setup_s
     ctx.model = None
     _free(ctx)
-    with PeakMemory(dev) as mem:
+    with PeakMemory(dev) as mem, ctx.observe("init") as obs:
         dt, model = ctx.timer.time(lambda: _construct(spec, dev))
         ctx.step("init")(1, 1)
     ctx.model = model
@@ -173,7 +233,7 @@ def run_init(ctx: JobContext) -> PhaseResult:
         breakdown["to_device_s"], moved = ctx.timer.time(lambda: cpu_model.to(dev))
         del cpu_model, moved
         _free(ctx)
-    return judge(
+    result = judge(
         spec,
         "init",
         [dt],
@@ -183,6 +243,8 @@ def run_init(ctx: JobContext) -> PhaseResult:
         memory_kind=mem.kind,
         breakdown=breakdown,
     )
+    result.telemetry = obs.summary([dt], 0)  # building the model processes no tokens
+    return result
 
 
 def run_forward(ctx: JobContext) -> PhaseResult:

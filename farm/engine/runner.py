@@ -22,16 +22,19 @@ from pathlib import Path
 import psutil
 import torch
 
+from farm.engine.distributed import run_train_ddp
+from farm.engine.generate import run_generate
 from farm.engine.hardware import cpu_ceiling, cuda_gpu_info, fingerprint, roofline, with_gpu
 from farm.engine.hostlock import host_lock, lock_enabled, timed_region
 from farm.engine.model import read_hf_config
 from farm.engine.phases import PHASE_RUNNERS, JobContext, ProgressFn, precision_settings
+from farm.engine.telemetry import TelemetrySource, telemetry_source
 from farm.engine.timing import Timer, synchronizer
 from farm.errors import CheckpointError, DeviceUnavailableError, JobTimeout, MemoryPredictionError, SpecError
 from farm.flops import predict_peak
 from farm.results.machine import gpu_tag
 from farm.results.peaks import Peak, gpu_ceiling
-from farm.results.result import JobResult, utcnow
+from farm.results.result import JobResult, PhaseResult, utcnow
 from farm.spec import PRESETS, BenchSpec, Job, parse_device_tag, parse_spec
 
 MEMORY_HEADROOM = 0.95  # refuse a job predicted to use more than this share of free memory
@@ -103,17 +106,44 @@ def available_memory(device: torch.device) -> int:
     return int(psutil.virtual_memory().available)
 
 
+def check_world_size(spec: BenchSpec, device: torch.device) -> None:
+    """A job over `world_size` > 1 devices needs that many local GPUs (ranks on cuda:0..n-1), or the
+    CPU (gloo processes); DeviceUnavailableError otherwise. Device queries only: no CUDA context."""
+    n = spec.world_size
+    if n == 1 or device.type == "cpu":
+        return
+    if device.type != "cuda":
+        raise DeviceUnavailableError(
+            "world_size", f"world_size {n}: DDP runs on cuda (NCCL) or cpu (gloo), not {device.type}"
+        )
+    count = torch.cuda.device_count()
+    if count < n:
+        raise DeviceUnavailableError("world_size", f"world_size {n} needs {n} local GPUs; this machine has {count}")
+
+
+def phase_runner(spec: BenchSpec, phase: str) -> Callable[[JobContext], PhaseResult]:
+    """The function that runs a phase: train over world_size > 1 devices is DDP (farm.engine.distributed)."""
+    if phase == "train" and spec.world_size > 1:
+        return run_train_ddp
+    if phase == "generate":
+        return run_generate  # farm.engine.generate (it imports phases, so it is registered here)
+    return PHASE_RUNNERS[phase]
+
+
 def check_fits(spec: BenchSpec, device: torch.device) -> None:
-    """Refuse a job predicted not to fit, before it runs, with the numbers."""
+    """Refuse a job predicted not to fit, before it runs, with the numbers. On the CPU a job over
+    world_size processes needs world_size times the memory (each GPU rank checks its own device)."""
     if device.type == "mps":
         return
     pred = predict_peak(spec)
     avail = available_memory(device)
-    if pred.total > avail * MEMORY_HEADROOM:
+    procs = spec.world_size if device.type == "cpu" else 1
+    if pred.total * procs > avail * MEMORY_HEADROOM:
         raise MemoryPredictionError(
             "batch",
             f"{spec.model_name} {pred.phase} at batch {spec.batch} x seq {spec.seq} "
-            f"({spec.dtype}) is predicted to need {pred.describe()}, but {device} has "
+            f"({spec.dtype}) is predicted to need {pred.describe()}{f' x {procs} processes' if procs > 1 else ''}, "
+            f"but {device} has "
             f"{avail / (1 << 30):.2f} GiB free; use a smaller batch, seq or model",
             predicted_bytes=pred.total,
             available_bytes=avail,
@@ -194,6 +224,7 @@ def run_job(
     try:
         result.machine = fingerprint()  # NVML only: no CUDA context
         device = resolve_device(job.device, gpu_index)  # device queries only: no CUDA context
+        check_world_size(job.spec, device)
     except DeviceUnavailableError as e:
         return JobResult.failure(job, "failed", e.message, worker=worker, attempt=attempt, machine=result.machine)
     result.torch_device = str(device)
@@ -218,6 +249,7 @@ def run_job(
                 ctx.peak = peak_for(spec, device, result.threads, ctx.roofline_progress)
                 if device.type == "cuda":  # the facts the ceiling came from, kept even if a phase fails
                     result.machine = with_gpu(result.machine, cuda_gpu_info(device.index or 0))
+                ctx.telemetry = _telemetry_for(device)
             if ctx.peak is None:
                 result.warnings.append(
                     f"no ceiling known for {device}: its phases are unverified (no MFU, no plausibility check)"
@@ -231,7 +263,7 @@ def run_job(
                     on_wait=_waiting(ctx, current),
                     extra_wait_s=wait_s,
                 ) as region:
-                    phase = PHASE_RUNNERS[current](ctx)
+                    phase = phase_runner(spec, current)(ctx)
                 wait_s = 0.0
                 phase.host = region.load
                 result.phases[current] = phase
@@ -256,10 +288,21 @@ def run_job(
         result.status, result.error = "failed", _crash_message(current, e)
     finally:
         ctx.model = None
+        if ctx.telemetry is not None:
+            ctx.telemetry.close()
         _free(device)
     result.warnings.extend(ctx.warnings)
     result.finished_at = utcnow()
     return result.settle_status()
+
+
+def _telemetry_for(device: torch.device) -> TelemetrySource:
+    """The job's telemetry source: NVML for its GPU (NVML's index and UUID, matched by
+    `cuda_gpu_info`, whatever CUDA_VISIBLE_DEVICES renumbers), the CPU's counters otherwise."""
+    if device.type == "cuda":
+        gpu = cuda_gpu_info(device.index or 0)
+        return telemetry_source("cuda", gpu.index, gpu.uuid)
+    return telemetry_source(device.type)
 
 
 def _waiting(ctx: JobContext, what: str) -> Callable[[], None] | None:
@@ -331,6 +374,7 @@ def prepare_local(spec: BenchSpec) -> list[Job]:
     jobs = checkpoint_spec(spec).expand()
     for job in jobs:
         device = resolve_device(job.device)
+        check_world_size(job.spec, device)
         if device.type != "cuda":
             check_fits(job.spec, device)
     return jobs

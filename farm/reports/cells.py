@@ -24,6 +24,7 @@ from __future__ import annotations
 import errno
 import html
 import io
+import math
 import os
 import re
 import stat
@@ -35,6 +36,8 @@ from rich.console import Console, RenderableType
 
 from farm.reports.compare import Ratio
 from farm.reports.report import Report, Row, peak_kind
+from farm.results.records import PhaseRecord
+from farm.results.telemetry import throttle_text
 
 SEVERE = {"invalid", "above-peak", "failed", "oom", "timeout", "cancelled"}
 
@@ -183,7 +186,7 @@ def cells(row: Row) -> list[str]:
     return [
         rec.run_id,
         rec.machine_tag or "-",
-        rec.device,
+        rec.device + (f" x{int(w)}" if (w := scaling_values(p)["world_size"]) else ""),  # DDP: devices of the job
         row.phase_name,
         fmt_seconds(p.median_s) if p else "-",
         ci,
@@ -195,6 +198,117 @@ def cells(row: Row) -> list[str]:
         speedup_text(row),
         flag_labels(row) or "ok",
     ]
+
+
+# The generate phase's figures (`farm.results.decode.Generation`) a row carries, as `gen_<field>` in CSV and JSON.
+GENERATION_FIELDS = (
+    "prefill_s", "decode_tokens_per_s", "token_p50_s", "token_p90_s", "token_p99_s", "bytes_per_token", "mbu",
+    "achieved_bandwidth", "bandwidth_peak", "bandwidth_source", "bandwidth_check", "kv_cache_bytes_predicted",
+    "kv_cache_bytes_observed",
+)  # fmt: skip
+_GEN_TEXT = ("bandwidth_source", "bandwidth_check")
+
+
+def generation_values(p: PhaseRecord | None) -> dict[str, Any]:
+    """A generate phase's figures (GENERATION_FIELDS), None each for another phase; a stored value of
+    the wrong type (the summary is read without validation) is None too."""
+    g = p.generate if p is not None and isinstance(p.generate, dict) else {}
+    out: dict[str, Any] = {}
+    for k in GENERATION_FIELDS:
+        v = g.get(k)
+        if k in _GEN_TEXT:
+            out[k] = v if isinstance(v, str) else None
+        else:
+            ok = isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+            out[k] = v if ok else None
+    return out
+
+
+def generation_text(row: Row) -> str | None:
+    """One line of a generate row's figures: time to first token, decode tokens/s, per-token
+    percentiles, bytes per token, MBU against its ceiling, KV cache; None for another phase."""
+    g = generation_values(row.phase)
+    if row.phase_name != "generate" or all(v is None for v in g.values()):
+        return None
+    parts = [f"time to first token {fmt_seconds(g['prefill_s'])}"]
+    if g["decode_tokens_per_s"] is not None:
+        parts.append(f"decode {g['decode_tokens_per_s']:,.1f} tokens/s")
+        pct = " / ".join(f"p{q} {fmt_seconds(g[f'token_p{q}_s'])}" for q in (50, 90, 99))
+        parts.append(f"per token {pct}")
+    if g["bytes_per_token"] is not None:
+        parts.append(f"{fmt_bytes(int(g['bytes_per_token']))} per token")
+    if g["mbu"] is not None and g["bandwidth_peak"] is not None:
+        check = f", bandwidth check: {g['bandwidth_check']}" if g["bandwidth_check"] else ""
+        parts.append(f"MBU {g['mbu']:.1%} of {g['bandwidth_peak'] / 1e9:,.4g} GB/s ({g['bandwidth_source']}{check})")
+    elif g["bandwidth_check"]:
+        parts.append(f"MBU -: bandwidth check: {g['bandwidth_check']}")
+    if g["kv_cache_bytes_predicted"] is not None:
+        seen = g["kv_cache_bytes_observed"]
+        observed = fmt_bytes(int(seen)) if seen is not None else "-"
+        parts.append(f"KV cache {fmt_bytes(int(g['kv_cache_bytes_predicted']))} predicted, {observed} observed")
+    return ", ".join(parts)
+
+
+def generation_lines(report: Report) -> list[str]:
+    """`device @ machine, run R, generate: <generation_text>` for every generate row."""
+    lines = []
+    for row in report.rows:
+        text = generation_text(row)
+        if text is not None:
+            lines.append(f"{row.record.series}, run {row.record.run_id}, generate: {text}")
+    return lines
+
+
+# A DDP train phase's figures (`farm.results.scaling.Scaling`), as `ddp_<field>` in CSV and JSON.
+SCALING_FIELDS = (
+    "world_size", "backend", "threads_per_process", "step_s", "tokens_per_s", "single_device_step_s",
+    "single_device_tokens_per_s", "efficiency", "throughput_speedup", "allreduce_share", "no_sync_step_s",
+)  # fmt: skip
+_SCALING_TEXT = ("backend",)
+
+
+def scaling_values(p: PhaseRecord | None) -> dict[str, Any]:
+    """A DDP phase's figures (SCALING_FIELDS), None each for another phase; a stored value of the
+    wrong type (the summary is read without validation) is None too."""
+    g = p.scaling if p is not None and isinstance(p.scaling, dict) else {}
+    out: dict[str, Any] = {}
+    for k in SCALING_FIELDS:
+        v = g.get(k)
+        if k in _SCALING_TEXT:
+            out[k] = v if isinstance(v, str) else None
+        else:
+            ok = isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+            out[k] = v if ok else None
+    return out
+
+
+def scaling_text(row: Row) -> str | None:
+    """One line of a DDP row's scaling: world size and backend, step, total tokens/s, the one-device
+    step of the same job, efficiency and the all-reduce's exposed share; None for another phase."""
+    g = scaling_values(row.phase)
+    if g["world_size"] is None or g["efficiency"] is None:
+        return None
+    threads = f", {int(g['threads_per_process'])} thread(s) per process" if g["threads_per_process"] else ""
+    parts = [
+        f"world size {int(g['world_size'])} ({g['backend'] or '?'}{threads})",
+        f"step {fmt_seconds(g['step_s'])}",
+        f"{g['tokens_per_s']:,.0f} tokens/s" if g["tokens_per_s"] is not None else "- tokens/s",
+        f"one device {fmt_seconds(g['single_device_step_s'])}",
+        f"efficiency {g['efficiency']:.0%} (t1 / tN)",
+    ]
+    if g["allreduce_share"] is not None:
+        parts.append(f"all-reduce {g['allreduce_share']:.0%} of a step (no_sync {fmt_seconds(g['no_sync_step_s'])})")
+    return ", ".join(parts)
+
+
+def scaling_lines(report: Report) -> list[str]:
+    """`device @ machine, run R, train: <scaling_text>` for every DDP row."""
+    lines = []
+    for row in report.rows:
+        text = scaling_text(row)
+        if text is not None:
+            lines.append(f"{row.record.series}, run {row.record.run_id}, {row.phase_name}: {text}")
+    return lines
 
 
 def flag_lines(report: Report) -> list[str]:
@@ -228,7 +342,9 @@ ROW_FIELDS = (
     "is_baseline", "speedup", "speedup_ci_low", "speedup_ci_high", "farm_version", "torch_version", "flags", "error",
     "peak_kind", "roofline_flops", "roofline_source", "mfu_roofline", "speedup_unverified", "outlier", "drift",
     "contended", "contended_reason", "lock_wait_s", "load_avg_1m", "repeats_stop", "fresh_process",
-    "speedup_note", "speedup_ci_coverage",
+    "speedup_note", "speedup_ci_coverage", "throttled", "throttled_reason",
+    *(f"gen_{k}" for k in GENERATION_FIELDS),
+    *(f"ddp_{k}" for k in SCALING_FIELDS),
 )  # fmt: skip
 
 
@@ -283,8 +399,12 @@ def row_dict(row: Row) -> dict[str, Any]:
         "load_avg_1m": p.load_avg_1m if p else None,
         "repeats_stop": p.repeats_stop if p else None,
         "fresh_process": rec.fresh_process,
+        "throttled": bool(p and throttle_text(p.telemetry)),
+        "throttled_reason": throttle_text(p.telemetry) if p else None,
         "speedup_note": s.note if s else None,
         "speedup_ci_coverage": s.coverage if s else None,
+        **{f"gen_{k}": v for k, v in generation_values(p).items()},
+        **{f"ddp_{k}": v for k, v in scaling_values(p).items()},
     }
 
 

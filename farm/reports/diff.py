@@ -1,6 +1,7 @@
 """`farm diff A B`: what differs between the environments of two results, so a changed number can be
 explained (hardware, driver, library versions, precision settings, threads, spec, peak and roofline
-used, and how each phase was measured: its status, the host's load and contention, noise flags).
+used, and how each phase was measured: its status, the host's load and contention, noise flags, and
+its telemetry: clock against max and base, throttle reasons, power against its limit, energy).
 
 Each result is flattened to `section / key -> value` text; the diff lists the keys whose values
 differ (or every key with `show_all`). Never imports torch.
@@ -14,6 +15,7 @@ from typing import Any
 
 from farm.reports.listing import Listing
 from farm.results.result import JobResult
+from farm.results.telemetry import telemetry_facts
 
 SOFTWARE = {"torch_version", "cuda_version", "cudnn_version", "python", "farm_version", "git_commit", "os"}
 SECTIONS = ("hardware", "software", "precision", "job", "spec", "peak", "measurement")
@@ -77,6 +79,10 @@ def environment(res: JobResult) -> dict[tuple[str, str], str]:
         env["measurement", f"{name}.other_cpu_s"] = _text(
             round(host.other_cpu_s, 3) if host and host.other_cpu_s is not None else None
         )
+        # What explains a slow phase: its clock against max and base, throttling, power, energy.
+        facts = telemetry_facts(p.telemetry.model_dump(mode="json")) if p.telemetry else {}
+        for key in ("clock", "throttled", "power", "energy"):
+            env["measurement", f"{name}.{key}"] = facts.get(key, "-")
     return env
 
 

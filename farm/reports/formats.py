@@ -30,10 +30,12 @@ from farm.reports.cells import (
     cells,
     csv_cell,
     flag_lines,
+    generation_lines,
     header_lines,
     md,
     plain_text,
     row_dict,
+    scaling_lines,
     term,
 )
 from farm.reports.listing import Listing
@@ -92,6 +94,10 @@ def to_terminal(report: Report) -> Group:
         parts.append(t)
     for line in report.peaks:
         parts.append(Text(term(line), style="dim"))
+    for line in generation_lines(report):
+        parts.append(Text(f"generation: {term(line)}"))
+    for line in scaling_lines(report):
+        parts.append(Text(f"scaling: {term(line)}"))
     for note in report.notes:
         parts.append(Text(f"note: {term(note)}", style="yellow"))
     for line in flag_lines(report):
@@ -112,6 +118,12 @@ def to_markdown(report: Report) -> str:
         out.append("")
     if report.peaks:
         out += ["**Peaks**", "", *(f"- {md(line)}" for line in report.peaks), ""]
+    generation = generation_lines(report)
+    if generation:
+        out += ["**Generation**", "", *(f"- {md(line)}" for line in generation), ""]
+    scaling = scaling_lines(report)
+    if scaling:
+        out += ["**Scaling (DDP)**", "", *(f"- {md(line)}" for line in scaling), ""]
     if report.notes:
         out += ["**Notes**", "", *(f"- {md(n)}" for n in report.notes), ""]
     lines = flag_lines(report)

@@ -34,11 +34,13 @@ TITLE = "History: time per night, regressions marked"
 
 
 def point_flags(p: Point) -> list[str]:
-    """The flags of one history point's phase: unverified, contended, outlier, drift."""
+    """The flags of one history point's phase: unverified, contended, throttled, outlier, drift."""
     ph = p.result.phases[p.phase]
     flags = ["unverified"] if ph.status == "unverified" else []
     if ph.host is not None and ph.host.contended:
         flags.append("contended")
+    if ph.telemetry is not None and ph.telemetry.throttled:
+        flags.append("throttled")
     if ph.stats is not None:
         flags += [k for k, on in (("outlier", ph.stats.outlier), ("drift", ph.stats.drift)) if on]
     return flags

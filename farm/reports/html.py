@@ -15,7 +15,7 @@ import base64
 from collections.abc import Sequence
 
 from farm.reports import plots
-from farm.reports.cells import COLUMNS, SEVERE, cells, header_lines
+from farm.reports.cells import COLUMNS, SEVERE, cells, generation_lines, header_lines, scaling_lines
 from farm.reports.cells import html_text as escape
 from farm.reports.history import results_section
 from farm.reports.report import Report, Row
@@ -40,6 +40,7 @@ tr.status-unverified td { background: #e6f4f7; font-style: italic; } tr.above-pe
 .flag-unverified { background: #fff; color: #00838f; border: 1px dashed #00838f; }
 .flag-above-peak { background: #C44E9B; color: white; outline: 2px solid #6a1b4d; }
 .flag-outlier { background: #ffcc80; } .flag-drift { background: #ce93d8; } .flag-contended { background: #bcaaa4; }
+.flag-throttled { background: #ef9a9a; }
 .notes { border-left: 4px solid #f9a825; background: #fffbea; padding: 6px 12px; margin: 12px 0; }
 ul.flags li { margin: 2px 0; font-size: 12px; }
 figure { margin: 8px 0 20px; } figure img { max-width: 100%; border: 1px solid #eee; }
@@ -124,6 +125,14 @@ def render_html(report: Report, extra_sections: Sequence[tuple[str, str]] = ()) 
         parts.append('<section class="scaling"><h2>Scaling</h2>')
         parts.append(_img(scaling, "scaling plot", f"Median time against {axis} (log-log), 95% CI."))
         parts.append("</section>")
+    generation = generation_lines(report)
+    if generation:
+        items = "".join(f"<li>{escape(line)}</li>" for line in generation)
+        parts.append(f'<section class="generation"><h2>Generation</h2><ul>{items}</ul></section>')
+    ddp = scaling_lines(report)
+    if ddp:
+        items = "".join(f"<li>{escape(line)}</li>" for line in ddp)
+        parts.append(f'<section class="ddp"><h2>Scaling over devices (DDP)</h2><ul>{items}</ul></section>')
     parts.append(_flags_html(report))
     history = results_section(report.history) if report.history else None
     for title, fragment in [*([history] if history else []), *extra_sections]:

@@ -48,7 +48,7 @@ from pydantic import ValidationError
 
 from farm.errors import SpecError
 from farm.results.machine import GpuInfo
-from farm.results.peaks import Peak, gpu_ceiling, machine_cpu_ceiling
+from farm.results.peaks import Bandwidth, Peak, gpu_bandwidth, gpu_ceiling, machine_cpu_ceiling
 from farm.results.result import JobResult, PhaseResult, judge
 from farm.results.store import Occupancy, ResultStore
 from farm.spec import MAX_REPEATS, PHASES, Job
@@ -160,6 +160,13 @@ def derive_ceiling(res: JobResult) -> tuple[Peak | None, str | None]:
     return None, f"no ceiling is known for {kind!r} devices"
 
 
+def _import_bandwidth(res: JobResult) -> Bandwidth | None:
+    """A GPU's published memory bandwidth by name; a CPU's is measured on its own machine, which a
+    file cannot vouch for (None: its decode is `unverified`)."""
+    gpu = _gpu_of(res) if res.device.split(":")[0] == "cuda" else None
+    return gpu_bandwidth(gpu.name, gpu.memory_bytes) if gpu else None
+
+
 def vouches(peak: Peak) -> bool:
     """A ceiling an imported result can be `ok` against: a published peak looked up by the GPU's name.
     One derived from the file's recorded properties (GPU SMs and clock, CPU cores, ISA and clock)
@@ -176,7 +183,8 @@ def recheck_phase(res: JobResult, p: PhaseResult, peak: Peak | None = None, why:
     (`why`: the reason there is none, stored with an `unverified` phase)."""
     if p.status in NOT_MEASURED and not p.times_s:
         return p
-    kept = {"host": p.host, "repeats_stop": p.repeats_stop}
+    # Measured facts beside the times (not derived from them) travel as they are.
+    kept = {"host": p.host, "repeats_stop": p.repeats_stop, "telemetry": p.telemetry, "scaling": p.scaling}
     if p.status in NOT_MEASURED:  # measured, then failed (a diverged loss): re-derived, and still failed
         kept.update(status=p.status, error=p.error)
     if not p.times_s:
@@ -192,6 +200,8 @@ def recheck_phase(res: JobResult, p: PhaseResult, peak: Peak | None = None, why:
         peak_memory_bytes=p.peak_memory_bytes,
         memory_kind=p.memory_kind,
         breakdown=p.breakdown,
+        generation=p.generate,
+        bandwidth=_import_bandwidth(res),
     )
     if out.status == "unverified" and peak is None and why:
         out.invalid_reason = f"{p.name}: {why}"

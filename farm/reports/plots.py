@@ -34,7 +34,7 @@ INVALID_COLOUR = "#C44E9B"
 MAX_BARS = 40
 HATCH = {"invalid": "//", "unverified": ".."}
 # The flags a plot label names, in this order (the severe ones in capitals, as in the tables).
-TAGGED = ("invalid", "above-peak", "unverified", "noisy", "outlier", "drift", "contended")
+TAGGED = ("invalid", "above-peak", "unverified", "noisy", "outlier", "drift", "contended", "throttled")
 
 
 P = ParamSpec("P")

@@ -11,10 +11,18 @@ Every device gets one where it can be had, and every MFU names it (`Peak.source`
   (`Peak.tolerance` 2): a result above it is `unverified`, one more than 2x above is `invalid`.
 
 No ceiling (AMD and unknown parts, a GPU without the facts to derive from): the phase is
-`unverified` (`farm.results.result.measured_phase`). Pure functions; never imports torch.
+`unverified` (`farm.results.result.measured_phase`).
+
+Memory bandwidth (`Bandwidth`, the ceiling of decoding, docs/generation.md): a GPU's published
+memory bandwidth from `GPU_BANDWIDTH_GBS`, exact; a CPU's read bandwidth measured on the machine
+(`farm.engine.hardware.cpu_bandwidth`), uncertain (tolerance 2). Beside it the last-level cache
+the check needs: a decode step moving less than CACHE_MARGIN x that cache may be served from it.
+Pure functions; never imports torch.
 """
 
 from __future__ import annotations
+
+import re
 
 from pydantic import BaseModel, ConfigDict
 
@@ -250,4 +258,89 @@ def machine_cpu_ceiling(
         clock_kind=kind,
         dtype=dtype,
         matmul_precision=matmul_precision,
+    )
+
+
+# -- memory bandwidth ---------------------------------------------------------------------------
+# Published memory bandwidth, GB/s (10^9 bytes/s), of the fastest variant a tag names (a ceiling
+# must not be below the part it is applied to), from NVIDIA's datasheets: A100 80GB SXM 2,039
+# (40GB: 1,555; 80GB PCIe: 1,935); H100 SXM 3,350, PCIe 2,000, NVL 3,900; H200 SXM/NVL 4,800;
+# GH200 144GB HBM3e 4,900 (96GB HBM3: 4,000); L4 300; L40 and L40S 864; A10 (and AWS's A10G) 600;
+# T4 320; V100 SXM2/PCIe 900 (V100S 1,134); GeForce RTX 4090 1,008. A800 and H800 as their A100/H100.
+GPU_BANDWIDTH_GBS: dict[str, float] = {
+    "a100": 2039.0,
+    "a100-40gb": 1555.0,
+    "a100-pcie": 1935.0,
+    "a800": 2039.0,
+    "h100": 3350.0,
+    "h100-pcie": 2000.0,
+    "h100-nvl": 3900.0,
+    "h800": 3350.0,
+    "h800-pcie": 2000.0,
+    "h200": 4800.0,
+    "gh200": 4900.0,
+    "l4": 300.0,
+    "l40": 864.0,
+    "l40s": 864.0,
+    "a10": 600.0,
+    "a10g": 600.0,
+    "t4": 320.0,
+    "v100": 900.0,
+    "v100s": 1134.0,
+    "rtx4090": 1008.0,
+}
+# L2 cache, bytes, by tag (datasheets / architecture whitepapers), used when torch cannot say.
+GPU_L2_BYTES: dict[str, int] = {
+    "a100": 40 << 20, "a800": 40 << 20, "h100": 50 << 20, "h800": 50 << 20, "h200": 50 << 20,
+    "gh200": 50 << 20, "l4": 48 << 20, "l40": 96 << 20, "l40s": 96 << 20, "a10": 6 << 20,
+    "a10g": 6 << 20, "t4": 4 << 20, "v100": 6 << 20, "v100s": 6 << 20, "rtx4090": 72 << 20,
+}  # fmt: skip
+# A decode step is checked against the bandwidth only when it moves at least this x the last-level
+# cache: below, its weights may be served from the cache, faster than memory allows.
+CACHE_MARGIN = 4.0
+# A cache size that cannot be read is taken as this (the largest shipping: AMD EPYC 9684X, 1,152 MiB
+# of L3 per socket, two sockets), so that no model is ruled impossible by a guess.
+UNKNOWN_CACHE_BYTES = 2304 << 20
+
+
+class Bandwidth(BaseModel):
+    """The memory-bandwidth ceiling a decode is checked against, and the cache beside it."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+
+    bytes_per_s: float
+    source: str  # e.g. "table: h100 HBM3 3350 GB/s" or "measured: read of 1024 MiB, best of 5, 2 threads"
+    tolerance: float = 1.0  # as Peak.tolerance: UNCERTAIN_TOLERANCE for a measured CPU figure
+    cache_bytes: int = UNKNOWN_CACHE_BYTES  # last-level cache (CPU L3, GPU L2)
+    cache_source: str = "not known: the largest shipping last-level cache assumed"
+
+
+def _bandwidth_tag(name: str, memory_bytes: int | None) -> str:
+    tag, low = gpu_tag(name), name.lower()
+    if f"{tag}-nvl" in GPU_BANDWIDTH_GBS and "nvl" in low:
+        return f"{tag}-nvl"
+    if f"{tag}-pcie" in GPU_BANDWIDTH_GBS and "pcie" in low:
+        return f"{tag}-pcie"
+    if tag == "a100" and ("40gb" in low or (memory_bytes is not None and memory_bytes < 48 << 30)):
+        return "a100-40gb"
+    if tag == "a10" and re.search(r"\ba10g\b", low):
+        return "a10g"
+    return tag
+
+
+def gpu_bandwidth(name: str, memory_bytes: int | None = None, l2_bytes: int | None = None) -> Bandwidth | None:
+    """The published memory bandwidth of a GPU by name (None when it is not in the table), with its
+    L2 (`l2_bytes` as the device reports it, else the table's, else UNKNOWN_CACHE_BYTES)."""
+    tag = _bandwidth_tag(name, memory_bytes)
+    gbs = GPU_BANDWIDTH_GBS.get(tag)
+    if gbs is None:
+        return None
+    if l2_bytes:
+        cache, cache_source = l2_bytes, "L2 as the device reports it"
+    elif gpu_tag(name) in GPU_L2_BYTES:
+        cache, cache_source = GPU_L2_BYTES[gpu_tag(name)], f"L2 of {gpu_tag(name)} (datasheet)"
+    else:
+        cache, cache_source = UNKNOWN_CACHE_BYTES, "not known: the largest shipping last-level cache assumed"
+    return Bandwidth(
+        bytes_per_s=gbs * 1e9, source=f"table: {tag} memory {gbs:g} GB/s", cache_bytes=cache, cache_source=cache_source
     )

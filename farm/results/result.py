@@ -20,10 +20,13 @@ from pydantic import BaseModel, ConfigDict, Field, computed_field, model_validat
 
 from farm import __version__
 from farm.flops import min_phase_flops, phase_flops, predict_memory
+from farm.results.decode import Generation, bandwidth_verdict, derive_generation
 from farm.results.host import HostLoad
 from farm.results.machine import MachineFingerprint
-from farm.results.peaks import Peak
+from farm.results.peaks import Bandwidth, Peak
+from farm.results.scaling import Scaling
 from farm.results.stats import Stats, summarize
+from farm.results.telemetry import PhaseTelemetry
 from farm.spec import BenchSpec, Job
 
 # `unverified`: measured, but no ceiling could be had for the device, so nothing rules the number out.
@@ -67,6 +70,9 @@ class PhaseResult(BaseModel):
     roofline_source: str | None = None
     host: HostLoad | None = None  # the host lock's wait and others' load during the phase
     repeats_stop: str | None = None  # `repeats: auto`: "target", "budget" or "max" (what stopped it)
+    telemetry: PhaseTelemetry | None = None  # clocks, power, throttling, energy (farm.results.telemetry)
+    generate: Generation | None = None  # the generate phase: prefill, decode, KV cache, bandwidth (results.decode)
+    scaling: Scaling | None = None  # train over world_size > 1 devices: DDP against one device (results.scaling)
 
     @model_validator(mode="before")
     @classmethod
@@ -174,22 +180,50 @@ def judge(
     peak_memory_bytes: int | None,
     memory_kind: str | None,
     breakdown: dict[str, float],
+    generation: Generation | None = None,
+    bandwidth: Bandwidth | None = None,
 ) -> PhaseResult:
-    """A phase's result from its raw times: FLOPs, the plausibility check and memory, derived from the spec."""
+    """A phase's result from its raw times: FLOPs, the plausibility check and memory, derived from the spec.
+
+    generate: `times_s` holds whole generations (prefill + decode), `tokens_per_s` counts the new
+    tokens (batch x gen_tokens); its figures are re-derived from `generation`'s raw times, and the
+    decode is checked against `bandwidth` too (`farm.results.decode.bandwidth_verdict`): the worse
+    of the two verdicts stands, with both reasons.
+    """
     counted = name != "init"  # building the model does no counted arithmetic
-    return measured_phase(
+    tokens = spec.batch * (spec.gen_tokens if name == "generate" else spec.seq)
+    result = measured_phase(
         name,
         times_s,
         warmup_times_s,
         flops=phase_flops(spec, name),
-        min_flops=min_phase_flops(spec.shape, spec.batch, spec.seq, name),
-        tokens=spec.batch * spec.seq if counted else 0,
+        min_flops=min_phase_flops(spec.shape, spec.batch, spec.seq, name, gen_tokens=spec.gen_tokens),
+        tokens=tokens if counted else 0,
         peak=peak if counted else None,
         peak_memory_bytes=peak_memory_bytes,
         memory_kind=memory_kind,
         predicted_memory_bytes=predict_memory(spec, name).total,
         breakdown=breakdown,
     )
+    if name != "generate" or generation is None:
+        return result
+    gen = derive_generation(
+        spec,
+        generation.prefill_times_s,
+        generation.decode_times_s,
+        generation.token_times_s,
+        kv_cache_bytes_observed=generation.kv_cache_bytes_observed,
+        bandwidth=bandwidth,
+    )
+    result.generate = gen
+    verdict, why = bandwidth_verdict(spec, gen, bandwidth)
+    rank = {"ok": 0, "unverified": 1, "invalid": 2}
+    if result.status in rank and why is not None:
+        if rank[verdict] > rank[result.status]:
+            result.status, result.invalid_reason = verdict, why
+        elif rank[verdict] == rank[result.status]:
+            result.invalid_reason = f"{result.invalid_reason}; {why}" if result.invalid_reason else why
+    return result
 
 
 class JobResult(BaseModel):
