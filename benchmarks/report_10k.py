@@ -21,7 +21,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -31,18 +31,33 @@ from farm.cluster.redisproc import RedisProcess
 from farm.reports.formats import to_csv, to_json, to_markdown
 from farm.reports.report import Selection, build_report, select
 from farm.results import synthetic
+from farm.results.result import JobResult
 from farm.results.store import ResultStore
 from farm.spec import BenchSpec
 
 SPECS = [BenchSpec(model=m, batch=b, seq=128) for m in ("gpt2-tiny", "gpt2", "gpt2-medium") for b in (1, 4)]
 
 
-def fill(store: ResultStore, n: int, seed: int = 0, variants: int = 20) -> None:
-    """n results: n/2 runs of one spec, each a CPU job and an H100 job.
+def fill(
+    store: ResultStore, n: int, seed: int = 0, variants: int = 20, put: Callable[[JobResult], object] | None = None
+) -> float:
+    """n results: n/2 runs of one spec, each a CPU job and an H100 job; returns the seconds spent in
+    `put` (default `store.put_result`), the copying of templates left out.
 
     Each spec has `variants` sets of random times per device (built with `measured_phase`);
     runs reuse them under their own run and job ids, which keeps the set-up short.
     """
+    put = put or store.put_result
+    spent = 0.0
+    for res in results(n, seed, variants):
+        t0 = time.perf_counter()
+        put(res)
+        spent += time.perf_counter() - t0
+    return spent
+
+
+def results(n: int, seed: int = 0, variants: int = 20) -> Iterator[JobResult]:
+    """The results `fill` stores, in order (built lazily: a million need not be held at once)."""
     rng = random.Random(seed)
     cpu_fp = synthetic.machine("cpu-box")
     gpu_fp = synthetic.machine("gpu-box", gpu="NVIDIA H100 80GB HBM3")
@@ -66,7 +81,7 @@ def fill(store: ResultStore, n: int, seed: int = 0, variants: int = 20) -> None:
         run = f"bench{i:05d}"
         for k, res in enumerate(templates[i % len(templates)]):
             when = res.finished_at + timedelta(seconds=i)  # type: ignore[operator]
-            store.put_result(res.model_copy(update={"run_id": run, "job_id": f"{run}-{k:03d}", "finished_at": when}))
+            yield res.model_copy(update={"run_id": run, "job_id": f"{run}-{k:03d}", "finished_at": when})
 
 
 def redis_cpu(store: ResultStore) -> float:

@@ -25,6 +25,7 @@ import redis
 from farmproc import WorkerProcess, start_worker, stop_all
 
 from farm.cluster.redisproc import RedisProcess
+from farm.results.store import unpack_result
 
 pytestmark = pytest.mark.integration
 
@@ -130,7 +131,7 @@ def test_submit_wait_json_cpu_ok_with_three_phases(live_farm: Farm) -> None:
     assert res["worker"] == "worker-a"
     # The result is in the farm's own keys, without expiry.
     key = f"farm:result:{res['job_id']}"
-    assert json.loads(live_farm.r.get(key))["run_id"] == doc["run_id"]
+    assert json.loads(unpack_result(redis.Redis.from_url(live_farm.url).get(key)))["run_id"] == doc["run_id"]
     assert live_farm.r.ttl(key) == -1
 
 

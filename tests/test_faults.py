@@ -27,7 +27,7 @@ from farmproc import WorkerProcess, start_worker
 from farm.cluster.controller import submit
 from farm.cluster.redisproc import RedisProcess
 from farm.results.result import JobResult
-from farm.results.store import ResultStore
+from farm.results.store import ResultStore, unpack_result
 from farm.settings import Settings
 from farm.spec import BenchSpec, parse_spec
 
@@ -114,11 +114,11 @@ class Farm:
         out = {}
         for j in job_ids:
             try:
-                raw = self.store.r.get(self.store.key("result", j))
+                raw = self.store.rb.get(self.store.key("result", j))  # stored packed (farm.results.store)
             except redis.ConnectionError:
                 return {}
             if raw is not None:
-                out[j] = JobResult.model_validate_json(raw)
+                out[j] = JobResult.model_validate_json(unpack_result(raw))
         return out
 
     def wait_results(self, job_ids: list[str], timeout: float = WAIT_S) -> dict[str, JobResult]:

@@ -27,7 +27,7 @@ from farm.results.machine import GpuInfo, MachineFingerprint
 from farm.results.records import record_from_dict, summary_json
 from farm.results.result import JobResult, PhaseResult
 from farm.results.stats import Stats, summarize
-from farm.results.store import ResultStore
+from farm.results.store import ResultStore, unpack_result
 from farm.settings import get_settings
 from farm.spec import BenchSpec, Job, ModelShape, parse_spec
 
@@ -202,9 +202,9 @@ def _plant_bad_records(store: ResultStore, r: redis.Redis) -> list[str]:
     r.set("farm:result:n014-902", nan_doc)
     for k in index_keys:
         r.zadd(k, {"n014-901": when + 1, "n014-902": when + 2})
-    raw13 = r.get("farm:result:n013-000")
+    raw13 = store.rb.get("farm:result:n013-000")  # results are stored packed
     assert raw13 is not None
-    summary = summary_json(record_from_dict(json.loads(raw13)), len(raw13.encode()))
+    summary = summary_json(record_from_dict(json.loads(unpack_result(raw13))), len(raw13))
     r.set("farm:summary:n013-000", summary[: summary.index(",")] + ',"broken')  # the same length prefix
     return ["farm:result:n014-901", "farm:result:n014-902"]
 

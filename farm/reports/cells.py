@@ -399,10 +399,10 @@ def row_dict(row: Row) -> dict[str, Any]:
         "load_avg_1m": p.load_avg_1m if p else None,
         "repeats_stop": p.repeats_stop if p else None,
         "fresh_process": rec.fresh_process,
-        "throttled": bool(p and throttle_text(p.telemetry)),
-        "throttled_reason": throttle_text(p.telemetry) if p else None,
         "speedup_note": s.note if s else None,
         "speedup_ci_coverage": s.coverage if s else None,
+        "throttled": bool(p and throttle_text(p.telemetry)),
+        "throttled_reason": throttle_text(p.telemetry) if p else None,
         **{f"gen_{k}": v for k, v in generation_values(p).items()},
         **{f"ddp_{k}": v for k, v in scaling_values(p).items()},
     }

@@ -5,7 +5,8 @@ Formats live in `farm.reports.formats` (terminal, Markdown, CSV, JSON) and `farm
 Flags that every format shows: `invalid` (faster than the device's peak), `unverified` (measured,
 but no ceiling checks it), `above-peak` (an `ok` row whose MFU is above 100%: a bug elsewhere),
 `noisy` (IQR/median above 10%), `outlier` and `drift` (`farm.results.stats`), `contended` (other
-processes used the host during the phase), `failed` / `oom` / `timeout` / `cancelled` with the
+processes used the host during the phase), `throttled` (NVML reported a power cap, thermal or
+hardware slowdown during the phase: `farm.results.telemetry`), `failed` / `oom` / `timeout` / `cancelled` with the
 error, and `versions` when a result and its baseline (or the report's results) come from different
 farm or torch versions. This module never imports torch.
 """
@@ -22,6 +23,7 @@ from farm.reports.compare import DEFAULT_BASELINE, Baseline, BaselineMatcher, Ra
 from farm.results.records import PhaseRecord, Record, paused_gc
 from farm.results.result import MEASURED_STATUSES, JobResult
 from farm.results.store import ResultStore
+from farm.results.telemetry import throttle_text
 from farm.spec import ALIASES, PHASES
 
 PHASE_ORDER: dict[str, int] = {p: i for i, p in enumerate(PHASES)}
@@ -91,7 +93,7 @@ class Selection:
 
 @dataclass(slots=True)
 class Flag:
-    kind: str  # invalid, unverified, above-peak, noisy, outlier, drift, contended, failed, oom, ...
+    kind: str  # invalid, unverified, above-peak, noisy, outlier, drift, contended, throttled, failed, oom, ...
     text: str
 
 
@@ -162,7 +164,7 @@ def _first_line(text: str | None) -> str:
 
 
 def _noise_flags(ph: PhaseRecord) -> list[Flag]:
-    """noisy, outlier, drift and contended of one phase, with the numbers."""
+    """noisy, outlier, drift, contended and throttled of one phase, with the numbers."""
     flags = []
     if ph.noisy and ph.iqr_ratio is not None:
         flags.append(Flag("noisy", f"IQR/median {ph.iqr_ratio:.1%} (above 10%)"))
@@ -174,6 +176,9 @@ def _noise_flags(ph: PhaseRecord) -> list[Flag]:
         flags.append(Flag("drift", f"repeats trend across the run{trend}"))
     if ph.contended:
         flags.append(Flag("contended", ph.contended_reason or "other processes used the host's CPU"))
+    throttled = throttle_text(ph.telemetry)  # stored telemetry is untrusted: read, not trusted
+    if throttled:
+        flags.append(Flag("throttled", throttled))
     return flags
 
 
@@ -216,12 +221,13 @@ def _own_flags(rec: Record, ph: PhaseRecord | None) -> list[Flag]:
 def _peak_lines(records: Sequence[Record]) -> list[str]:
     """One line per peak and roofline source the records' MFUs are relative to."""
     lines: dict[str, None] = {}
-    for rec in records:
-        for ph in rec.phases.values():
-            if ph.peak_source:
-                lines[f"MFU % of {peak_kind(ph.peak_source)}: {ph.peak_source}"] = None
-            if ph.roofline_source:
-                lines[f"MFU roofline (measured, beside the peak): {ph.roofline_source}"] = None
+    # The distinct pairs first, in order of appearance: 100,000 results share a handful of sources.
+    pairs = dict.fromkeys((ph.peak_source, ph.roofline_source) for rec in records for ph in rec.phases.values())
+    for peak_source, roofline_source in pairs:
+        if peak_source:
+            lines[f"MFU % of {peak_kind(peak_source)}: {peak_source}"] = None
+        if roofline_source:
+            lines[f"MFU roofline (measured, beside the peak): {roofline_source}"] = None
     out = list(lines)
     if len(out) > MAX_PEAK_LINES:
         out = [*out[:MAX_PEAK_LINES], f"... and {len(out) - MAX_PEAK_LINES} more peak sources (CSV/JSON: per row)"]

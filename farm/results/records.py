@@ -22,6 +22,8 @@ import functools
 import gc
 import json
 import math
+import operator
+import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -65,6 +67,9 @@ class PhaseRecord:
     roofline_flops: float | None = None  # the measured roofline beside the peak
     roofline_source: str | None = None
     repeats_stop: str | None = None  # `repeats: auto`: what stopped it (target, budget, max)
+    telemetry: dict[str, Any] | None = None  # `PhaseTelemetry` as stored (untrusted: read with results.telemetry)
+    generate: dict[str, Any] | None = None  # `Generation`'s figures (results.decode), raw times left out
+    scaling: dict[str, Any] | None = None  # `Scaling`'s figures (results.scaling, DDP train), raw times left out
 
 
 @dataclass(slots=True)
@@ -113,7 +118,11 @@ def paused_gc() -> Iterator[None]:
 
     A report over 10,000 results creates several hundred thousand objects, none of them cyclic
     garbage; with the collector on, its repeated passes over the growing young generations took
-    about half the time of reading the records (0.49 s against 0.22 s for 10,000 here).
+    about half the time of reading the records (0.49 s against 0.22 s for 10,000 here). When the
+    outermost pause ends, what survived is frozen (`gc.freeze`) before the collector is turned back
+    on: otherwise its next pass walks every object made meanwhile at once (0.3 s for 10,000 results,
+    seconds for 100,000). Frozen objects are still freed by reference counting; only a reference
+    cycle made during the pause would wait for `gc.unfreeze`.
     """
     was = gc.isenabled()
     gc.disable()
@@ -121,6 +130,7 @@ def paused_gc() -> Iterator[None]:
         yield
     finally:
         if was:
+            gc.freeze()
             gc.enable()
 
 
@@ -175,6 +185,9 @@ def _phase(name: str, p: dict[str, Any]) -> PhaseRecord:
         roofline_flops=p.get("roofline_flops"),
         roofline_source=p.get("roofline_source"),
         repeats_stop=p.get("repeats_stop"),
+        telemetry=p.get("telemetry"),
+        generate={k: v for k, v in (p.get("generate") or {}).items() if not k.endswith("times_s")} or None,
+        scaling={k: v for k, v in (p.get("scaling") or {}).items() if not k.endswith("times_s")} or None,
     )
 
 
@@ -247,52 +260,44 @@ def records_from_results(results: Iterable[JobResult]) -> list[Record]:
 
 
 # A summary is a record as a compact JSON array, cached beside its result under
-# `<prefix>:summary:<job_id>` the first time a report reads the result. It starts with the byte
-# length of the result's JSON it was derived from: the fetch script returns it only while that
-# still matches (results are written once, SET NX, so a changed result is a replaced one).
-SUMMARY_VERSION = 3  # 3: unverified, outlier/drift, host load, roofline, repeats_stop, fresh_process
+# `<prefix>:summary:<job_id>` (written with the result; re-derived when missing). It starts with the
+# byte length of the result as stored: the fetch script returns it only while that still matches
+# (results are written once, SET NX, so a changed result is a replaced one).
+#
+# The layout follows the dataclasses, so a field added to `Record` or `PhaseRecord` travels without
+# further code: per phase, fields typed `float | None` are packed (float64, base64; a None is packed as
+# 0.0 and marked in a bit mask; parsing ~45 decimal floats a record was most of the cost of reading
+# summaries), `bool` fields are bits of one int, `times` is packed, and every other field (strings,
+# ints, dicts) is a JSON value. The version names the layout, so a summary written before a field
+# was added is re-derived from its result.
 _FIELDS = [f.name for f in fields(Record) if f.name != "phases"]
-# Per phase, the floats travel packed (float64, base64): parsing ~45 decimal floats a record was
-# most of the cost of reading summaries. A None is packed as 0.0 and marked in a bit mask.
-_PHASE_FLOATS = [
-    "median_s",
-    "ci_low_s",
-    "ci_high_s",
-    "ci_coverage",
-    "iqr_ratio",
-    "tokens_per_s",
-    "achieved_flops",
-    "mfu",
-    "peak_flops",
-    "roofline_flops",
-    "lock_wait_s",
-    "load_avg_1m",
-]
+_PHASE_FIELDS = [(f.name, str(f.type)) for f in fields(PhaseRecord)]
+_PHASE_FLOATS = [name for name, kind in _PHASE_FIELDS if kind == "float | None"]
+_PHASE_BOOLS = [name for name, kind in _PHASE_FIELDS if kind == "bool"]
+_PHASE_OTHER = [name for name, _ in _PHASE_FIELDS if name not in (*_PHASE_FLOATS, *_PHASE_BOOLS, "times")]
 _NF = len(_PHASE_FLOATS)
-_PHASE_OTHER = [
-    "name",
-    "status",
-    "error",
-    "n",
-    "noisy",
-    "peak_source",
-    "peak_memory_bytes",
-    "memory_kind",
-    "invalid_reason",
-    "contended_reason",
-    "roofline_source",
-    "repeats_stop",
-]
+_NO = len(_PHASE_OTHER)
+_LAYOUT = ";".join([",".join(_FIELDS), ",".join(f"{n}:{k}" for n, k in _PHASE_FIELDS)])
+SUMMARY_VERSION = f"4.{zlib.crc32(_LAYOUT.encode()):08x}"  # 4: the generic layout; then its fields' hash
+# A phase is rebuilt from [*other, times, *floats, *bools] in the dataclass' field order.
+_SOURCE = {
+    **{n: i for i, n in enumerate(_PHASE_OTHER)},
+    "times": _NO,
+    **{n: _NO + 1 + i for i, n in enumerate(_PHASE_FLOATS)},
+    **{n: _NO + 1 + _NF + i for i, n in enumerate(_PHASE_BOOLS)},
+}
+_ORDER = operator.itemgetter(*(_SOURCE[n] for n, _ in _PHASE_FIELDS))
+_NAME = _SOURCE["name"]
 
 
 def summary_json(rec: Record, result_bytes: int) -> str:
-    """The compact cached form of a record derived from a result of `result_bytes` bytes of JSON."""
+    """The compact cached form of a record derived from a result stored in `result_bytes` bytes."""
     floats: list[float] = []
     phases = []
     for p in rec.phases.values():
         values = [getattr(p, f) for f in _PHASE_FLOATS]
         nones = sum(1 << i for i, v in enumerate(values) if v is None)  # bit i: float i is None
-        marks = p.outlier | p.drift << 1 | p.contended << 2  # the phase's boolean flags as bits
+        marks = sum(1 << i for i, f in enumerate(_PHASE_BOOLS) if getattr(p, f))  # bit i: bool i is true
         phases.append([*(getattr(p, f) for f in _PHASE_OTHER), len(p.times), nones, marks])
         floats.extend(p.times)
         floats.extend(0.0 if v is None else v for v in values)
@@ -302,8 +307,8 @@ def summary_json(rec: Record, result_bytes: int) -> str:
 
 
 def record_from_summary(row: list[Any]) -> Record | None:
-    """A record from a parsed summary; None when it was written by another summary version (an
-    older summary, without the fields added since, is then re-derived from its result).
+    """A record from a parsed summary; None when it was written in another layout (an older summary,
+    without the fields added since, is then re-derived from its result).
     ValueError (or TypeError, IndexError) for one that does not unpack or holds a non-finite number."""
     if row[1] != SUMMARY_VERSION or len(row) != len(_FIELDS) + 4:
         return None
@@ -313,23 +318,26 @@ def record_from_summary(row: list[Any]) -> Record | None:
         raise ValueError("a packed number is not finite")
     floats = packed.tolist()
     pos = 0
-    for name, status, error, n, noisy, source, mem, kind, reason, creason, rsource, stop, k, nones, marks in row[-2]:
-        times = floats[pos : pos + k]
-        m: list[float | None] = floats[pos + k : pos + k + _NF]
+    for ph in row[-2]:
+        if len(ph) != _NO + 3:
+            raise ValueError("a phase of another length")
+        k, nones, marks = ph[_NO], ph[_NO + 1], ph[_NO + 2]
+        m: list[Any] = floats[pos : pos + k + _NF]
         if nones:
             for i in _set_bits(nones):
-                m[i] = None
+                m[k + i] = None
+        vals = [*ph[:_NO], m[:k], *m[k:], *_bools(marks)]
         pos += k + _NF
-        outlier, drift, contended = _MARKS[marks]
-        rec.phases[name] = PhaseRecord(
-            name, status, error, times, n, m[0], m[1], m[2], m[3], m[4], noisy, m[5], m[6], m[7], m[8], source, mem,
-            kind, reason, outlier, drift, contended, creason, m[10], m[11], m[9], rsource, stop
-        )  # fmt: skip
+        rec.phases[vals[_NAME]] = PhaseRecord(*_ORDER(vals))
+    if pos != len(floats):
+        raise ValueError("packed numbers left over")
     return rec
 
 
-# The phase's boolean flags (outlier, drift, contended) by their bits in a summary.
-_MARKS = [(bool(b & 1), bool(b & 2), bool(b & 4)) for b in range(8)]
+@functools.lru_cache(maxsize=1 << 8)
+def _bools(marks: int) -> tuple[bool, ...]:
+    """The phase's boolean fields from their bits in a summary."""
+    return tuple(bool(marks >> i & 1) for i in range(len(_PHASE_BOOLS)))
 
 
 @functools.lru_cache(maxsize=1 << 12)

@@ -6,8 +6,8 @@ test checks every key the farm writes against it:
 
 | key | type | holds |
 | --- | --- | --- |
-| `farm:result:<job_id>` | string | a `JobResult` as JSON, written once (SET NX) |
-| `farm:summary:<job_id>` | string | the compact record reports read (`farm.results.records`) |
+| `farm:result:<job_id>` | string | a `JobResult`'s JSON, compressed (`pack_result`), written once (SET NX) |
+| `farm:summary:<job_id>` | string | the compact record reports read (`farm.results.records`), written with it |
 | `farm:idx:<kind>:<value>` | sorted set | job ids by finish time (epoch s); kinds all, run, machine, |
 |  |  | device, spec, model |
 | `farm:run:<run_id>` | hash | run_id, created_at, spec or specs (JSON), jobs (JSON list), tags, name |
@@ -33,9 +33,13 @@ only a cache and is re-derived from its result. `delete_results` removes a bad r
 summary and index entries; `write_import` writes an import in one transaction (WATCH + MULTI),
 only if what the importer judged is still what Redis holds.
 
-A result and its index entries are written by one Lua script, atomically: a redelivered job
-whose result exists changes nothing. Spec hashes of an older `SPEC_HASH_VERSION` are re-derived
-once, on the first read after an upgrade (`migrate_spec_hashes`). Reports read through
+A result, its summary and its index entries are written by one Lua script, atomically: a
+redelivered job whose result exists changes nothing. A result is stored as raw deflate against a
+fixed dictionary (`pack_result`: about 600 bytes instead of 4,000 of JSON); one that does not start
+with the format's byte is the plain JSON older versions stored, read as it is (`unpack_result`).
+Result keys are read and written through a second, non-decoding client on the same URL (`rb`).
+Spec hashes of an older `SPEC_HASH_VERSION` are re-derived once, on the first read after an
+upgrade (`migrate_spec_hashes`). Reports read through
 `query_ids` + `load_records`, which read indexes and fetch with MGET or one script call per
 1,000, never scanning keys. Every Redis failure becomes a `BrokerError` here
 (`BrokerUnavailable` when Redis cannot be reached), so callers never see redis-py's exceptions.
@@ -48,6 +52,7 @@ import functools
 import json
 import logging
 import time
+import zlib
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -98,8 +103,9 @@ KEY_TABLE = (
     "meta",
 )
 
-# KEYS[1] result key, KEYS[2..] index keys; ARGV[1] JSON, ARGV[2] score, ARGV[3] job id,
-# ARGV[4] "1" to overwrite. Returns 1 when written, 0 when a result already existed.
+# KEYS[1] result key, KEYS[2] summary key, KEYS[3..] index keys; ARGV[1] the stored result,
+# ARGV[2] score, ARGV[3] job id, ARGV[4] "1" to overwrite, ARGV[5] its summary ("": none). Returns 1
+# when written, 0 when a result already existed.
 _PUT_RESULT = """
 local written
 if ARGV[4] == '1' then
@@ -109,13 +115,14 @@ else
   written = redis.call('SET', KEYS[1], ARGV[1], 'NX') and 1 or 0
 end
 if written == 1 then
-  for i = 2, #KEYS do redis.call('ZADD', KEYS[i], ARGV[2], ARGV[3]) end
+  if ARGV[5] ~= '' then redis.call('SET', KEYS[2], ARGV[5]) else redis.call('DEL', KEYS[2]) end
+  for i = 3, #KEYS do redis.call('ZADD', KEYS[i], ARGV[2], ARGV[3]) end
 end
 return written
 """
 
 # KEYS[1..n] summary keys, KEYS[n+1..2n] result keys: each summary, or false when absent or stale
-# (a summary starts with the byte length of the result JSON it was derived from).
+# (a summary starts with the byte length of the stored result it was derived from).
 _FETCH_SUMMARIES = """
 local n = #KEYS / 2
 local out = {}
@@ -126,9 +133,22 @@ for i = 1, n do
 end
 return out
 """
+# The same, joined into one reply: the summaries (`null` where none) separated by commas, so that
+# the client reads one string instead of parsing a thousand replies. A summary that is not one JSON
+# value (only a damaged or hostile one) spoils the join; the reader then falls back to the above.
+_FETCH_JOINED = """
+local n = #KEYS / 2
+local out = {}
+for i = 1, n do
+  local s = redis.call('GET', KEYS[i])
+  if s and tonumber(string.match(s, '^%[(%d+),')) ~= redis.call('STRLEN', KEYS[n + i]) then s = false end
+  out[i] = s or 'null'
+end
+return table.concat(out, ',')
+"""
 
 # KEYS[1] result, KEYS[2] idx:spec:<new>, KEYS[3] idx:spec:<old>, KEYS[4] summary; ARGV[1] the result
-# JSON as read, ARGV[2] it under the new hash, ARGV[3] score, ARGV[4] job id. Changes nothing (and
+# as read, ARGV[2] it under the new hash (packed), ARGV[3] score, ARGV[4] job id. Changes nothing (and
 # returns 0) when the result was replaced since it was read.
 _REHASH_RESULT = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
@@ -141,6 +161,65 @@ return 1
 
 P = ParamSpec("P")
 T = TypeVar("T")
+
+# The stored result format: this byte, then raw deflate (level 1) against `_ZDICT_1`, a typical
+# result's JSON with its numbers removed (the keys and common strings every result repeats: about
+# 600 bytes a result instead of 1,400 without it). Frozen: stored results depend on these bytes;
+# another dictionary would take another first byte.
+PACKED_1 = b"\x01"
+_ZDICT_1 = (
+    b'{"schema_version":,"job_id":"x-001","run_id":"x","device":"cuda","torch_device":"cuda:","status"'
+    b':"ok","error":null,"warnings":[],"spec":{"model":"gpt2-tiny","batch":,"seq":,"repeats":,"ci_targ'
+    b'et":,"repeat_budget_s":,"max_repeats":,"warmup":,"dtype":"float32","precision_mode":"auto","matm'
+    b'ul_precision":"highest","phases":["init","forward","train"],"gen_tokens":,"world_size":,"devices'
+    b'":["cuda"],"threads":null,"compile":false,"optimizer":"adamw","seed":,"time_limit_s":null,"check'
+    b'point":null,"tags":{}},"spec_hash":"53f19c3e6ea6","model_name":"gpt2-tiny","machine":{"hostname"'
+    b':"gpu-box.lab","machine_tag":"gpu-box","os":"Linux 6.1","python":"3.11.7","cpu_model":"Intel(R) '
+    b'Xeon(R) Platinum 8480+","cpu_arch":"x86_64","cpu_flags":["amx_bf16","avx512f"],"physical_cores":'
+    b',"logical_cores":,"cpu_clock_mhz":null,"cpu_clock_kind":null,"memory_bytes":,"torch_version":"2.'
+    b'5.1","cuda_version":"12.4","cudnn_version":null,"gpus":[{"index":,"name":"NVIDIA H100 80GB HBM3"'
+    b',"tag":"h100","memory_bytes":,"driver":"550.54","uuid":null,"compute_capability":null,"sm_count"'
+    b':null,"max_sm_clock_mhz":null}],"farm_version":"0.1.0","git_commit":"0123456789ab"},"worker":nul'
+    b'l,"phases":{"init":{"name":"init","status":"ok","error":null,"times_s":[],"warmup_times_s":[],"s'
+    b'tats":{"n":,"median_s":,"mean_s":,"min_s":,"max_s":,"std_s":,"q1_s":,"q3_s":,"iqr_s":,"cv":,"ci_'
+    b'low_s":,"ci_high_s":,"ci_coverage":,"noisy":false,"outlier":false,"drift":false},"flops":,"achie'
+    b'ved_flops":null,"peak_flops":null,"peak_source":null,"mfu":null,"tokens_per_s":null,"peak_memory'
+    b'_bytes":,"memory_kind":"process RSS peak","predicted_memory_bytes":null,"breakdown":{},"invalid_'
+    b'reason":null,"roofline_flops":null,"roofline_source":null,"host":null,"repeats_stop":null,"gener'
+    b'ate":null,"median_s":},"forward":{"name":"forward","status":"ok","error":null,"times_s":[,],"war'
+    b'mup_times_s":[],"stats":{"n":,"median_s":,"mean_s":,"min_s":,"max_s":,"std_s":,"q1_s":,"q3_s":,"'
+    b'iqr_s":,"cv":,"ci_low_s":,"ci_high_s":,"ci_coverage":,"noisy":false,"outlier":false,"drift":fals'
+    b'e},"flops":,"achieved_flops":,"peak_flops":,"peak_source":"table: h100 float32 dense","mfu":,"to'
+    b'kens_per_s":,"peak_memory_bytes":,"memory_kind":"process RSS peak","predicted_memory_bytes":null'
+    b',"breakdown":{},"invalid_reason":null,"roofline_flops":null,"roofline_source":null,"host":null,"'
+    b'repeats_stop":null,"generate":null,"median_s":},"train":{"name":"train","status":"ok","error":nu'
+    b'll,"times_s":[,],"warmup_times_s":[],"stats":{"n":,"median_s":,"mean_s":,"min_s":,"max_s":,"std_'
+    b's":,"q1_s":,"q3_s":,"iqr_s":,"cv":,"ci_low_s":,"ci_high_s":,"ci_coverage":,"noisy":false,"outlie'
+    b'r":false,"drift":false},"flops":,"achieved_flops":,"peak_flops":,"peak_source":"table: h100 floa'
+    b't32 dense","mfu":,"tokens_per_s":,"peak_memory_bytes":,"memory_kind":"process RSS peak","predict'
+    b'ed_memory_bytes":null,"breakdown":{},"invalid_reason":null,"roofline_flops":null,"roofline_sourc'
+    b'e":null,"host":null,"repeats_stop":null,"generate":null,"median_s":}},"precision":{"dtype":"floa'
+    b't32","matmul_precision":"highest","threads":},"threads":,"attempt":,"fresh_process":null,"farm_v'
+    b'ersion":"0.1.0","started_at":"2026-11-01T00::Z","finished_at":"2026-11-01T00::Z"}'
+)
+
+
+def pack_result(doc: str) -> bytes:
+    """A result's JSON as stored (`PACKED_1` + raw deflate against `_ZDICT_1`)."""
+    z = zlib.compressobj(1, zlib.DEFLATED, -15, zdict=_ZDICT_1)
+    return PACKED_1 + z.compress(doc.encode()) + z.flush()
+
+
+def unpack_result(raw: bytes) -> bytes:
+    """A stored result's JSON (bytes): unpacked, or as it was stored by an older version (plain JSON).
+    ValueError when a packed value does not decompress."""
+    if raw[:1] != PACKED_1:
+        return raw
+    try:
+        z = zlib.decompressobj(-15, zdict=_ZDICT_1)
+        return z.decompress(raw[1:]) + z.flush()
+    except zlib.error as e:
+        raise ValueError(f"does not decompress: {e}") from None
 
 
 def unreadable(e: Exception) -> str:
@@ -159,10 +238,10 @@ def unreadable(e: Exception) -> str:
     return f"is not a readable record: {text[:200]}"
 
 
-def _run_named(raw: str) -> str | None:
+def _run_named(raw: bytes) -> str | None:
     """The run id a stored result names, read leniently (None when it cannot be told)."""
     try:
-        doc = json.loads(raw)
+        doc = json.loads(unpack_result(raw))
     except ValueError:
         return None
     run_id = doc.get("run_id") if isinstance(doc, dict) else None
@@ -227,9 +306,25 @@ def connect(url: str) -> redis.Redis:
         raise BrokerError(f"invalid Redis URL: {e}") from None
 
 
+def _binary(client: Any) -> Any:
+    """A client on the same server and settings as `client` that returns bytes (for packed results)."""
+    pool = client.connection_pool
+    kwargs = {**pool.connection_kwargs, "decode_responses": False}
+    return redis.Redis(connection_pool=redis.ConnectionPool(connection_class=pool.connection_class, **kwargs))
+
+
 def _flat(mapping: Mapping[str, Any]) -> dict[str, str | int | float]:
     """A hash mapping: lists and dicts as JSON, None as the empty string."""
     return {k: json.dumps(v) if isinstance(v, list | dict) else ("" if v is None else v) for k, v in mapping.items()}
+
+
+def _summary_of(doc: str | bytes, stored_bytes: int) -> str:
+    """The summary of a result's JSON stored in `stored_bytes` bytes; "" when it cannot be derived
+    (only a cache: the reader re-derives it, or skips the result with a warning)."""
+    try:
+        return summary_json(record_from_dict(pydantic_core.from_json(doc)), stored_bytes)
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return ""
 
 
 class ResultStore:
@@ -239,10 +334,12 @@ class ResultStore:
         # redis-py types every reply as bytes | str whatever the client decodes; this client decodes
         # (decode_responses=True in `connect`), so its replies are handled as the strs they are.
         self.r: Any = client
+        self.rb: Any = _binary(client)  # result keys: packed bytes
         self.p = prefix
-        self._put = self.r.register_script(_PUT_RESULT)
+        self._put = self.rb.register_script(_PUT_RESULT)
         self._fetch = self.r.register_script(_FETCH_SUMMARIES)
-        self._rehash = self.r.register_script(_REHASH_RESULT)
+        self._fetch_joined = self.r.register_script(_FETCH_JOINED)
+        self._rehash = self.rb.register_script(_REHASH_RESULT)
         self._hashes_current = False  # the spec indexes are known to follow SPEC_HASH_VERSION
         self.skipped: dict[str, str] = {}  # key -> why, for every record a read skipped
 
@@ -253,10 +350,10 @@ class ResultStore:
         extra = {"farm_key": key, "farm_kind": kind, "farm_job": job_id, "farm_why": why}
         log.warning("skipped %s: it %s", key, why, extra=extra)
 
-    def _parse_result(self, key: str, raw: str) -> JobResult | None:
+    def _parse_result(self, key: str, raw: bytes) -> JobResult | None:
         """A stored result, or None (skipped, with a warning) when it cannot be read."""
         try:
-            return JobResult.model_validate_json(raw, context=STORED)
+            return JobResult.model_validate_json(unpack_result(raw), context=STORED)
         except ValueError as e:  # pydantic's ValidationError is a ValueError
             self._skip(key, unreadable(e))
             return None
@@ -297,31 +394,21 @@ class ResultStore:
     def put_result(self, res: JobResult, *, overwrite: bool = False) -> bool:
         """Store a result and index it; returns False (and changes nothing) if one exists."""
         when = (res.finished_at or res.started_at).timestamp()
-        keys = [self.key("result", res.job_id), *self._index_keys(res)]
+        keys = [self.key("result", res.job_id), self.key("summary", res.job_id), *self._index_keys(res)]
         doc = res.model_dump_json()
-        written = bool(self._put(keys=keys, args=[doc, when, res.job_id, "1" if overwrite else "0"]))
-        if written:
-            self._put_summary(res.job_id, doc)
-        return written
-
-    def _put_summary(self, job_id: str, doc: str) -> None:
-        """The compact summary reports read, written with the result so that even the first report
-        over many results reads summaries. Only a cache: a failure here is harmless."""
-        try:
-            rec = record_from_dict(pydantic_core.from_json(doc))
-            self.r.set(self.key("summary", job_id), summary_json(rec, len(doc.encode())))
-        except (redis.RedisError, ValueError, KeyError, TypeError):
-            pass
+        stored = pack_result(doc)
+        summary = _summary_of(doc, len(stored))
+        return bool(self._put(keys=keys, args=[stored, when, res.job_id, "1" if overwrite else "0", summary]))
 
     @_redis
     def get_result(self, job_id: str) -> JobResult:
         """One result; NotFoundError when there is none, or when its record cannot be read (named)."""
         key = self.key("result", job_id)
-        raw = self.r.get(key)
+        raw = self.rb.get(key)
         if raw is None:
             raise NotFoundError(f"no result for job {job_id!r}")
         try:
-            return JobResult.model_validate_json(raw, context=STORED)
+            return JobResult.model_validate_json(unpack_result(raw), context=STORED)
         except ValueError as e:
             raise NotFoundError(f"no readable result for job {job_id!r}: {key} {unreadable(e)}") from None
 
@@ -335,7 +422,7 @@ class ResultStore:
         out: list[JobResult] = []
         for i in range(0, len(job_ids), chunk):
             keys = [self.key("result", j) for j in job_ids[i : i + chunk]]
-            for key, raw in zip(keys, self.r.mget(keys), strict=True):
+            for key, raw in zip(keys, self.rb.mget(keys), strict=True):
                 res = None if raw is None else self._parse_result(key, raw)
                 if res is not None:
                     out.append(res)
@@ -410,23 +497,25 @@ class ResultStore:
             ids = job_ids[i : i + chunk]
             rkeys = [self.key("result", j) for j in ids]
             skeys = [self.key("summary", j) for j in ids]
-            cached = self._fetch(keys=[*skeys, *rkeys]) if cache else [None] * len(ids)
-            recs = self._summaries(skeys, cached)
+            recs = self._joined(ids, skeys, rkeys) if cache else None
+            if recs is None:
+                cached = self._fetch(keys=[*skeys, *rkeys]) if cache else [None] * len(ids)
+                recs = self._summaries(ids, skeys, cached)
             missing = [k for k, rec in enumerate(recs) if rec is None]
             if missing:
                 pipe = self.r.pipeline(transaction=False)
-                for k, raw in zip(missing, self.r.mget([rkeys[k] for k in missing]), strict=True):
+                for k, raw in zip(missing, self.rb.mget([rkeys[k] for k in missing]), strict=True):
                     if raw is None:
                         continue
                     try:
-                        rec = record_from_dict(pydantic_core.from_json(raw))
+                        rec = record_from_dict(pydantic_core.from_json(unpack_result(raw)))
                         check_record(rec)
                     except (ValueError, KeyError, TypeError, AttributeError) as e:
                         self._skip(rkeys[k], unreadable(e))
                         continue
                     recs[k] = rec
                     if cache:
-                        pipe.set(skeys[k], summary_json(rec, len(raw.encode())))
+                        pipe.set(skeys[k], summary_json(rec, len(raw)))
                 try:
                     pipe.execute()
                 except redis.RedisError:
@@ -434,9 +523,32 @@ class ResultStore:
             out.extend(r for r in recs if r is not None)
         return out
 
-    def _summaries(self, skeys: Sequence[str], cached: Sequence[str | None]) -> list[Record | None]:
-        """Records from cached summaries (one parse for the chunk); a summary that does not parse or
-        unpack is skipped with a warning and re-derived from its result (None here)."""
+    def _joined(self, ids: Sequence[str], skeys: Sequence[str], rkeys: Sequence[str]) -> list[Record | None] | None:
+        """Records from the chunk's summaries fetched as one joined reply (None where a result has no
+        current summary); None for the whole chunk when the reply does not parse as one summary (or
+        null) per job, each naming its own job: the caller then reads them one by one, naming the bad."""
+        try:
+            rows = pydantic_core.from_json("[" + self._fetch_joined(keys=[*skeys, *rkeys]) + "]")
+        except ValueError:
+            return None
+        if len(rows) != len(ids):
+            return None
+        recs: list[Record | None] = []
+        for job_id, row in zip(ids, rows, strict=True):
+            if row is None:
+                recs.append(None)
+                continue
+            if not isinstance(row, list) or len(row) < 3 or row[2] != job_id:
+                return None
+            try:
+                recs.append(record_from_summary(row))
+            except (ValueError, KeyError, TypeError, IndexError, AttributeError):
+                return None
+        return recs
+
+    def _summaries(self, ids: Sequence[str], skeys: Sequence[str], cached: Sequence[str | None]) -> list[Record | None]:
+        """Records from cached summaries (one parse for the chunk); a summary that does not parse,
+        unpack or name its own job is skipped with a warning and re-derived from its result (None here)."""
         try:
             rows = pydantic_core.from_json("[" + ",".join(c or "null" for c in cached) + "]")
         except ValueError:
@@ -448,20 +560,37 @@ class ResultStore:
                     self._skip(key, unreadable(e) + " (re-derived from its result)")
                     rows.append(None)
         recs: list[Record | None] = []
-        for key, row in zip(skeys, rows, strict=True):
+        for job_id, key, row in zip(ids, skeys, rows, strict=True):
             try:
-                recs.append(record_from_summary(row) if row else None)
+                rec = record_from_summary(row) if row else None
+                if rec is not None and rec.job_id != job_id:
+                    raise ValueError(f"it names another job ({str(rec.job_id)[:80]!r})")
+                recs.append(rec)
             except (ValueError, KeyError, TypeError, IndexError, AttributeError) as e:
                 self._skip(key, unreadable(e) + " (re-derived from its result)")
                 recs.append(None)
         return recs
 
+    @_redis
+    def result_memory(self) -> dict[str, int]:
+        """Bytes Redis holds for results, by kind (`result`, `summary`, `idx`): MEMORY USAGE (every
+        sample) over every such key, found with SCAN. For measuring (benchmarks/store_scale.py), not
+        for a hot path."""
+        out: dict[str, int] = {}
+        for kind in ("result", "summary", "idx"):
+            keys = list(self.r.scan_iter(match=self.key(kind, "*"), count=1000))
+            pipe = self.r.pipeline(transaction=False)
+            for k in keys:
+                pipe.memory_usage(k, samples=0)
+            out[kind] = sum(int(x or 0) for x in pipe.execute()) if keys else 0
+        return out
+
     # -- removing and mending records ---------------------------------------------------------
-    def _indexes_of(self, raw: str | None) -> list[str] | None:
+    def _indexes_of(self, raw: bytes | None) -> list[str] | None:
         """The index keys a stored result was filed under, read leniently from its JSON (the
         fields `put_result` indexed by); None when they cannot be told from it."""
         try:
-            doc = json.loads(raw) if raw is not None else None
+            doc = json.loads(unpack_result(raw)) if raw is not None else None
         except ValueError:
             return None
         if not isinstance(doc, dict):
@@ -483,7 +612,7 @@ class ResultStore:
         """Every index key (SCAN): only when a record too broken to name its own indexes is removed."""
         return sorted(k for k in self.r.scan_iter(match=self.key("idx", "*"), count=1000, _type="zset"))
 
-    def _unfile(self, pipe: Any, job_ids: Sequence[str], raws: Sequence[str | None]) -> None:
+    def _unfile(self, pipe: Any, job_ids: Sequence[str], raws: Sequence[bytes | None]) -> None:
         """Queue on `pipe` the removal of results, their summaries and every index entry."""
         everywhere: list[str] | None = None
         for job_id, raw in zip(job_ids, raws, strict=True):
@@ -504,7 +633,7 @@ class ResultStore:
         """
         ids = list(dict.fromkeys(job_ids))
         rkeys = [self.key("result", j) for j in ids]
-        with self.r.pipeline(transaction=True) as pipe:
+        with self.rb.pipeline(transaction=True) as pipe:
             pipe.watch(*rkeys)
             raws = pipe.mget(rkeys) if rkeys else []
             indexed = [pipe.zscore(self.key("idx", "all"), j) is not None for j in ids]
@@ -519,9 +648,10 @@ class ResultStore:
     @_redis
     def occupancy(self, job_ids: Collection[str], run_ids: Collection[str]) -> Occupancy:
         """Which of these job ids have a result or a job hash, and which runs exist (with their jobs)."""
-        return self._occupancy(self.r, list(job_ids), list(run_ids))
+        return self._occupancy(self.rb, list(job_ids), list(run_ids))
 
     def _occupancy(self, client: Any, job_ids: list[str], run_ids: list[str]) -> Occupancy:
+        """`occupancy` through `client` (the non-decoding client, or a pipeline of it)."""
         raws = dict(zip(job_ids, client.mget([self.key("result", j) for j in job_ids]), strict=True)) if job_ids else {}
         results = {j for j, raw in raws.items() if raw is not None}
         result_runs = {j: _run_named(raws[j]) for j in sorted(results)}
@@ -559,8 +689,8 @@ class ResultStore:
         run_ids = sorted({r.run_id for r in results} | set(new_runs))
         watched = [self.key(kind, j) for j in ids for kind in ("result", "job")]
         watched += [self.key("run", r) for r in run_ids]
-        docs = [r.model_dump_json() for r in results]
-        with self.r.pipeline(transaction=True) as pipe:
+        docs = [pack_result(r.model_dump_json()) for r in results]
+        with self.rb.pipeline(transaction=True) as pipe:
             pipe.watch(*watched)
             if self._occupancy(pipe, ids, run_ids) != seen:
                 raise FarmError("the farm changed while the import was checked: nothing was written; run it again")
@@ -573,9 +703,11 @@ class ResultStore:
                 pipe.set(self.key("result", res.job_id), doc)
                 for k in self._index_keys(res):
                     pipe.zadd(k, {res.job_id: when})
-                pipe.set(
-                    self.key("summary", res.job_id), summary_json(record_from_dict(json.loads(doc)), len(doc.encode()))
-                )
+                skey, summary = self.key("summary", res.job_id), _summary_of(unpack_result(doc), len(doc))
+                if summary:
+                    pipe.set(skey, summary)
+                else:
+                    pipe.delete(skey)
             for run_id, jobs in new_runs.items():
                 self._run_commands(pipe, run_id, [], jobs, name, tags, "done")
             try:
@@ -615,13 +747,14 @@ class ResultStore:
         moved = 0
         for i in range(0, len(entries), chunk):
             part = entries[i : i + chunk]
-            raws = self.r.mget([self.key("result", job_id) for job_id, _ in part])
-            pipe = self.r.pipeline(transaction=False)
+            raws = self.rb.mget([self.key("result", job_id) for job_id, _ in part])
+            pipe = self.rb.pipeline(transaction=False)
             for (job_id, score), raw in zip(part, raws, strict=True):
                 if raw is None:
                     continue
                 try:
-                    doc = pydantic_core.from_json(raw)
+                    plain = unpack_result(raw).decode()
+                    doc = pydantic_core.from_json(plain)
                     old = doc["spec_hash"]
                     key = json.dumps(doc["spec"], sort_keys=True)
                     if key not in derived:
@@ -632,7 +765,7 @@ class ResultStore:
                 if new == old:
                     continue
                 needle = f'"spec_hash":"{old}"'
-                text = raw.replace(needle, f'"spec_hash":"{new}"') if raw.count(needle) == 1 else None
+                text = plain.replace(needle, f'"spec_hash":"{new}"') if plain.count(needle) == 1 else None
                 if text is None:
                     text = json.dumps({**doc, "spec_hash": new}, separators=(",", ":"))
                 keys = [
@@ -641,7 +774,8 @@ class ResultStore:
                     self.key("idx", "spec", old),
                     self.key("summary", job_id),
                 ]
-                self._rehash(keys=keys, args=[raw, text, score, job_id], client=pipe)
+                stored = pack_result(text) if raw[:1] == PACKED_1 else text.encode()  # in the format it had
+                self._rehash(keys=keys, args=[raw, stored, score, job_id], client=pipe)
             moved += sum(int(x) for x in pipe.execute())
         self.r.hset(self.key("meta"), "spec_hash_version", SPEC_HASH_VERSION)
         return moved
@@ -749,19 +883,17 @@ class ResultStore:
         pipe = self.r.pipeline(transaction=False)
         for j in jobs:
             pipe.hgetall(self.key("job", j))
-        for j in jobs:
-            pipe.get(self.key("result", j))
-        raw = pipe.execute()
-        n = len(jobs)
+        hashes = pipe.execute()
+        results = self.rb.mget([self.key("result", j) for j in jobs]) if jobs else []
         return [
             (job_id, h, self._status_of(job_id, res) if res else None)
-            for job_id, h, res in zip(jobs, raw[:n], raw[n:], strict=True)
+            for job_id, h, res in zip(jobs, hashes, results, strict=True)
         ]
 
-    def _status_of(self, job_id: str, raw: str) -> str:
+    def _status_of(self, job_id: str, raw: bytes) -> str:
         """A stored result's status, "unreadable" (with a warning) when its record cannot be read."""
         try:
-            status = json.loads(raw)["status"]
+            status = json.loads(unpack_result(raw))["status"]
             if isinstance(status, str):
                 return status
             raise ValueError("its status is not a string")
