@@ -235,8 +235,10 @@ def test_a_packed_result_costs_at_most_half_the_memory_of_plain_json(redis_url: 
 def test_store_scale_benchmark_runs(tmp_path: Path) -> None:
     env = {**os.environ, "FARM_HOME": str(tmp_path / "home")}
     proc = subprocess.run(
-        [sys.executable, "benchmarks/store_scale.py", "--sizes", "300", "--write-sample", "100"],
+        [sys.executable, "benchmarks/store_scale.py", "--sizes", "300", "--write-sample", "100",
+         "--series-sizes", "2500"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert "| 300 |" in proc.stdout and "MEMORY USAGE" in proc.stdout
+    assert "| 2500 | 900 | 900 |" in proc.stdout  # the series report: one row per series

@@ -22,6 +22,7 @@ from farm.reports.importer import import_results, read_file, validate
 from farm.reports.listing import Listing
 from farm.reports.pool import pool_listing, select_pooled
 from farm.reports.report import Selection, select
+from farm.reports.series import SERIES_THRESHOLD
 
 ListOpt = o.ListOpt
 _split = o.split  # the run-selection grammar's list splitting (farm.cli.options), for `import --replace`
@@ -37,11 +38,12 @@ def _report(
     fmt: str | None,
     output: Path | None,
     json_out: bool = False,
+    every_result: bool = False,
 ) -> None:
     fmt = fmt_of(fmt, output, json_out)
     s = store_for()
     # HTML carries the history view (a phase's time per night, regressions marked) when there is one.
-    rep = select(s, sel, parse_baseline(baseline), history=fmt == "html")
+    rep = select(s, sel, parse_baseline(baseline), history=fmt == "html", every_result=every_result)
     named = [label for label in (o.run_label(s, r) for r in sel.runs) if label.endswith(")")]
     if named:
         rep.title += f"; {', '.join(named)}"
@@ -58,14 +60,21 @@ def report(
     since: o.Since = None,
     until: o.Until = None,
     baseline: Baseline = None,
+    every_result: bool = typer.Option(
+        False,
+        "--every-result",
+        help="One row per result even when the selection spans more than "
+        f"{SERIES_THRESHOLD:,} results (then: one row per series, with its history).",
+    ),
     fmt: Format = None,
     output: Output = None,
     json_out: JsonAlias = False,
 ) -> None:
     """Report runs (RUN... or --run; all stored results when no run or selector is given): per phase the
-    median with its 95% CI, tokens/s, FLOP/s, MFU, memory, speedup, flags."""
+    median with its 95% CI, tokens/s, FLOP/s, MFU, memory, speedup, flags. Over more than
+    SERIES_THRESHOLD results without a run: one row per series (its latest result) with its history."""
     sel = o.selection((), machine, device, model, spec_hash, since, until)
-    _report(replace(sel, runs=o.run_ids(store_for(), runs, run)), baseline, fmt, output, json_out)
+    _report(replace(sel, runs=o.run_ids(store_for(), runs, run)), baseline, fmt, output, json_out, every_result)
 
 
 def compare(

@@ -172,6 +172,37 @@ def repeats_text(row: Row) -> str:
     return f"{p.n} (auto: {p.repeats_stop})" if p.repeats_stop else str(p.n)
 
 
+HISTORY_COLUMN = "history"  # the extra column of a series report's tables (`history_text`)
+
+
+def history_text(row: Row) -> str:
+    """A series report row's history: `365 results, median 1.02 s (0.98 s–1.10 s), +3.1% first→last week`."""
+    h = row.history
+    if h is None:
+        return "-"
+    text = f"{h.n} result{'' if h.n == 1 else 's'}"
+    if h.median_s is not None:
+        text += f", median {fmt_seconds(h.median_s)} ({fmt_seconds(h.min_s)}–{fmt_seconds(h.max_s)})"
+    if h.change is not None:
+        text += f", {h.change:+.1%} first→last {h.window}"
+    return text + f", latest {h.last.isoformat(timespec='minutes')}"
+
+
+def history_values(row: Row) -> dict[str, Any]:
+    """The `history_*` fields of a row (None outside a series report)."""
+    h = row.history
+    return {
+        "history_n": h.n if h else None,
+        "history_median_s": h.median_s if h else None,
+        "history_min_s": h.min_s if h else None,
+        "history_max_s": h.max_s if h else None,
+        "history_change": h.change if h else None,
+        "history_window": h.window if h else None,
+        "history_first": h.first.isoformat() if h else None,
+        "history_last": h.last.isoformat() if h else None,
+    }
+
+
 def flag_labels(row: Row) -> str:
     kinds = dict.fromkeys(f.kind for f in row.flags)  # one label per kind; the full texts are listed apart
     return ", ".join(k.upper() if k in SEVERE else k for k in kinds)
@@ -326,8 +357,11 @@ def status_summary(report: Report) -> str:
 
 
 def header_lines(report: Report) -> list[str]:
+    series = [report.series.text()] if report.series else []
     return [
-        f"{len(report.records)} result{'' if len(report.records) == 1 else 's'} ({status_summary(report)}) · "
+        *series,
+        f"{len(report.records)}{' latest' if report.series else ''} result{'' if len(report.records) == 1 else 's'} "
+        f"({status_summary(report)}) · "
         f"baseline: {report.baseline.describe()} · "
         f"generated {report.generated_at.isoformat(timespec='seconds')}",
         "speedup = baseline median / result median (above 1: faster); CI: bootstrap of the ratio of medians",
@@ -345,6 +379,8 @@ ROW_FIELDS = (
     "speedup_note", "speedup_ci_coverage", "throttled", "throttled_reason",
     *(f"gen_{k}" for k in GENERATION_FIELDS),
     *(f"ddp_{k}" for k in SCALING_FIELDS),
+    "history_n", "history_median_s", "history_min_s", "history_max_s", "history_change", "history_window",
+    "history_first", "history_last",
 )  # fmt: skip
 
 
@@ -405,6 +441,7 @@ def row_dict(row: Row) -> dict[str, Any]:
         "throttled_reason": throttle_text(p.telemetry) if p else None,
         **{f"gen_{k}": v for k, v in generation_values(p).items()},
         **{f"ddp_{k}": v for k, v in scaling_values(p).items()},
+        **history_values(row),
     }
 
 

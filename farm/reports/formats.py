@@ -25,6 +25,7 @@ from farm.errors import SpecError
 from farm.reports import listing as lst
 from farm.reports.cells import (
     COLUMNS,
+    HISTORY_COLUMN,
     ROW_FIELDS,
     STATUS_STYLE,
     cells,
@@ -32,6 +33,7 @@ from farm.reports.cells import (
     flag_lines,
     generation_lines,
     header_lines,
+    history_text,
     md,
     plain_text,
     row_dict,
@@ -39,7 +41,7 @@ from farm.reports.cells import (
     term,
 )
 from farm.reports.listing import Listing
-from farm.reports.report import Report
+from farm.reports.report import Report, Row
 
 FORMATS = ("terminal", "markdown", "csv", "json", "html")
 SUFFIX_FORMATS = {
@@ -68,6 +70,15 @@ def choose_format(fmt: str | None, output: str | None = None) -> str:
     return fmt
 
 
+def _columns(report: Report) -> list[str]:
+    """The table's columns: `COLUMNS`, and `history` in a series report."""
+    return [*COLUMNS, HISTORY_COLUMN] if report.series else list(COLUMNS)
+
+
+def _cells(report: Report, row: Row) -> list[str]:
+    return [*cells(row), history_text(row)] if report.series else cells(row)
+
+
 def to_terminal(report: Report) -> Group:
     """Rich renderables: one table per spec, then notes and flags.
 
@@ -80,8 +91,8 @@ def to_terminal(report: Report) -> Group:
     ]
     for g in report.groups:
         t = Table(title=Text(term(g.title)), header_style="bold", title_justify="left")
-        rows = [[Text(term(c)) for c in cells(row)] for row in g.rows]
-        for i, col in enumerate(COLUMNS):
+        rows = [[Text(term(c)) for c in _cells(report, row)] for row in g.rows]
+        for i, col in enumerate(_columns(report)):
             t.add_column(
                 col,
                 justify="right" if 4 <= i <= 11 else "left",
@@ -113,8 +124,9 @@ def to_text(report: Report, width: int = 240) -> str:
 def to_markdown(report: Report) -> str:
     out = [f"# {md(report.title)}", "", *(f"{md(line)}  " for line in header_lines(report)), ""]
     for g in report.groups:
-        out += [f"## {md(g.title)}", "", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-        out += ["| " + " | ".join(md(c) for c in cells(row)) + " |" for row in g.rows]
+        cols = _columns(report)
+        out += [f"## {md(g.title)}", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+        out += ["| " + " | ".join(md(c) for c in _cells(report, row)) + " |" for row in g.rows]
         out.append("")
     if report.peaks:
         out += ["**Peaks**", "", *(f"- {md(line)}" for line in report.peaks), ""]

@@ -15,7 +15,16 @@ import base64
 from collections.abc import Sequence
 
 from farm.reports import plots
-from farm.reports.cells import COLUMNS, SEVERE, cells, generation_lines, header_lines, scaling_lines
+from farm.reports.cells import (
+    COLUMNS,
+    HISTORY_COLUMN,
+    SEVERE,
+    cells,
+    generation_lines,
+    header_lines,
+    history_text,
+    scaling_lines,
+)
 from farm.reports.cells import html_text as escape
 from farm.reports.history import results_section
 from farm.reports.report import Report, Row
@@ -56,7 +65,7 @@ def _img(png: bytes, alt: str, caption: str) -> str:
     )
 
 
-def _row_html(row: Row) -> str:
+def _row_html(row: Row, series: bool = False) -> str:
     classes = [f"status-{row.status}"] + (["baseline"] if row.is_baseline else [])
     if any(f.kind == "above-peak" for f in row.flags):
         classes.append("above-peak")
@@ -74,6 +83,8 @@ def _row_html(row: Row) -> str:
             tds.append(f"<td>{spans or 'ok'}</td>")
         else:
             tds.append(f'<td class="num">{escape(text)}</td>' if 4 <= i <= 11 else f"<td>{escape(text)}</td>")
+    if series:  # a series report: the row's history over the selection
+        tds.append(f'<td class="history">{escape(history_text(row))}</td>')
     return f'<tr class="{" ".join(classes)}">{"".join(tds)}</tr>'
 
 
@@ -99,11 +110,11 @@ def render_html(report: Report, extra_sections: Sequence[tuple[str, str]] = ()) 
     ]
     if report.notes:
         parts.append('<div class="notes">' + "".join(f"<p>{escape(n)}</p>" for n in report.notes) + "</div>")
-    head = "".join(f"<th>{escape(c)}</th>" for c in COLUMNS)
+    head = "".join(f"<th>{escape(c)}</th>" for c in [*COLUMNS, *([HISTORY_COLUMN] if report.series else [])])
     for i, g in enumerate(report.groups):
         parts.append(f'<section class="group"><h2>{escape(g.title)}</h2>')
         parts.append(f'<table class="results"><thead><tr>{head}</tr></thead><tbody>')
-        parts.extend(_row_html(r) for r in g.rows)
+        parts.extend(_row_html(r, report.series is not None) for r in g.rows)
         parts.append("</tbody></table>")
         if i < MAX_PLOTTED_GROUPS:
             bars = plots.time_bars_png(g)

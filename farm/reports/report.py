@@ -8,7 +8,12 @@ but no ceiling checks it), `above-peak` (an `ok` row whose MFU is above 100%: a 
 processes used the host during the phase), `throttled` (NVML reported a power cap, thermal or
 hardware slowdown during the phase: `farm.results.telemetry`), `failed` / `oom` / `timeout` / `cancelled` with the
 error, and `versions` when a result and its baseline (or the report's results) come from different
-farm or torch versions. This module never imports torch.
+farm or torch versions.
+
+A selection of more than `SERIES_THRESHOLD` results (and no run named) makes a series report:
+one row per series (spec hash x machine x device x phase), its latest result's, with the series'
+history over the selection (`Row.history`, `farm.reports.series`); `every_result` forces one row
+per result. This module never imports torch.
 """
 
 from __future__ import annotations
@@ -17,12 +22,14 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 from farm.errors import NotFoundError
 from farm.reports.compare import DEFAULT_BASELINE, Baseline, BaselineMatcher, Ratio, ratio_cis
+from farm.reports.series import SERIES_THRESHOLD, SeriesHistory, SeriesSummary, history_of
 from farm.results.records import PhaseRecord, Record, paused_gc
 from farm.results.result import MEASURED_STATUSES, JobResult
-from farm.results.store import ResultStore
+from farm.results.store import ResultStore, series_id
 from farm.results.telemetry import throttle_text
 from farm.spec import ALIASES, PHASES
 
@@ -109,6 +116,7 @@ class Row:
     flags: list[Flag] = field(default_factory=list)
     # The sides of the speedup that are unverified ("result", "baseline" or "both"), else None.
     speedup_unverified: str | None = None
+    history: SeriesHistory | None = None  # a series report's row: its series over the selection
 
     @property
     def phase_name(self) -> str:
@@ -142,6 +150,8 @@ class Report:
     # The whole stored history of the report's (machine, device, spec) series, when asked for
     # (`select(..., history=True)`); the HTML format draws it. None: not loaded.
     history: list[JobResult] | None = None
+    # A series report (one row per series): how many results and series it stands for; None: every result.
+    series: SeriesSummary | None = None
 
     @property
     def rows(self) -> list[Row]:
@@ -389,17 +399,75 @@ def _build(
 
 
 def select(
-    store: ResultStore, selection: Selection, baseline: Baseline = DEFAULT_BASELINE, *, history: bool = False
+    store: ResultStore,
+    selection: Selection,
+    baseline: Baseline = DEFAULT_BASELINE,
+    *,
+    history: bool = False,
+    every_result: bool = False,
+    threshold: int | None = None,
 ) -> Report:
     """Query the store, fetch the baselines the selection left out, and build the report.
 
-    With `history`, also load every stored result of the report's (machine, device, spec) series
-    into `Report.history` (the HTML format draws a phase's time per night from it).
-    """
+    A selection of more than `threshold` results (default `SERIES_THRESHOLD`; no run named,
+    `every_result` not set) gives the series report (`series_report`). With `history`, also load
+    every stored result of the report's (machine, device, spec) series into `Report.history` (the
+    HTML format draws a phase's time per night from it); a series report carries its history per
+    row instead."""
     with paused_gc():
+        if not every_result and not selection.runs:
+            total = store.count_ids(**_selectors(selection))
+            if total > (SERIES_THRESHOLD if threshold is None else threshold):
+                return series_report(store, selection, baseline, total)
         report = _select(store, selection, baseline)
     if history:
         report.history = history_results(store, report.records)
+    return report
+
+
+def _selectors(selection: Selection) -> dict[str, Any]:
+    return {
+        "machines": selection.machines,
+        "devices": selection.devices,
+        "models": [ALIASES.get(m, m) for m in selection.models],
+        "spec_hashes": selection.spec_hashes,
+        "since": selection.since,
+        "until": selection.until,
+    }
+
+
+def series_report(store: ResultStore, selection: Selection, baseline: Baseline, total: int | None = None) -> Report:
+    """One row per series: the report over each (spec, machine, device)'s latest result in the
+    selection, each row with its series' history (`ResultStore.series_points`). Runs are not a
+    series selector: a selection naming runs is reported result by result (`select`)."""
+    series = store.series_points(**_selectors(selection))
+    if not series:
+        raise NotFoundError(f"no stored results match {selection.describe()}")
+    latest: dict[tuple[str, str | None, str], tuple[float, str]] = {}
+    for s in series:
+        key = (s.spec_hash, s.machine, s.device)
+        if key not in latest or latest[key][0] <= s.latest_at:
+            latest[key] = (s.latest_at, s.latest_job)
+    records = store.load_records(sorted({job for _, job in latest.values()}))
+    if not records:
+        raise NotFoundError(f"no readable stored results match {selection.describe()}")
+    # Baselines: the results of the same runs (and of `run=`), and for `machine=` that machine's
+    # latest of each spec. Read by run (small indexes), never by spec: a spec's index holds a year.
+    runs = {r.run_id for r in records} | ({baseline.run} if baseline.run else set())
+    extra = store.query_ids(runs=sorted(runs))
+    if baseline.machine:
+        hashes = sorted({r.spec_hash for r in records})
+        extra += [s.latest_job for s in store.series_points(machines=[baseline.machine], spec_hashes=hashes)]
+    have = {r.job_id for r in records}
+    extra = list(dict.fromkeys(extra))
+    report = build_report(records, baseline, store.load_records([j for j in extra if j not in have]), selection)
+    histories = {s.sid: history_of(s) for s in series}
+    for row in report.rows:
+        rec = row.record
+        row.history = histories.get(series_id(rec.spec_hash, rec.machine_tag, rec.device, row.phase_name))
+    counted = total if total is not None else int(sum(h.n for h in histories.values()))
+    report.series = SeriesSummary(results=counted, series=len(series))
+    report.title = f"farm report: {selection.describe()} · one row per series"
     return report
 
 

@@ -22,7 +22,14 @@ test checks every key the farm writes against it:
 | `farm:schedule:<name>:fires` | list | the newest `FIRES_KEPT` firings (JSON), newest first |
 | `farm:schedule:<name>:judged` | set | run ids whose regressions were sent to the webhook |
 | `farm:redbeat:*` | (redbeat) | celery-redbeat's entries and lock, under `redbeat_prefix(prefix)` |
-| `farm:meta` | hash | `spec_hash_version`: the `SPEC_HASH_VERSION` the spec indexes follow |
+| `farm:series:<id>` | string | a series' points (id `<spec>|<machine>|<device>|<phase>`, `:` and `%` |
+|  |  | percent-encoded: `series_key`): `POINT_BYTES` each |
+|  |  | (little-endian float64 finished_at epoch, median_s, mfu, tokens_per_s, status code; NaN: none), |
+|  |  | appended with the result, in the order written (`series_points`) |
+| `farm:series-meta` | hash | series id -> JSON [latest finish epoch, its job id, model, spec hash, machine, |
+|  |  | device, phase] |
+| `farm:meta` | hash | `spec_hash_version`: the `SPEC_HASH_VERSION` the spec indexes follow; `series_version`: |
+|  |  | `SERIES_VERSION` once the series were built from every stored result (`backfill_series`) |
 
 Celery's broker keys (queues, `unacked`, bindings) are kombu's, not the farm's.
 
@@ -39,7 +46,10 @@ fixed dictionary (`pack_result`: about 600 bytes instead of 4,000 of JSON); one 
 with the format's byte is the plain JSON older versions stored, read as it is (`unpack_result`).
 Result keys are read and written through a second, non-decoding client on the same URL (`rb`).
 Spec hashes of an older `SPEC_HASH_VERSION` are re-derived once, on the first read after an
-upgrade (`migrate_spec_hashes`). Reports read through
+upgrade (`migrate_spec_hashes`). Every write also appends one fixed-size point per phase to its
+series (spec hash x machine x device x phase) in the same script or transaction; a delete or a
+replacement rebuilds the series it touched from their results (`rebuild_series`), and results
+stored before series existed are filed into them once, on first use (`backfill_series`). Reports read through
 `query_ids` + `load_records`, which read indexes and fetch with MGET or one script call per
 1,000, never scanning keys. Every Redis failure becomes a `BrokerError` here
 (`BrokerUnavailable` when Redis cannot be reached), so callers never see redis-py's exceptions.
@@ -51,6 +61,8 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import math
+import struct
 import time
 import zlib
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
@@ -58,6 +70,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, ParamSpec, TypeVar
 
+import numpy as np
 import pydantic
 import pydantic_core
 import redis
@@ -100,13 +113,45 @@ KEY_TABLE = (
     "schedule:*:fires",
     "schedule:*:judged",
     "redbeat:**",
+    "series:**",
+    "series-meta",
     "meta",
 )
 
-# KEYS[1] result key, KEYS[2] summary key, KEYS[3..] index keys; ARGV[1] the stored result,
-# ARGV[2] score, ARGV[3] job id, ARGV[4] "1" to overwrite, ARGV[5] its summary ("": none). Returns 1
-# when written, 0 when a result already existed.
-_PUT_RESULT = """
+# A series point: five little-endian float64s (NaN where a phase has no such figure).
+POINT = np.dtype([("at", "<f8"), ("median_s", "<f8"), ("mfu", "<f8"), ("tokens_per_s", "<f8"), ("status", "<f8")])
+POINT_BYTES = POINT.itemsize  # 40
+_PACK_POINT = struct.Struct("<5d").pack  # the same layout, for writing one point
+STATUS_CODES = ("ok", "unverified", "invalid", "failed", "oom", "timeout", "cancelled")  # code = index; other: 7
+SERIES_VERSION = 1  # `farm:meta` series_version once every stored result is filed into its series
+
+# Lua appended to a write script: ARGV[base] the number n of series, then n points, n series ids and
+# n meta JSONs (each starting `[<epoch>,`); KEYS[kbase] the meta hash, KEYS[kbase+1..kbase+n] the
+# series keys. A meta entry is replaced when its latest finish time is not later than this one.
+_ADD_POINTS = """
+local function add_points(kbase, base)
+  local n = tonumber(ARGV[base])
+  for j = 1, n do
+    redis.call('APPEND', KEYS[kbase + j], ARGV[base + j])
+    local sid, meta = ARGV[base + n + j], ARGV[base + 2 * n + j]
+    local cur = redis.call('HGET', KEYS[kbase], sid)
+    local at = tonumber(string.match(meta, '^%[([^,]+),'))
+    if (not cur) or (tonumber(string.match(cur, '^%[([^,]+),')) or -math.huge) <= at then
+      redis.call('HSET', KEYS[kbase], sid, meta)
+    end
+  end
+end
+"""
+_APPEND_POINTS = _ADD_POINTS + "add_points(1, 1)\nreturn 1\n"
+
+# KEYS[1] result key, KEYS[2] summary key, KEYS[3] `meta`, KEYS[4] the series meta hash, KEYS[5..4+n]
+# the series keys, then the index keys (`idx:all` first); ARGV[1] the stored result, ARGV[2] score,
+# ARGV[3] job id, ARGV[4] "1" to overwrite, ARGV[5] its summary ("": none), ARGV[6..6+3n] the points
+# (`_ADD_POINTS`), then SERIES_VERSION and SPEC_HASH_VERSION (recorded by the first write into an
+# empty farm). Returns 1 when written, 0 when a result already existed.
+_PUT_RESULT = (
+    _ADD_POINTS
+    + """
 local written
 if ARGV[4] == '1' then
   redis.call('SET', KEYS[1], ARGV[1])
@@ -116,10 +161,19 @@ else
 end
 if written == 1 then
   if ARGV[5] ~= '' then redis.call('SET', KEYS[2], ARGV[5]) else redis.call('DEL', KEYS[2]) end
-  for i = 3, #KEYS do redis.call('ZADD', KEYS[i], ARGV[2], ARGV[3]) end
+  local n = tonumber(ARGV[6])
+  -- The first result of an empty farm: nothing older needs filing into series (`backfill_series`)
+  -- or re-hashing (`migrate_spec_hashes`).
+  if redis.call('ZCARD', KEYS[5 + n]) == 0 then
+    redis.call('HSETNX', KEYS[3], 'series_version', ARGV[7 + 3 * n])
+    redis.call('HSETNX', KEYS[3], 'spec_hash_version', ARGV[8 + 3 * n])
+  end
+  for i = 5 + n, #KEYS do redis.call('ZADD', KEYS[i], ARGV[2], ARGV[3]) end
+  add_points(4, 6)
 end
 return written
 """
+)
 
 # KEYS[1..n] summary keys, KEYS[n+1..2n] result keys: each summary, or false when absent or stale
 # (a summary starts with the byte length of the stored result it was derived from).
@@ -318,13 +372,63 @@ def _flat(mapping: Mapping[str, Any]) -> dict[str, str | int | float]:
     return {k: json.dumps(v) if isinstance(v, list | dict) else ("" if v is None else v) for k, v in mapping.items()}
 
 
-def _summary_of(doc: str | bytes, stored_bytes: int) -> str:
-    """The summary of a result's JSON stored in `stored_bytes` bytes; "" when it cannot be derived
-    (only a cache: the reader re-derives it, or skips the result with a warning)."""
+def _derive(doc: str | bytes, stored_bytes: int) -> tuple[str, Record | None]:
+    """The summary of a result's JSON stored in `stored_bytes` bytes and its record; ("", None) when
+    they cannot be derived (the summary is only a cache: the reader re-derives it, or skips the result)."""
     try:
-        return summary_json(record_from_dict(pydantic_core.from_json(doc)), stored_bytes)
+        rec = record_from_dict(pydantic_core.from_json(doc))
+        return summary_json(rec, stored_bytes), rec
     except (ValueError, KeyError, TypeError, AttributeError):
-        return ""
+        return "", None
+
+
+def _status_code(status: str) -> float:
+    return float(STATUS_CODES.index(status)) if status in STATUS_CODES else float(len(STATUS_CODES))
+
+
+def _num(v: float | None) -> float:
+    return float(v) if isinstance(v, int | float) else float("nan")
+
+
+def series_id(spec_hash: str, machine: str | None, device: str, phase: str) -> str:
+    """A series' id: `<spec_hash>|<machine>|<device>|<phase>` (machine "" when the result names none)."""
+    return f"{spec_hash}|{machine or ''}|{device}|{phase}"
+
+
+def record_at(rec: Record) -> float:
+    """A record's finish time (its index score) as epoch seconds; NaN when it does not parse."""
+    try:
+        return datetime.fromisoformat(rec.finished_at).timestamp()
+    except (ValueError, TypeError):
+        return float("nan")
+
+
+def series_points_of(rec: Record, at: float) -> list[tuple[str, bytes, str]]:
+    """(series id, packed point, meta JSON) for each phase of a record (none for a record without phases)."""
+    if not math.isfinite(at):
+        return []  # no finish time to file it under
+    out = []
+    tail = json.dumps([rec.job_id, rec.model_name, rec.spec_hash, rec.machine_tag or "", rec.device])[1:-1]
+    head = f"[{float(at)!r},{tail},"
+    for name, ph in rec.phases.items():
+        point = _PACK_POINT(at, _num(ph.median_s), _num(ph.mfu), _num(ph.tokens_per_s), _status_code(ph.status))
+        out.append((series_id(rec.spec_hash, rec.machine_tag, rec.device, name), point, head + json.dumps(name) + "]"))
+    return out
+
+
+@dataclass
+class Series:
+    """One series' points in a selection (`ResultStore.series_points`), oldest first."""
+
+    sid: str
+    spec_hash: str
+    machine: str | None
+    device: str
+    phase: str
+    model: str
+    points: np.ndarray  # of POINT
+    latest_job: str  # the job id of the latest point in the selection
+    latest_at: float
 
 
 class ResultStore:
@@ -340,6 +444,8 @@ class ResultStore:
         self._fetch = self.r.register_script(_FETCH_SUMMARIES)
         self._fetch_joined = self.r.register_script(_FETCH_JOINED)
         self._rehash = self.rb.register_script(_REHASH_RESULT)
+        self._append_points = self.rb.register_script(_APPEND_POINTS)
+        self._series_current = False  # every stored result is known to be filed into its series
         self._hashes_current = False  # the spec indexes are known to follow SPEC_HASH_VERSION
         self.skipped: dict[str, str] = {}  # key -> why, for every record a read skipped
 
@@ -365,6 +471,10 @@ class ResultStore:
     # -- keys --------------------------------------------------------------------------------
     def key(self, *parts: str) -> str:
         return ":".join((self.p, *parts))
+
+    def series_key(self, sid: str) -> str:
+        """A series' key: `series:<id>`, `%` and `:` in the id percent-encoded (the key has one more segment)."""
+        return self.key("series", sid.replace("%", "%25").replace(":", "%3A"))
 
     @property
     def redbeat_prefix(self) -> str:
@@ -394,11 +504,22 @@ class ResultStore:
     def put_result(self, res: JobResult, *, overwrite: bool = False) -> bool:
         """Store a result and index it; returns False (and changes nothing) if one exists."""
         when = (res.finished_at or res.started_at).timestamp()
-        keys = [self.key("result", res.job_id), self.key("summary", res.job_id), *self._index_keys(res)]
         doc = res.model_dump_json()
         stored = pack_result(doc)
-        summary = _summary_of(doc, len(stored))
-        return bool(self._put(keys=keys, args=[stored, when, res.job_id, "1" if overwrite else "0", summary]))
+        summary, rec = _derive(doc, len(stored))
+        points = series_points_of(rec, when) if rec is not None else []
+        old = self.rb.get(self.key("result", res.job_id)) if overwrite else None
+        keys = [self.key("result", res.job_id), self.key("summary", res.job_id), self.key("meta")]
+        keys += [self.key("series-meta"), *(self.series_key(sid) for sid, _, _ in points)]
+        keys += self._index_keys(res)
+        args: list[Any] = [stored, when, res.job_id, "1" if overwrite else "0", summary, len(points)]
+        for part in (1, 0, 2):  # the points, their series ids, their meta (`_ADD_POINTS`)
+            args += [pt[part] for pt in points]
+        args += [SERIES_VERSION, SPEC_HASH_VERSION]
+        written = bool(self._put(keys=keys, args=args))
+        if written and old is not None:  # the replaced result's points are still in its series
+            self.rebuild_series(self._series_of_raw(old) | {sid for sid, _, _ in points})
+        return written
 
     @_redis
     def get_result(self, job_id: str) -> JobResult:
@@ -573,16 +694,214 @@ class ResultStore:
 
     @_redis
     def result_memory(self) -> dict[str, int]:
-        """Bytes Redis holds for results, by kind (`result`, `summary`, `idx`): MEMORY USAGE (every
-        sample) over every such key, found with SCAN. For measuring (benchmarks/store_scale.py), not
-        for a hot path."""
+        """Bytes Redis holds for results, by kind (`result`, `summary`, `idx`, `series` with its meta
+        hash): MEMORY USAGE (every sample) over every such key, found with SCAN. For measuring
+        (benchmarks/store_scale.py), not for a hot path."""
         out: dict[str, int] = {}
-        for kind in ("result", "summary", "idx"):
+        for kind in ("result", "summary", "idx", "series"):
             keys = list(self.r.scan_iter(match=self.key(kind, "*"), count=1000))
+            if kind == "series" and self.r.exists(self.key("series-meta")):
+                keys.append(self.key("series-meta"))
             pipe = self.r.pipeline(transaction=False)
             for k in keys:
                 pipe.memory_usage(k, samples=0)
             out[kind] = sum(int(x or 0) for x in pipe.execute()) if keys else 0
+        return out
+
+    @_redis
+    def count_ids(self, **selectors: Any) -> int:
+        """How many job ids `query_ids(**selectors)` returns; one ZCOUNT when one index answers it."""
+        self._ensure_current_hashes()
+        groups = ("runs", "machines", "devices", "spec_hashes", "models")
+        used = {k: list(dict.fromkeys(selectors.get(k) or ())) for k in groups}
+        used = {k: v for k, v in used.items() if v}
+        if not used or (len(used) == 1 and len(next(iter(used.values()))) == 1):
+            since, until = selectors.get("since"), selectors.get("until")
+            kind = {"runs": "run", "machines": "machine", "devices": "device", "spec_hashes": "spec", "models": "model"}
+            key = self.key("idx", "all")
+            if used:
+                ((name, values),) = used.items()
+                key = self.key("idx", kind[name], values[0])
+            lo = since.timestamp() if since else "-inf"
+            return int(self.r.zcount(key, lo, until.timestamp() if until else "+inf"))
+        return len(self.query_ids(**selectors))
+
+    # -- series --------------------------------------------------------------------------------
+    def _series_of_raw(self, raw: bytes | None) -> set[str]:
+        """The series ids a stored result has points in, read leniently (none when it cannot be read)."""
+        if raw is None:
+            return set()
+        try:
+            rec = record_from_dict(pydantic_core.from_json(unpack_result(raw)))
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return set()
+        return {series_id(rec.spec_hash, rec.machine_tag, rec.device, ph) for ph in rec.phases}
+
+    @staticmethod
+    def _split_sid(sid: str) -> tuple[str, str, str, str]:
+        """(spec hash, machine, device, phase) of a series id (the machine may hold `|`; the others cannot)."""
+        spec_hash, rest = sid.split("|", 1)
+        machine, device, phase = rest.rsplit("|", 2)
+        return spec_hash, machine, device, phase
+
+    def _series_records(self, spec_hash: str, machine: str, device: str) -> list[Record]:
+        """The stored records of one (spec, machine, device), oldest first."""
+        sel: dict[str, Any] = {"spec_hashes": [spec_hash], "devices": [device]}
+        if machine:
+            sel["machines"] = [machine]
+        return [r for r in self.load_records(self.query_ids(**sel)) if (r.machine_tag or "") == machine]
+
+    @_redis
+    def rebuild_series(self, sids: Iterable[str], attempts: int = 5) -> None:
+        """Rewrite series from the results stored now (after a delete or a replacement): each in one
+        transaction that a concurrent write to it restarts."""
+        mkey = self.key("series-meta")
+        for sid in sorted(set(sids)):
+            spec_hash, machine, device, _ = self._split_sid(sid)
+            skey = self.series_key(sid)
+            for attempt in range(attempts):
+                with self.rb.pipeline(transaction=True) as pipe:
+                    pipe.watch(skey)
+                    points = [
+                        pt
+                        for rec in self._series_records(spec_hash, machine, device)
+                        for pt in series_points_of(rec, record_at(rec))
+                        if pt[0] == sid
+                    ]
+                    pipe.multi()
+                    if points:
+                        pipe.set(skey, b"".join(pt[1] for pt in points))
+                        pipe.hset(mkey, sid, points[-1][2])
+                    else:
+                        pipe.delete(skey)
+                        pipe.hdel(mkey, sid)
+                    try:
+                        pipe.execute()
+                        break
+                    except redis.WatchError:
+                        if attempt == attempts - 1:
+                            raise BrokerError(f"{skey} kept changing while it was rebuilt; run it again") from None
+
+    def _ensure_series(self) -> None:
+        """File every stored result into its series once, if no write has (one HGET per store)."""
+        if self._series_current:
+            return
+        stored = self.r.hget(self.key("meta"), "series_version")
+        if stored is None or int(stored) < SERIES_VERSION:
+            try:
+                self.backfill_series()
+            except BrokerError as e:
+                if "READONLY" not in str(e):
+                    raise
+        self._series_current = True
+
+    @_redis
+    def backfill_series(self, chunk: int = 5000) -> int:
+        """Build every series from the results stored now (their summaries); returns how many series.
+
+        For results stored before series existed: runs by itself on the first `series_points` after
+        the upgrade, then records SERIES_VERSION. Idempotent: each series is rewritten whole, and
+        series no stored result has any more are removed.
+        """
+        ids = list(self.r.zrange(self.key("idx", "all"), 0, -1))
+        blobs: dict[str, list[bytes]] = {}
+        metas: dict[str, str] = {}
+        for i in range(0, len(ids), chunk):
+            for rec in self.load_records(ids[i : i + chunk]):
+                for sid, point, meta in series_points_of(rec, record_at(rec)):
+                    blobs.setdefault(sid, []).append(point)
+                    metas[sid] = meta  # ids come oldest first: the last is the latest
+        mkey = self.key("series-meta")
+        stale = [sid for sid in self.r.hkeys(mkey) if sid not in blobs]
+        pipe = self.rb.pipeline(transaction=False)
+        for sid, parts in blobs.items():
+            pipe.set(self.series_key(sid), b"".join(parts))
+        if metas:
+            pipe.hset(mkey, mapping=metas)
+        for sid in stale:
+            pipe.delete(self.series_key(sid))
+            pipe.hdel(mkey, sid)
+        pipe.hset(self.key("meta"), "series_version", SERIES_VERSION)
+        pipe.execute()
+        return len(blobs)
+
+    def _job_at(self, spec_hash: str, machine: str, device: str, phase: str, at: float) -> str | None:
+        """The job of a series whose result finished at `at` (the latest of a narrowed window)."""
+        ids = list(self.r.zrangebyscore(self.key("idx", "spec", spec_hash), at, at))
+        found = [
+            r.job_id
+            for r in self.load_records(ids)
+            if (r.machine_tag or "") == machine and r.device == device and phase in r.phases
+        ]
+        return found[-1] if found else None
+
+    @_redis
+    def series_points(
+        self,
+        *,
+        machines: Iterable[str] = (),
+        devices: Iterable[str] = (),
+        models: Iterable[str] = (),
+        spec_hashes: Iterable[str] = (),
+        phases: Iterable[str] = (),
+        statuses: Iterable[str] = (),
+        since: datetime | None = None,
+        until: datetime | None = None,
+        chunk: int = 1000,
+    ) -> list[Series]:
+        """Every series with a point in the selection, its points in it (oldest first) and its latest job.
+
+        One HGETALL of the series meta, one MGET per `chunk` series, numpy decoding. A series blob
+        that is not a whole number of points, or holds a timestamp that is not finite, is skipped
+        with a warning naming its key; so is a meta entry that does not read."""
+        self._ensure_current_hashes()
+        self._ensure_series()
+        want = [set(x) for x in (machines, devices, models, spec_hashes, phases)]
+        codes = [_status_code(s) for s in statuses]
+        lo = since.timestamp() if since else -np.inf
+        hi = until.timestamp() if until else np.inf
+        chosen: list[tuple[str, float, str, str, str, str, str, str]] = []
+        for sid, raw in self.r.hgetall(self.key("series-meta")).items():
+            try:
+                at, job, model, spec_hash, machine, device, phase = pydantic_core.from_json(raw)
+                if not isinstance(at, int | float) or not all(
+                    isinstance(x, str) for x in (job, model, spec_hash, machine, device, phase)
+                ):
+                    raise ValueError("a field is not of its type")
+            except ValueError as e:
+                self._skip(self.key("series-meta") + f" {sid[:120]}", unreadable(e))
+                continue
+            fields_ = (machine, device, model, spec_hash, phase)
+            if all(not w or v in w for w, v in zip(want, fields_, strict=True)):
+                chosen.append((sid, float(at), job, model, spec_hash, machine, device, phase))
+        out: list[Series] = []
+        for i in range(0, len(chosen), chunk):
+            part = chosen[i : i + chunk]
+            keys = [self.series_key(c[0]) for c in part]
+            for key, blob, (sid, at, job, model, spec_hash, machine, device, phase) in zip(
+                keys, self.rb.mget(keys), part, strict=True
+            ):
+                if blob is None:
+                    continue
+                if len(blob) % POINT_BYTES:
+                    self._skip(key, f"is not a whole number of {POINT_BYTES}-byte points ({len(blob)} bytes)")
+                    continue
+                pts = np.frombuffer(blob, dtype=POINT)
+                if not np.isfinite(pts["at"]).all():
+                    self._skip(key, "holds a timestamp that is not finite")
+                    continue
+                mask = (pts["at"] >= lo) & (pts["at"] <= hi)
+                if codes:
+                    mask &= np.isin(pts["status"], codes)
+                pts = pts[mask]
+                if not len(pts):
+                    continue
+                pts = pts[np.argsort(pts["at"], kind="stable")]
+                last = float(pts["at"][-1])
+                latest = job if last == at else self._job_at(spec_hash, machine, device, phase, last)
+                if latest is None:
+                    continue
+                out.append(Series(sid, spec_hash, machine or None, device, phase, model, pts, latest, last))
         return out
 
     # -- removing and mending records ---------------------------------------------------------
@@ -643,6 +962,10 @@ class ResultStore:
             pipe.multi()
             self._unfile(pipe, ids, raws)
             pipe.execute()
+        touched: set[str] = set()
+        for raw in raws:
+            touched |= self._series_of_raw(raw)
+        self.rebuild_series(touched)
         return ids
 
     @_redis
@@ -703,11 +1026,18 @@ class ResultStore:
                 pipe.set(self.key("result", res.job_id), doc)
                 for k in self._index_keys(res):
                     pipe.zadd(k, {res.job_id: when})
-                skey, summary = self.key("summary", res.job_id), _summary_of(unpack_result(doc), len(doc))
+                skey, (summary, rec) = self.key("summary", res.job_id), _derive(unpack_result(doc), len(doc))
                 if summary:
                     pipe.set(skey, summary)
                 else:
                     pipe.delete(skey)
+                points = series_points_of(rec, when) if rec is not None else []
+                if points:
+                    pkeys = [self.key("series-meta"), *(self.series_key(sid) for sid, _, _ in points)]
+                    pargs: list[Any] = [len(points)]
+                    for part in (1, 0, 2):  # the points, their series ids, their meta (`_ADD_POINTS`)
+                        pargs += [pt[part] for pt in points]
+                    self._append_points(keys=pkeys, args=pargs, client=pipe)
             for run_id, jobs in new_runs.items():
                 self._run_commands(pipe, run_id, [], jobs, name, tags, "done")
             try:
@@ -716,6 +1046,15 @@ class ResultStore:
                 raise FarmError(
                     "the farm changed while the import was written: nothing was written; run it again"
                 ) from None
+        if old:  # the replaced results' points are still in their series (and the new ones' too)
+            touched: set[str] = set()
+            for raw in old_raws:
+                touched |= self._series_of_raw(raw)
+            for res in results:
+                if res.job_id in replace:
+                    m = res.machine.machine_tag if res.machine else None
+                    touched |= {series_id(res.spec_hash, m, res.device, ph) for ph in res.phases}
+            self.rebuild_series(touched)
 
     # -- spec hash migration -----------------------------------------------------------------
     def _ensure_current_hashes(self) -> None:
