@@ -23,6 +23,7 @@ row says so instead of timing an emulation.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import platform
 import statistics
@@ -41,7 +42,7 @@ import torch.nn.functional as F
 from model_vs_hf import hf_model, interleaved, ours_from
 
 from farm.engine.hardware import _cpu_info, cpu_peak
-from farm.engine.phases import make_optimizer
+from farm.engine.phases import TrainStep, make_optimizer
 from farm.flops import forward_flops, train_flops
 from farm.spec import ModelShape, parse_spec, resolve_model
 
@@ -172,12 +173,8 @@ def cases(args: argparse.Namespace, dtype_name: str) -> list[dict[str, Any]]:
     opt_ours = make_optimizer(spec, ours, torch.device("cpu"))
     opt_peer = torch.optim.AdamW(hf.parameters(), lr=3e-4, fused=True)
 
-    def step_ours() -> None:  # as farm.engine.phases.run_train
-        opt_ours.zero_grad(set_to_none=True)
-        _, loss = ours(x, y, return_logits=False)
-        assert loss is not None
-        loss.backward()
-        opt_ours.step()
+    x_ours, y_ours = x.clone(), y.clone()  # the farm's own step object (farm.engine.phases.run_train)
+    step_ours = TrainStep(ours, opt_ours, x_ours, y_ours, contextlib.nullcontext())
 
     def step_peer() -> None:  # as a user writes it
         opt_peer.zero_grad(set_to_none=True)

@@ -43,7 +43,7 @@ import torch.distributed as dist
 
 from farm.engine.hardware import cpu_ceiling, cuda_gpu_info
 from farm.engine.memory import PeakMemory
-from farm.engine.phases import JobContext, _construct, _free, autocast, make_optimizer
+from farm.engine.phases import JobContext, TrainStep, _construct, _free, autocast, grad_scaler, make_optimizer
 from farm.engine.timing import Timed, Timer, ci_half_width, synchronizer
 from farm.errors import DeviceUnavailableError, JobTimeout, MemoryPredictionError
 from farm.flops import min_phase_flops, phase_flops, predict_memory
@@ -444,27 +444,12 @@ def train_rank(rc: RankContext) -> dict[str, Any]:
     out["transfer_s"], tokens = timer.time(lambda: tokens_cpu.to(dev))
     x, y = tokens[:, :-1], tokens[:, 1:]
     opt = make_optimizer(spec, model, dev)
-    scaler = torch.amp.GradScaler(dev.type) if (spec.dtype == "float16" and spec.mode_for() == "autocast") else None
-    fn: Callable[..., Any] = net
-    amp = autocast(spec, dev)
-    losses: list[torch.Tensor] = []
-
-    def step() -> None:
-        opt.zero_grad(set_to_none=True)
-        with amp:
-            _, loss = fn(x, y, return_logits=False)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-        else:
-            loss.backward()
-            opt.step()
-        losses.append(loss.detach())
+    step = TrainStep(net, opt, x, y, autocast(spec, dev), grad_scaler(spec, dev))
+    losses = step.losses
 
     with PeakMemory(dev) as mem:
         if spec.compile:
-            fn = torch.compile(net)
+            step.fn = torch.compile(net)
             out["compile_s"], _ = timer.time(step)
         timed = _measure(rc, spec, step, timer)
         if rc.world_size > 1:

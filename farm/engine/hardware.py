@@ -313,6 +313,18 @@ def roofline_shapes(spec: BenchSpec) -> list[tuple[str, int, int, int]]:
     ]
 
 
+def _write_cache(path: Path, cache: dict[str, Any]) -> None:
+    """Replace a measurement cache file atomically (a temporary file, then rename); a read-only home
+    still gets its figure, just not cached."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(cache, indent=1))
+        tmp.replace(path)
+    except OSError:
+        pass
+
+
 def _roofline_file() -> Path:
     return cache_dir() / "roofline.json"
 
@@ -435,13 +447,7 @@ def roofline(spec: BenchSpec, threads: int, refresh: bool = False, on_progress: 
         if isinstance(old, dict) and "flops" in old and new["loaded"] and float(new["flops"]) <= old["flops"]:
             new = old
         cache[key] = new
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(cache, indent=1))
-            tmp.replace(path)
-        except OSError:
-            pass  # a read-only home still gets a roofline, just not cached
+        _write_cache(path, cache)
         old = new
     return Peak(flops=float(old["flops"]), source=_roofline_source(old, spec, threads))
 
@@ -548,13 +554,7 @@ def cpu_bandwidth(threads: int, refresh: bool = False) -> Bandwidth | None:
         if old is not None and entry["loaded"] and entry["bytes_per_s"] <= old["bytes_per_s"]:
             entry = old
         cache[key] = entry
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(cache, indent=1))
-            tmp.replace(path)
-        except OSError:
-            pass  # a read-only home still gets a figure, just not cached
+        _write_cache(path, cache)
     if not entry["bytes_per_s"] > 0:
         return None
     when = datetime.fromtimestamp(entry["measured_at"], UTC).strftime("%Y-%m-%d %H:%M UTC")

@@ -288,6 +288,44 @@ def make_optimizer(spec: BenchSpec, model: GPT, device: torch.device) -> torch.o
     return torch.optim.AdamW(model.parameters(), lr=3e-4, foreach=True)
 
 
+def grad_scaler(spec: BenchSpec, device: torch.device) -> torch.amp.GradScaler | None:
+    """float16 under autocast scales the loss (its gradients would underflow); nothing else does."""
+    return torch.amp.GradScaler(device.type) if (spec.dtype == "float16" and spec.mode_for() == "autocast") else None
+
+
+@dataclass
+class TrainStep:
+    """One training step: zero_grad(set_to_none), the loss under `amp`, backward, the optimizer step.
+
+    The loss comes without the full (B, T, vocab) logits (the same FLOPs, chunk by chunk:
+    farm.engine.loss.lm_head_loss); each step's 0-d loss is kept in `losses` and read after timing
+    (`.item()` inside would add a sync). `fn` is the model, or what wraps it (torch.compile, DDP),
+    and may be replaced before the first call. Used by `run_train` and every DDP rank.
+    """
+
+    fn: Callable[..., tuple[torch.Tensor | None, torch.Tensor | None]]
+    opt: torch.optim.Optimizer
+    x: torch.Tensor
+    y: torch.Tensor
+    amp: contextlib.AbstractContextManager
+    scaler: torch.amp.GradScaler | None = None
+    losses: list[torch.Tensor] = field(default_factory=list)
+
+    def __call__(self) -> None:
+        self.opt.zero_grad(set_to_none=True)
+        with self.amp:
+            _, loss = self.fn(self.x, self.y, return_logits=False)
+        assert loss is not None  # given targets, the model always returns the loss
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.opt)
+            self.scaler.update()
+        else:
+            loss.backward()
+            self.opt.step()
+        self.losses.append(loss.detach())
+
+
 def run_train(ctx: JobContext) -> PhaseResult:
     """Training steps: zero_grad(set_to_none), forward with next-token loss, backward, step."""
     spec, dev = ctx.spec, ctx.device
@@ -298,31 +336,13 @@ def run_train(ctx: JobContext) -> PhaseResult:
     breakdown["transfer_s"], tokens = ctx.timer.time(lambda: tokens.to(dev))
     x, y = tokens[:, :-1], tokens[:, 1:]  # next-token prediction, (B, T) each
     opt = make_optimizer(spec, model, dev)
-    scaler = torch.amp.GradScaler(dev.type) if (spec.dtype == "float16" and spec.mode_for() == "autocast") else None
-    fn: Callable[..., tuple[torch.Tensor, torch.Tensor | None]] = model
-    amp = autocast(spec, dev)
-    losses: list[torch.Tensor] = []  # 0-d, read after timing
-
-    def step() -> None:
-        opt.zero_grad(set_to_none=True)
-        with amp:
-            # The loss without the full (B, T, vocab) logits: the same FLOPs, chunk by chunk
-            # (farm.engine.loss.lm_head_loss); the logits are not needed by a training step.
-            _, loss = fn(x, y, return_logits=False)
-        assert loss is not None  # given targets, the model always returns the loss
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-        else:
-            loss.backward()
-            opt.step()
-        losses.append(loss.detach())  # read after timing: .item() here would add a sync
+    step = TrainStep(model, opt, x, y, autocast(spec, dev), grad_scaler(spec, dev))
+    losses = step.losses
 
     try:
         with PeakMemory(dev) as mem:
             if spec.compile:
-                fn = torch.compile(model)
+                step.fn = torch.compile(model)
                 ctx.say("train: compiling (torch.compile's first call, forward and backward)")
                 breakdown["compile_s"], _ = ctx.timer.time(step)
             timed = ctx.measure("train", step)
