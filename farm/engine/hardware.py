@@ -313,6 +313,16 @@ def roofline_shapes(spec: BenchSpec) -> list[tuple[str, int, int, int]]:
     ]
 
 
+def _read_cache(path: Path) -> dict[str, Any]:
+    """A measurement cache file's entries; empty when it is missing, unreadable or not a mapping
+    (the entries themselves are checked where they are used)."""
+    try:
+        cache = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return cache if isinstance(cache, dict) else {}
+
+
 def _write_cache(path: Path, cache: dict[str, Any]) -> None:
     """Replace a measurement cache file atomically (a temporary file, then rename); a read-only home
     still gets its figure, just not cached."""
@@ -430,12 +440,7 @@ def roofline(spec: BenchSpec, threads: int, refresh: bool = False, on_progress: 
     replaces the old unless it was itself taken under load and is lower."""
     key = _roofline_key(spec, threads)
     path = _roofline_file()
-    try:
-        cache = json.loads(path.read_text())
-        if not isinstance(cache, dict):
-            cache = {}
-    except (OSError, ValueError):
-        cache = {}
+    cache = _read_cache(path)
     old = cache.get(key)
     stale = (
         isinstance(old, dict)
@@ -537,12 +542,7 @@ def cpu_bandwidth(threads: int, refresh: bool = False) -> Bandwidth | None:
 
     key = f"{socket.gethostname()}|{_cpu_info()[0]}|{torch.__version__}|{threads}"
     path = _bandwidth_file()
-    try:
-        cache = json.loads(path.read_text())
-        if not isinstance(cache, dict):
-            cache = {}
-    except (OSError, ValueError):
-        cache = {}
+    cache = _read_cache(path)
     found = cache.get(key)
     old: dict[str, Any] | None = None
     if isinstance(found, dict) and isinstance(found.get("bytes_per_s"), int | float) and found["bytes_per_s"] > 0:
