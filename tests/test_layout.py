@@ -69,9 +69,16 @@ VOCABULARY = {
 }  # fmt: skip
 
 
+# Modules of a layer split into a package of parts (one module per concern); the parts count as the module.
+SPLIT_MODULES = {"farm.results.store"}
+STORE = "farm.results.store"
+
+
 def test_every_module_sits_in_a_layer_folder_or_is_vocabulary() -> None:
     for m in MODULES:
         parts = m.split(".")
+        if ".".join(parts[:3]) in SPLIT_MODULES:
+            parts = parts[:3]  # a part of a split module sits where the module does
         assert len(parts) <= 3, f"{m}: one folder per layer, no deeper"
         assert m in VOCABULARY or m in ENTRY_POINTS or parts[1] in LAYERS, (
             f"{m}: neither a layer folder nor the shared vocabulary"
@@ -132,14 +139,14 @@ def test_imports_inside_functions_are_heavy_optional_ones_with_a_reason() -> Non
 
 
 KEY_WORDS = r"(result|summary|idx|runs?|job|workers?|schedules?|redbeat)"
+KEY_LITERAL = re.compile(rf"(^|[}}\w]):{KEY_WORDS}(:|$)|^{KEY_WORDS}:|^farm:\S")
 
 
 def test_only_the_store_names_redis_keys() -> None:
-    """No module but farm/results/store.py builds a key, reaches the raw client, or spells a key."""
-    key_literal = re.compile(rf"(^|[}}\w]):{KEY_WORDS}(:|$)|^{KEY_WORDS}:|^farm:\S")
+    """No module but the store package (farm/results/store/) builds a key, reaches the raw client, or spells a key."""
     bad = []
     for m, p in MODULES.items():
-        if m == "farm.results.store":
+        if m == STORE or m.startswith(STORE + "."):
             continue
         tree = ast.parse(p.read_text())
         docstrings = {
@@ -153,13 +160,35 @@ def test_only_the_store_names_redis_keys() -> None:
                 bad.append(f"{p.relative_to(ROOT.parent)}:{node.lineno}: .{node.attr}")
             if id(node) in docstrings:
                 continue  # prose, not a key
-            if isinstance(node, ast.Constant) and isinstance(node.value, str) and key_literal.search(node.value):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and KEY_LITERAL.search(node.value):
+                bad.append(f"{p.relative_to(ROOT.parent)}:{node.lineno}: {node.value!r}")
+    assert not bad, "\n".join(bad)
+
+
+def test_within_the_store_only_its_keys_module_builds_a_key() -> None:
+    """The store's other modules name their keys through `KeyNames` (farm/results/store/keys.py):
+    none calls `.key(...)` or spells a key outside its docstrings."""
+    bad = []
+    for m, p in MODULES.items():
+        if not (m == STORE or m.startswith(STORE + ".")) or m == STORE + ".keys":
+            continue
+        tree = ast.parse(p.read_text())
+        docstrings = {
+            id(n.body[0].value)
+            for n in ast.walk(tree)
+            if isinstance(n, ast.Module | ast.ClassDef | ast.FunctionDef) and n.body and isinstance(n.body[0], ast.Expr)
+        }
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "key":
+                bad.append(f"{p.relative_to(ROOT.parent)}:{node.lineno}: .key(...)")
+            literal = isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings
+            if literal and KEY_LITERAL.search(node.value):
                 bad.append(f"{p.relative_to(ROOT.parent)}:{node.lineno}: {node.value!r}")
     assert not bad, "\n".join(bad)
 
 
 def test_the_key_table_in_the_store_docstring_lists_every_pattern() -> None:
-    from farm.results import store
+    from farm.results.store import keys as store
 
     doc = store.__doc__ or ""
     for pattern in store.KEY_TABLE:
