@@ -10,22 +10,26 @@
 
 Spec fields are the spec file's (`farm.spec.BenchSpec`; `farm schema spec` prints its JSON Schema).
 Errors are the library's typed errors (`farm.errors`): `SpecError` for bad input (with `.field`),
-`BrokerError` when Redis cannot be reached, `NotFoundError` for an unknown run. Nothing here prints.
+`BrokerError` when Redis cannot be reached, `NotFoundError` for an unknown run. Nothing here prints:
+a selection that matches no stored result in stored runs returns [] with an `EmptySelectionWarning`.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from farm.cluster import controller
 from farm.cluster.controller import Submission
+from farm.errors import EmptySelectionWarning, NotFoundError, SpecError
 from farm.nightly.sweep import Sweep, load_sweep, parse_sweep
 from farm.reports.cells import row_dict
 from farm.reports.compare import DEFAULT_BASELINE, parse_baseline
 from farm.reports.report import Report, Selection, build_report, select
 from farm.results.records import records_from_results
 from farm.results.result import JobResult
+from farm.results.store import ResultStore
 from farm.spec import BenchSpec, parse_spec
 
 if TYPE_CHECKING:
@@ -33,6 +37,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BenchSpec",
+    "EmptySelectionWarning",
     "JobResult",
     "Report",
     "Submission",
@@ -93,41 +98,76 @@ def wait(run_id: str, *, timeout: float | None = None) -> list[JobResult]:
     return controller.wait(run_id, timeout=timeout)
 
 
-def _selection(
-    runs: Sequence[str], machines: Sequence[str], devices: Sequence[str], models: Sequence[str]
-) -> Selection:
-    store = controller.store_for()
+Names = str | Sequence[str]  # one name, or several: a single string is one item, never its characters
+
+
+def _names(field: str, value: Names) -> tuple[str, ...]:
+    """A selector as a tuple of names: `"RUN_ID"` is `("RUN_ID",)`; SpecError for a non-string item."""
+    items = (value,) if isinstance(value, str) else tuple(value)
+    for item in items:
+        if not isinstance(item, str):
+            raise SpecError(field, f"{type(item).__name__} in the list: give names as strings")
+    return items
+
+
+def _selection(store: ResultStore, runs: Names, machines: Names, devices: Names, models: Names) -> Selection:
     return Selection(
-        runs=tuple(store.resolve_run(r) for r in runs),
-        machines=tuple(machines),
-        devices=tuple(devices),
-        models=tuple(models),
+        runs=tuple(store.resolve_run(r) for r in _names("runs", runs)),
+        machines=_names("machines", machines),
+        devices=_names("devices", devices),
+        models=_names("models", models),
     )
 
 
+def _warn_if_empty(store: ResultStore, sel: Selection, found: int) -> None:
+    """NotFoundError for a run that is not stored (the CLI's exit 4); EmptySelectionWarning when
+    selectors matched nothing in runs that are."""
+    if found:
+        return
+    missing = [r for r in sel.runs if not store.run_exists(r)]
+    if missing:
+        raise NotFoundError(f"no run {', '.join(map(repr, missing))} is stored (`farm runs` lists them)")
+    asked = ", ".join(
+        f"{name}={list(values)!r}"
+        for name, values in (("runs", sel.runs), ("machines", sel.machines), ("devices", sel.devices),
+                             ("models", sel.models))
+        if values
+    )  # fmt: skip
+    warnings.warn(f"no stored result matches the selection: {asked}", EmptySelectionWarning, stacklevel=3)
+
+
 def results(
-    runs: Sequence[str] = ("latest",),
+    runs: Names = ("latest",),
     *,
-    machines: Sequence[str] = (),
-    devices: Sequence[str] = (),
-    models: Sequence[str] = (),
+    machines: Names = (),
+    devices: Names = (),
+    models: Names = (),
 ) -> list[JobResult]:
-    """Stored results by run ("latest" is the newest run) and selectors, oldest first."""
+    """Stored results by run ("latest" is the newest run) and selectors, oldest first.
+
+    Each selector takes one name or a sequence of them (`results("RUN_ID")` is that run). A run that
+    is not stored raises NotFoundError; selectors that match nothing in stored runs return [] with an
+    `EmptySelectionWarning` naming them.
+    """
     store = controller.store_for()
-    return store.get_results(_selection(runs, machines, devices, models).query_ids(store))
+    sel = _selection(store, runs, machines, devices, models)
+    found = store.get_results(sel.query_ids(store))
+    _warn_if_empty(store, sel, len(found))
+    return found
 
 
 def report(
-    runs: Sequence[str] = ("latest",),
+    runs: Names = ("latest",),
     *,
-    machines: Sequence[str] = (),
-    devices: Sequence[str] = (),
-    models: Sequence[str] = (),
+    machines: Names = (),
+    devices: Names = (),
+    models: Names = (),
     baseline: str | None = None,
 ) -> Report:
-    """The `farm report` of stored results: rows, speedups with CIs and flags (render with farm.reports)."""
+    """The `farm report` of stored results: rows, speedups with CIs and flags (render with farm.reports).
+    Selectors as in `results`; NotFoundError when they match nothing (a report of nothing, as in the CLI)."""
     store = controller.store_for()
-    return select(store, _selection(runs, machines, devices, models), parse_baseline(baseline))
+    return select(store, _selection(store, runs, machines, devices, models), parse_baseline(baseline))
 
 
 def to_rows(results: Iterable[JobResult], baseline: str | None = None) -> list[dict[str, Any]]:

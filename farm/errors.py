@@ -51,3 +51,8 @@ class ConfigError(FarmError):
 
 class JobTimeout(FarmError):
     """A job ran past its time limit; it is stored as `timeout`."""
+
+
+class EmptySelectionWarning(UserWarning):
+    """A `farm.api` selection (runs, machines, devices, models) that matched no stored result: warned,
+    so that a notebook never mistakes a typo for a run that measured nothing."""

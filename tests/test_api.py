@@ -15,7 +15,7 @@ from farmproc import WorkerProcess, start_worker, stop_all
 
 import farm.api as fa
 from farm.cluster.queue import SCHEDULE_TASK_NAME, TASK_NAME
-from farm.errors import SpecError
+from farm.errors import NotFoundError, SpecError
 from farm.settings import get_settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -111,7 +111,18 @@ def test_submit_wait_results_and_the_worker_log(api_farm: WorkerProcess) -> None
     results = fa.wait(sub.run_id, timeout=600)
     assert [r.status for r in results] in (["ok"], ["unverified"])
     assert [r.job_id for r in fa.results([sub.run_id], devices=["cpu"], models=["gpt2-tiny"])] == [results[0].job_id]
-    assert fa.results([sub.run_id], devices=["cuda"]) == []
+    with pytest.warns(fa.EmptySelectionWarning, match=r"devices=\['cuda'\]"):
+        assert fa.results([sub.run_id], devices=["cuda"]) == []
+    # One string is one item, never its characters: the run id as anyone would pass it.
+    df = fa.to_dataframe(fa.results(sub.run_id, devices="cpu"))
+    assert list(df["job_id"]) == [results[0].job_id] and list(df["run_id"]) == [sub.run_id]
+    assert list(fa.to_dataframe(fa.results(sub.run_id)).job_id) == [results[0].job_id]
+    with pytest.raises(NotFoundError, match=r"no run '20991231T000000-000000' is stored"):
+        fa.results("20991231T000000-000000")  # as `farm results` exits 4
+    with pytest.raises(NotFoundError, match="machine=no-such-host"):
+        fa.report(sub.run_id, machines="no-such-host")  # a report of nothing is an error, as in the CLI
+    with pytest.raises(SpecError, match=r"^devices: int in the list"):
+        fa.results(sub.run_id, devices=[1])  # type: ignore[list-item]
     rows = fa.to_rows(results)
     assert rows[0]["run_id"] == sub.run_id and rows[0]["phase"] == "forward"
     log = api_farm.log()

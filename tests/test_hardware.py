@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from farm.engine.hardware import _cpu_info, cpu_clock, cpu_peak, fingerprint, machine_tag
+from farm.engine.hardware import _cpu_info, cpu_clock, cpu_id, cpu_peak, fingerprint, machine_tag
+from farm.results.cpus import core_rate
 from farm.results.machine import MachineFingerprint, gpu_tag
-from farm.results.peaks import GPU_PEAKS_TFLOPS, cpu_flop_per_cycle, gpu_peak
+from farm.results.peaks import GPU_PEAKS_TFLOPS, gpu_peak
 from farm.spec import queue_for
 
 # Names as torch.cuda.get_device_name / nvidia-smi print them.
@@ -81,15 +82,18 @@ def test_gpu_peak_chooses_the_right_figure() -> None:
 
 
 def test_cpu_peak_is_the_theoretical_one_of_this_machine() -> None:
-    """cores used x FLOP/cycle from the ISA x clock; the clock's kind decides whether it is certain."""
-    _, arch, flags = _cpu_info()
+    """cores used x FLOP/cycle of this core's table row (or the ISA bound) x clock; the clock's kind
+    decides whether it is certain."""
+    brand, arch, flags = _cpu_info()
     clock, kind = cpu_clock()
-    rate = cpu_flop_per_cycle(flags, arch, "float32")
+    rate = core_rate(cpu_id(), flags, arch, "float32", brand)
     if clock is None or rate is None:
         pytest.skip("this machine's clock or ISA is not known")
     one = cpu_peak("float32", "highest", threads=1)
-    assert one is not None and one.flops == pytest.approx(rate[0] * clock * 1e6)
-    assert one.source.startswith("theoretical: 1 core x ") and f"{clock:g} MHz" in one.source
+    assert one is not None and one.flops == pytest.approx(rate.per_cycle * clock * 1e6)
+    head = "theoretical" if rate.upper_bound is None else "upper bound"
+    assert one.source.startswith(f"{head}") and " 1 core x " in one.source and f"{clock:g} MHz" in one.source
+    assert fingerprint(with_torch=False).cpu_core == rate.row
     assert one.tolerance == (1.0 if kind == "max" else 2.0)
     phys = fingerprint(with_torch=False).physical_cores or 1
     many = cpu_peak("float32", "highest", threads=phys * 4)  # SMT threads and oversubscription add no FMA units

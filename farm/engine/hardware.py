@@ -5,7 +5,8 @@ memory read bandwidth (the ceiling of decoding, docs/generation.md).
 The data models (`MachineFingerprint`, `GpuInfo`) live in `farm.results.machine`; the ceilings
 themselves (published table, derivation from GPU properties, the CPU's theoretical peak) in
 `farm.results.peaks`, as pure functions that `farm import` applies to a file's fingerprint too.
-Here the facts are read: the CPU's ISA flags, cores and max clock; a GPU's compute capability
+Here the facts are read: the CPU's identity (CPUID family/model or Arm MIDR, which row of the core
+table `farm.results.cpus` applies), ISA flags, cores and max clock; a GPU's compute capability
 and max SM clock from NVML and its SM count from `torch.cuda.get_device_properties` (only in the
 job process: NVML never initialises CUDA, so a worker's parent reads it before it forks). torch is
 imported only inside the functions that need it.
@@ -33,7 +34,8 @@ import psutil
 from farm import __version__
 from farm.engine.hostlock import CpuSnapshot, host_load
 from farm.paths import cache_dir
-from farm.results.machine import MAX_SM_CLOCK_MHZ, MAX_SM_COUNT, GpuInfo, MachineFingerprint, gpu_tag
+from farm.results.cpus import core_row, parse_cpuinfo
+from farm.results.machine import MAX_SM_CLOCK_MHZ, MAX_SM_COUNT, CpuId, GpuInfo, MachineFingerprint, gpu_tag
 from farm.results.peaks import (
     UNCERTAIN_TOLERANCE,
     Bandwidth,
@@ -62,8 +64,31 @@ def _cpu_info() -> tuple[str, str, tuple[str, ...]]:
         flags = info.get("flags", [])
     except Exception:  # py-cpuinfo can fail in odd containers; the fingerprint still stands
         model, arch, flags = platform.processor() or "unknown", platform.machine(), []
-    keep = tuple(sorted(f for f in flags if f.startswith(("avx", "amx", "fma", "sve", "neon"))))
+    keep = tuple(sorted(f for f in flags if speed_flag(f)))
     return model, arch, keep
+
+
+def speed_flag(flag: str) -> bool:
+    """A flag that changes CPU speed: x86 AVX/AMX/FMA, Arm NEON (asimd), SVE, BF16, FP16, I8MM, SME."""
+    arm = flag.startswith(("asimd", "sme")) and flag != "smep"  # x86's smep is a security feature
+    return arm or flag.startswith(("avx", "amx", "fma", "sve", "neon")) or flag in ("bf16", "i8mm", "fphp")
+
+
+SVE_DEFAULT_VL = "/proc/sys/abi/sve_default_vector_length"
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_id() -> CpuId | None:
+    """This CPU's identity (vendor/family/model, or Arm MIDR and SVE length) from /proc; None off Linux."""
+    try:
+        text = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        return None
+    try:
+        sve: str | None = Path(SVE_DEFAULT_VL).read_text()
+    except OSError:
+        sve = None
+    return parse_cpuinfo(text, sve)
 
 
 @functools.lru_cache(maxsize=1)
@@ -147,6 +172,8 @@ def git_commit() -> str | None:
 def fingerprint(with_torch: bool = True) -> MachineFingerprint:
     """The machine's fingerprint. With `with_torch`, torch/CUDA versions are read (no CUDA init)."""
     cpu_model, arch, flags = _cpu_info()
+    ident = cpu_id()
+    row, _ = core_row(ident, cpu_model)
     torch_v = cuda_v = cudnn_v = None
     if with_torch:
         import torch  # lazily: a worker's parent and the CLI fingerprint without loading torch
@@ -167,6 +194,8 @@ def fingerprint(with_torch: bool = True) -> MachineFingerprint:
         cpu_model=cpu_model,
         cpu_arch=arch,
         cpu_flags=list(flags),
+        cpu_id=ident,
+        cpu_core=row.core if row is not None else None,
         physical_cores=psutil.cpu_count(logical=False),
         logical_cores=psutil.cpu_count(logical=True),
         memory_bytes=psutil.virtual_memory().total,
@@ -234,7 +263,8 @@ def cpu_ceiling(spec: BenchSpec, threads: int, on_progress: ShapeProgress | None
         # than that clock allows, so the ceiling uses the lowest clock consistent with it (50 MHz steps).
         implied = math.ceil(fp.cpu_clock_mhz * roof.flops / peak.flops / 50) * 50
         raised = cpu_theoretical_peak(
-            flags=fp.cpu_flags, arch=fp.cpu_arch, cores=cores_used(fp, threads), clock_mhz=implied,
+            flags=fp.cpu_flags, arch=fp.cpu_arch, cpu_id=fp.cpu_id, brand=fp.cpu_model,
+            cores=cores_used(fp, threads), clock_mhz=implied,
             clock_kind="implied", dtype=spec.dtype, matmul_precision=spec.matmul_precision,
         )  # fmt: skip
         if raised is not None:

@@ -36,6 +36,7 @@ from rich.console import Console, RenderableType
 
 from farm.reports.compare import Ratio
 from farm.reports.report import Report, Row, peak_kind
+from farm.results.peaks import is_upper_bound
 from farm.results.records import PhaseRecord
 from farm.results.telemetry import throttle_text
 
@@ -147,7 +148,8 @@ def roofline_fraction(row: Row) -> float | None:
 
 
 def mfu_text(row: Row) -> str:
-    """The MFU naming its peak's kind, the roofline fraction beside it: `31.0% of theoretical (roofline 58.0%)`.
+    """The MFU naming its peak's kind, the roofline fraction beside it: `31.0% of theoretical (roofline 58.0%)`;
+    `≥ 31.0% of upper bound` where the peak is only an upper bound (the MFU a lower bound).
 
     An `ok` row above 100% is marked (judge() makes such a phase invalid: it is a bug elsewhere).
     """
@@ -156,7 +158,9 @@ def mfu_text(row: Row) -> str:
         return "-"
     text = "-"
     if p.mfu is not None:
-        text = f"{p.mfu:.1%} of {peak_kind(p.peak_source)}"
+        # Against an upper bound (a CPU core not in the table) the true MFU is at least this.
+        floor = "≥ " if is_upper_bound(p.peak_source) else ""
+        text = f"{floor}{p.mfu:.1%} of {peak_kind(p.peak_source)}"
         if p.mfu > 1.0 and row.status == "ok":
             text += " (ABOVE PEAK)"
     roof = roofline_fraction(row)

@@ -47,6 +47,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from farm.errors import SpecError
+from farm.results.cpus import core_row
 from farm.results.machine import GpuInfo
 from farm.results.peaks import Bandwidth, Peak, gpu_bandwidth, gpu_ceiling, machine_cpu_ceiling
 from farm.results.result import JobResult, PhaseResult, judge
@@ -226,7 +227,15 @@ def recheck(res: JobResult, source: str) -> JobResult:
     notes = [f"imported from {source}: statistics re-derived from raw times; ceiling: {peak.source if peak else why}"]
     if res.model_name != res.spec.model_name:
         notes.append(f"model name re-derived from the spec: {res.spec.model_name!r} (the file said {res.model_name!r})")
+    machine = res.machine
+    if machine is not None:
+        row, _ = core_row(machine.cpu_id, machine.cpu_model)
+        core = row.core if row is not None else None
+        if core != machine.cpu_core:
+            notes.append(f"CPU core re-derived from its CPUID facts: {core!r} (the file said {machine.cpu_core!r})")
+            machine = machine.model_copy(update={"cpu_core": core})
     update = {
+        "machine": machine,
         "phases": phases,
         "status": status,
         "error": error,

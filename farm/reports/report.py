@@ -27,6 +27,7 @@ from typing import Any
 from farm.errors import NotFoundError
 from farm.reports.compare import DEFAULT_BASELINE, Baseline, BaselineMatcher, Ratio, ratio_cis
 from farm.reports.series import SERIES_THRESHOLD, SeriesHistory, SeriesSummary, history_of
+from farm.results.peaks import UPPER_BOUND, is_upper_bound
 from farm.results.records import PhaseRecord, Record, paused_gc
 from farm.results.result import MEASURED_STATUSES, JobResult
 from farm.results.store import ResultStore, series_id
@@ -47,6 +48,8 @@ def peak_kind(source: str | None) -> str:
     """The kind of peak an MFU is relative to, from its source: datasheet, derived, theoretical, measured."""
     if not source:
         return "unnamed peak"
+    if is_upper_bound(source):
+        return UPPER_BOUND  # "upper bound (microarchitecture not in the table): ...": an MFU against it is a floor
     head = source.split(":", 1)[0].strip().lower()
     return PEAK_KINDS.get(head, head)
 
@@ -235,7 +238,8 @@ def _peak_lines(records: Sequence[Record]) -> list[str]:
     pairs = dict.fromkeys((ph.peak_source, ph.roofline_source) for rec in records for ph in rec.phases.values())
     for peak_source, roofline_source in pairs:
         if peak_source:
-            lines[f"MFU % of {peak_kind(peak_source)}: {peak_source}"] = None
+            floor = " (a lower bound: the peak may be above the true one)" if is_upper_bound(peak_source) else ""
+            lines[f"MFU % of {peak_kind(peak_source)}{floor}: {peak_source}"] = None
         if roofline_source:
             lines[f"MFU roofline (measured, beside the peak): {roofline_source}"] = None
     out = list(lines)

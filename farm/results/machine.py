@@ -6,7 +6,7 @@ Plain data, read by every layer; `farm.engine.hardware` fills it in on a worker.
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -35,6 +35,26 @@ class GpuInfo(BaseModel):
     max_sm_clock_mhz: int | None = Field(default=None, ge=1, le=MAX_SM_CLOCK_MHZ)
 
 
+class CpuId(BaseModel):
+    """What the OS shows of a CPU's identity, the key of the core table (`farm.results.cpus`).
+
+    x86: CPUID vendor, family, model and stepping as /proc/cpuinfo shows them (decimal there). Arm:
+    the MIDR implementer and the part numbers of the cores present, and SVE's default vector length.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    vendor: str | None = Field(default=None, pattern=r"^[A-Za-z0-9 _-]{1,32}$")  # "GenuineIntel"
+    family: int | None = Field(default=None, ge=0, le=0x1FF)
+    model: int | None = Field(default=None, ge=0, le=0xFF)
+    stepping: int | None = Field(default=None, ge=0, le=0xF)
+    implementer: int | None = Field(default=None, ge=0, le=0xFF)  # Arm MIDR: 0x41 Arm, 0x46 Fujitsu, 0x61 Apple
+    parts: list[Annotated[int, Field(ge=0, le=0xFFF)]] = Field(
+        default=[], max_length=16
+    )  # Arm MIDR part numbers: 0xd0c Neoverse N1, ...
+    sve_bits: int | None = Field(default=None, ge=128, le=2048, multiple_of=128)
+
+
 class MachineFingerprint(BaseModel):
     """What a result was measured on."""
 
@@ -47,6 +67,10 @@ class MachineFingerprint(BaseModel):
     cpu_model: str
     cpu_arch: str
     cpu_flags: list[str] = []  # the SIMD / matrix extensions that change CPU speed
+    cpu_id: CpuId | None = None  # vendor/family/model or Arm MIDR: which row of the core table applies
+    # The row of the core table (`farm.results.cpus.ROWS`) the CPU ceiling used; None: not in the table
+    # (the ISA's upper bound). Re-derived from cpu_id on import.
+    cpu_core: str | None = Field(default=None, pattern=r"^[a-z0-9-]{1,40}$")
     physical_cores: int | None = Field(ge=1, le=MAX_CPU_CORES)
     logical_cores: int | None = Field(ge=1, le=2 * MAX_CPU_CORES)
     # The CPU clock a theoretical peak uses: "max" (cpufreq's cpuinfo_max_freq, or psutil's max) or

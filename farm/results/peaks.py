@@ -6,8 +6,10 @@ Every device gets one where it can be had, and every MFU names it (`Peak.source`
 - another NVIDIA GPU: derived from its compute capability, SM count and max SM clock
   (`derived_gpu_peak`: FLOP per SM per cycle by compute capability, the non-halved rate where
   datacenter and consumer parts of one architecture differ, so the ceiling is an upper bound);
-- a CPU: its theoretical peak from the ISA, as HPL's Rpeak (`cpu_theoretical_peak`: cores used x
-  FLOP per cycle per core x max clock). When the max clock is not known the ceiling is uncertain
+- a CPU: its theoretical peak, as HPL's Rpeak (`cpu_theoretical_peak`: cores used x FLOP per cycle
+  per core x max clock), the FLOP per cycle from the core table (`farm.results.cpus`: by vendor,
+  family and model, or Arm MIDR); a core not in it gets the ISA's upper bound, labelled "upper bound"
+  (an MFU against it is a lower bound). When the max clock is not known the ceiling is uncertain
   (`Peak.tolerance` 2): a result above it is `unverified`, one more than 2x above is `invalid`.
 
 No ceiling (AMD and unknown parts, a GPU without the facts to derive from): the phase is
@@ -23,10 +25,12 @@ Pure functions; never imports torch.
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 
 from pydantic import BaseModel, ConfigDict
 
-from farm.results.machine import MAX_CPU_CORES, GpuInfo, MachineFingerprint, gpu_tag
+from farm.results.cpus import core_rate
+from farm.results.machine import MAX_CPU_CORES, CpuId, GpuInfo, MachineFingerprint, gpu_tag
 
 # Published dense peaks, TFLOP/s: fp32 (CUDA cores), tf32, bf16 and fp16 (tensor cores, dense).
 # Keyed by GPU tag; a "-pcie" variant is chosen when the name says PCIe. Only datasheet figures
@@ -98,6 +102,19 @@ class Peak(BaseModel):
     def uncertain(self) -> bool:
         return self.tolerance > 1.0
 
+    @property
+    def upper_bound(self) -> bool:
+        """The ceiling may be above the device's true peak: an MFU against it is a lower bound."""
+        return is_upper_bound(self.source)
+
+
+UPPER_BOUND = "upper bound"
+
+
+def is_upper_bound(source: str | None) -> bool:
+    """Whether a stored peak source names an upper bound (an MFU against it is at least its value)."""
+    return bool(source) and str(source).startswith(UPPER_BOUND)
+
 
 def _key(dtype: str, matmul_precision: str) -> str:
     if dtype == "float32" and matmul_precision != "highest":
@@ -144,52 +161,12 @@ def gpu_ceiling(gpu: GpuInfo, dtype: str, matmul_precision: str) -> Peak | None:
 
 
 # -- CPU --------------------------------------------------------------------------------------
-def cpu_flop_per_cycle(flags: list[str] | tuple[str, ...], arch: str, dtype: str) -> tuple[int, str] | None:
-    """(FLOP per cycle per core, how) for a dtype from the ISA flags; None for an unknown architecture.
-
-    x86: AVX-512 2 FMA units x 16 fp32 lanes x 2; AVX2+FMA 2 x 8 x 2 (two FMA ports, as on every
-    current x86 server core; parts with one 512-bit unit reach half, so this is an upper bound);
-    AVX without FMA 8 lanes x (1 add + 1 mul); SSE 4 x 2. bf16: AMX tiles 1024 FLOP/cycle where
-    `amx_bf16` is present, AVX512_BF16 twice the AVX-512 fp32 rate, else the fp32 figure (no
-    faster path). fp16 likewise with `amx_fp16` / `avx512_fp16`. aarch64: 4 NEON pipes x 4 lanes x 2
-    (SVE: 2 x 16 x 2, the widest shipped); bf16/fp16 bounded at 4x the fp32 figure (BFMMLA).
-    """
-    f = {x.lower() for x in flags}
-    a = arch.lower()
-    if a in ("x86_64", "amd64", "x86", "i686", "i386") or a.startswith("x86"):
-        if "avx512f" in f:
-            fp32, how = 64, "AVX-512: 2 FMA units x 16 fp32 lanes x 2"
-        elif "avx2" in f and "fma" in f:
-            fp32, how = 32, "AVX2+FMA: 2 FMA units x 8 fp32 lanes x 2"
-        elif "avx" in f:
-            fp32, how = 16, "AVX: 8 fp32 lanes x (1 add + 1 mul)"
-        else:
-            fp32, how = 8, "SSE: 4 fp32 lanes x (1 add + 1 mul)"
-        if dtype == "bfloat16":
-            if "amx_bf16" in f:
-                return 1024, "AMX-BF16 tiles: 1024 bf16 FLOP/cycle"
-            if "avx512_bf16" in f and fp32 == 64:
-                return 128, "AVX512_BF16: 2 FMA units x 32 bf16 lanes x 2"
-        if dtype == "float16":
-            if "amx_fp16" in f:
-                return 1024, "AMX-FP16 tiles: 1024 fp16 FLOP/cycle"
-            if "avx512_fp16" in f and fp32 == 64:
-                return 128, "AVX512_FP16: 2 FMA units x 32 fp16 lanes x 2"
-        if dtype != "float32":
-            how += f" ({SHORT.get(dtype, dtype)} has no faster path: the fp32 figure)"
-        return fp32, how
-    if a in ("aarch64", "arm64"):
-        fp32, how = (64, "SVE: 2 pipes x 16 fp32 lanes x 2") if "sve" in f else (32, "NEON: 4 pipes x 4 lanes x 2")
-        if dtype != "float32":
-            return 4 * fp32, f"{how}, x4 for {SHORT.get(dtype, dtype)} (BFMMLA / FMLA bound)"
-        return fp32, how
-    return None
-
-
 def cpu_theoretical_peak(
     *,
     flags: list[str] | tuple[str, ...],
     arch: str,
+    cpu_id: CpuId | None = None,
+    brand: str = "",
     cores: int,
     clock_mhz: float | None,
     clock_kind: str | None,
@@ -204,15 +181,15 @@ def cpu_theoretical_peak(
     """
     if clock_mhz is None or clock_mhz <= 0 or cores <= 0:
         return None
-    rate = cpu_flop_per_cycle(flags, arch, dtype)
+    rate = core_rate(cpu_id, flags, arch, dtype, brand)
     if dtype == "float32" and matmul_precision != "highest":
         # torch may run float32 matmuls in bf16 (oneDNN) at a lower precision: the larger bound holds.
-        alt = cpu_flop_per_cycle(flags, arch, "bfloat16")
-        if rate is not None and alt is not None and alt[0] > rate[0]:
-            rate = (alt[0], f"{alt[1]} ({matmul_precision} float32 matmul precision)")
+        alt = core_rate(cpu_id, flags, arch, "bfloat16", brand)
+        if rate is not None and alt is not None and alt.per_cycle > rate.per_cycle:
+            rate = replace(alt, how=f"{alt.how} ({matmul_precision} float32 matmul precision)")
     if rate is None:
         return None
-    per, how = rate
+    per, how = rate.per_cycle, rate.how
     cores = min(cores, MAX_CPU_CORES)
     clock = min(clock_mhz, CPU_MAX_MHZ)
     if clock_kind == "max":
@@ -226,8 +203,10 @@ def cpu_theoretical_peak(
     if clock < clock_mhz:
         clock_note += f", bounded from {clock_mhz:g} MHz"
     flops = cores * per * clock * 1e6
+    # An upper bound (a core not in the table, a SKU not shown) says so first: its MFU is a lower bound.
+    kind = "theoretical" if rate.upper_bound is None else f"{UPPER_BOUND} ({rate.upper_bound})"
     source = (
-        f"theoretical: {cores} core{'s' if cores != 1 else ''} x {per} FLOP/cycle ({how}) x {clock:g} MHz "
+        f"{kind}: {cores} core{'s' if cores != 1 else ''} x {per} FLOP/cycle ({how}) x {clock:g} MHz "
         f"({clock_note}) = {flops / 1e9:.1f} GFLOP/s"
     )
     tolerance = 1.0 if clock_kind in ("max", "bounded") else UNCERTAIN_TOLERANCE
@@ -253,6 +232,8 @@ def machine_cpu_ceiling(
     return cpu_theoretical_peak(
         flags=machine.cpu_flags,
         arch=machine.cpu_arch,
+        cpu_id=machine.cpu_id,
+        brand=machine.cpu_model,
         cores=cores_used(machine, threads),
         clock_mhz=clock,
         clock_kind=kind,

@@ -12,7 +12,7 @@ from typing import Any
 
 from farm.flops import min_phase_flops, phase_flops
 from farm.results.host import HostLoad
-from farm.results.machine import GpuInfo, MachineFingerprint, gpu_tag
+from farm.results.machine import CpuId, GpuInfo, MachineFingerprint, gpu_tag
 from farm.results.peaks import Peak, gpu_peak
 from farm.results.result import JobResult, PhaseResult, Status, measured_phase
 from farm.spec import BenchSpec
@@ -35,6 +35,8 @@ def machine(
         cpu_model="Intel(R) Xeon(R) Platinum 8480+",
         cpu_arch="x86_64",
         cpu_flags=["amx_bf16", "avx512f"],
+        cpu_id=CpuId(vendor="GenuineIntel", family=6, model=0x8F, stepping=8),  # Sapphire Rapids
+        cpu_core="intel-sapphire-rapids",
         physical_cores=2,
         logical_cores=4,
         memory_bytes=16 << 30,
