@@ -1,12 +1,13 @@
 # The two commands of the README:
 #   make demo   set up, then run GPT-2 small on this machine through the embedded farm
 #   make test   set up, then run ruff, mypy and the whole test suite (what CI runs)
+#   make test-fast   the unit tier alone, for the inner loop (about a minute)
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 FARM := $(VENV)/bin/farm
 
-.PHONY: setup setup-runtime system-deps demo test lint bench clean
+.PHONY: setup setup-runtime system-deps demo test test-fast lint bench clean
 
 # torch 2.13.0 first: a plain `torch` requirement would pull a multi-GB CUDA build.
 # The demo needs only the package (.runtime); tests and linters add the dev extras (.installed).
@@ -46,6 +47,11 @@ lint: setup
 
 test: setup system-deps lint
 	$(VENV)/bin/pytest -q
+
+# The inner loop: unit tests only (no redis-server, worker, script or browser started; a test that
+# starts a process fails here and belongs to the full tier: tests/conftest.py), on 2 xdist workers.
+test-fast: setup
+	FARM_TEST_TIER=fast $(VENV)/bin/pytest -q -m "not real" -n 2
 
 bench: setup
 	$(PY) benchmarks/model_vs_hf.py

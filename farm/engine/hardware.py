@@ -34,7 +34,7 @@ import psutil
 from farm import __version__
 from farm.engine.hostlock import CpuSnapshot, host_load
 from farm.paths import cache_dir
-from farm.results.cpus import core_row, parse_cpuinfo
+from farm.results.cpus import core_row, flags_of_cpuinfo, parse_cpuinfo
 from farm.results.machine import MAX_SM_CLOCK_MHZ, MAX_SM_COUNT, CpuId, GpuInfo, MachineFingerprint, gpu_tag
 from farm.results.peaks import (
     UNCERTAIN_TOLERANCE,
@@ -55,17 +55,26 @@ def machine_tag(hostname: str | None = None) -> str:
 
 @functools.lru_cache(maxsize=1)
 def _cpu_info() -> tuple[str, str, tuple[str, ...]]:
+    """(brand, architecture, speed flags): from /proc/cpuinfo on Linux (py-cpuinfo elsewhere: it
+    probes in a child Python process, a second or more per call)."""
+    arch = platform.machine()
+    try:
+        text = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        text = ""
+    if text:
+        brand = next(iter(re.findall(r"^model name\s*:\s*(\S.*?)\s*$", text, flags=re.M)), "")
+        return brand or platform.processor() or "unknown", arch, tuple(flags_of_cpuinfo(text, speed_flag))
     try:
         import cpuinfo  # lazily: py-cpuinfo takes a while to import and is needed once per process
 
         info = cpuinfo.get_cpu_info()
         model = info.get("brand_raw") or platform.processor() or "unknown"
-        arch = info.get("arch_string_raw") or platform.machine()
+        arch = info.get("arch_string_raw") or arch
         flags = info.get("flags", [])
     except Exception:  # py-cpuinfo can fail in odd containers; the fingerprint still stands
-        model, arch, flags = platform.processor() or "unknown", platform.machine(), []
-    keep = tuple(sorted(f for f in flags if speed_flag(f)))
-    return model, arch, keep
+        model, flags = platform.processor() or "unknown", []
+    return model, arch, tuple(sorted(f for f in flags if speed_flag(f)))
 
 
 def speed_flag(flag: str) -> bool:
