@@ -56,3 +56,9 @@ class JobTimeout(FarmError):
 class EmptySelectionWarning(UserWarning):
     """A `farm.api` selection (runs, machines, devices, models) that matched no stored result: warned,
     so that a notebook never mistakes a typo for a run that measured nothing."""
+
+
+class OwnershipError(FarmError):
+    """The embedded farm cannot prove that a process is its own: another process holds its data
+    directory's lock, or a recorded pid runs the farm's command line but not the recorded start. The
+    message names the pid; nothing was started or stopped."""

@@ -32,11 +32,16 @@ def farm(*args: str, env: dict[str, str], timeout: float = 300) -> subprocess.Co
 
 
 def ours(home: Path) -> list[psutil.Process]:
-    """Processes started for this HOME: redis-server (its --dir) and workers (their FARM_HOME)."""
+    """Processes started for this HOME: workers (their FARM_HOME) and redis-server, which rewrites its
+    command line to `redis-server 127.0.0.1:PORT` but runs in its --dir (it chdirs there)."""
     found = []
     for p in psutil.process_iter():
         try:
-            if str(home) in " ".join(p.cmdline()) or str(home) in p.environ().get("FARM_HOME", ""):
+            if (
+                str(home) in " ".join(p.cmdline())
+                or str(home) in p.environ().get("FARM_HOME", "")
+                or Path(p.cwd()).is_relative_to(home)
+            ):
                 found.append(p)
         except psutil.Error:
             continue

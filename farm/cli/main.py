@@ -35,7 +35,7 @@ from typer.core import TyperGroup
 from farm import __version__
 from farm.cli import farm_cmds, publish, repair_cmds, report_cmds, run, schema, sweep_cmds
 from farm.cli.output import EXIT_BAD_INPUT, EXIT_BROKER, EXIT_JOB_FAILED, EXIT_NOT_FOUND, fail, out
-from farm.errors import BrokerError, CheckpointError, ConfigError, FarmError, NotFoundError, SpecError
+from farm.errors import BrokerError, CheckpointError, ConfigError, FarmError, NotFoundError, OwnershipError, SpecError
 from farm.reports.publish import install_publish_hook
 from farm.results.store import broker_error
 
@@ -45,6 +45,7 @@ _EXIT_CODES: list[tuple[type[FarmError], int]] = [
     (CheckpointError, EXIT_BAD_INPUT),
     (BrokerError, EXIT_BROKER),
     (NotFoundError, EXIT_NOT_FOUND),
+    (OwnershipError, EXIT_BROKER),
     (FarmError, EXIT_JOB_FAILED),
 ]
 
