@@ -48,9 +48,11 @@ from pydantic import ValidationError
 
 from farm.errors import SpecError
 from farm.results.cpus import core_row
+from farm.results.decode import RANK
 from farm.results.machine import GpuInfo
 from farm.results.peaks import Bandwidth, Peak, gpu_bandwidth, gpu_ceiling, machine_cpu_ceiling
 from farm.results.result import JobResult, PhaseResult, judge
+from farm.results.scaling import rederive as rederive_scaling
 from farm.results.store import Occupancy, ResultStore
 from farm.spec import MAX_REPEATS, PHASES, Job
 from farm.untrusted import MAX_IMPORT_BYTES, load_document
@@ -161,6 +163,19 @@ def derive_ceiling(res: JobResult) -> tuple[Peak | None, str | None]:
     return None, f"no ceiling is known for {kind!r} devices"
 
 
+def group_ceiling(res: JobResult, peak: Peak | None) -> Peak | None:
+    """The ceiling of a DDP train phase over `world_size` devices: n x one GPU's, or the CPU at every
+    rank's threads together (cores bounded by the machine's, as on the worker)."""
+    n = res.spec.world_size
+    if peak is None or n == 1:
+        return peak
+    if res.device.split(":")[0] == "cuda":
+        return Peak(flops=n * peak.flops, source=f"{n} x {peak.source}", tolerance=peak.tolerance)
+    if res.machine is None:
+        return None
+    return machine_cpu_ceiling(res.machine, n * (res.threads or 1), res.spec.dtype, res.spec.matmul_precision)
+
+
 def _import_bandwidth(res: JobResult) -> Bandwidth | None:
     """A GPU's published memory bandwidth by name; a CPU's is measured on its own machine, which a
     file cannot vouch for (None: its decode is `unverified`)."""
@@ -185,25 +200,36 @@ def recheck_phase(res: JobResult, p: PhaseResult, peak: Peak | None = None, why:
     if p.status in NOT_MEASURED and not p.times_s:
         return p
     # Measured facts beside the times (not derived from them) travel as they are.
-    kept = {"host": p.host, "repeats_stop": p.repeats_stop, "telemetry": p.telemetry, "scaling": p.scaling}
+    kept = {"host": p.host, "repeats_stop": p.repeats_stop, "telemetry": p.telemetry}
     if p.status in NOT_MEASURED:  # measured, then failed (a diverged loss): re-derived, and still failed
         kept.update(status=p.status, error=p.error)
     if not p.times_s:
         return _invalid(p, "no raw times: its statistics cannot be re-derived")
     if not all(math.isfinite(t) and t > 0 for t in p.times_s):
         return _invalid(p, "a raw time is not a positive finite number of seconds")
+    ddp = p.name == "train" and res.spec.world_size > 1
     out = judge(
         res.spec,
         p.name,
         p.times_s,
         p.warmup_times_s,
-        peak=peak,
+        peak=group_ceiling(res, peak) if ddp else peak,
         peak_memory_bytes=p.peak_memory_bytes,
         memory_kind=p.memory_kind,
         breakdown=p.breakdown,
         generation=p.generate,
         bandwidth=_import_bandwidth(res),
+        world_size=res.spec.world_size if ddp else 1,
     )
+    if p.scaling is not None:
+        # Every figure re-derived from the raw step times, checked against the devices and the ceiling.
+        scaling, verdict, reason = rederive_scaling(
+            res.spec, p.times_s, p.scaling, device=res.device, machine=res.machine, device_peak=peak
+        )
+        out.scaling = scaling
+        if reason is not None and out.status in RANK and RANK[verdict] >= RANK[out.status]:
+            same = RANK[verdict] == RANK[out.status] and out.invalid_reason
+            out.status, out.invalid_reason = verdict, f"{out.invalid_reason}; {reason}" if same else reason
     if out.status == "unverified" and peak is None and why:
         out.invalid_reason = f"{p.name}: {why}"
     elif out.status == "ok" and peak is not None and not vouches(peak):

@@ -8,23 +8,39 @@ bytes one decode step moves and the memory-bandwidth utilisation (MBU) against a
 ceiling allows in its time is `invalid`, as a forward above the FLOP peak is, but only where the
 step moves well more than the last-level cache holds (CACHE_MARGIN); below, the cache may have
 served it, and the check is not made (said in `bandwidth_note`; the FLOP check still applies).
-Every figure is re-derivable from the raw times and the spec, so `farm import` re-judges it.
+Every figure is re-derivable from the raw times and the spec, so `farm import` re-judges it, and
+`consistency_verdict` checks the raw readings against each other and the FLOP ceiling: a prefill and
+decode that add up to more than the whole generation, a count of step times that is not the decode
+steps, or a prefill or decode step faster than the device's peak is `invalid`.
 Never imports torch.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from farm.flops import decode_step_bytes, decode_steps, kv_cache_bytes, weight_and_kv_bytes
-from farm.results.peaks import CACHE_MARGIN, Bandwidth
+from farm.flops import (
+    decode_step_bytes,
+    decode_step_flops,
+    decode_steps,
+    kv_cache_bytes,
+    prefill_flops,
+    weight_and_kv_bytes,
+)
+from farm.results.peaks import CACHE_MARGIN, Bandwidth, Peak
 from farm.spec import LEGACY_MAX_REPEATS, MAX_GEN_TOKENS, BenchSpec
 
 BandwidthCheck = Literal["checked", "below cache", "no ceiling", "no decode"]
 Verdict = Literal["ok", "unverified", "invalid"]
+# A generation's parts are timed inside the whole: prefill + decode may exceed the whole only by the
+# timer's own cost, bounded here at 1% plus 100 µs (a synchronising read costs microseconds).
+PART_TOLERANCE = 0.01
+PART_SLACK_S = 1e-4
+RANK: dict[str, int] = {"ok": 0, "unverified": 1, "invalid": 2}
 
 
 class Generation(BaseModel):
@@ -159,3 +175,77 @@ def bandwidth_verdict(spec: BenchSpec, gen: Generation, bandwidth: Bandwidth | N
             f"bandwidth {ceiling}, but within x {bandwidth.tolerance:g} of it"
         )
     return "ok", None
+
+
+def _positive(name: str, xs: list[float]) -> str | None:
+    if not all(math.isfinite(t) and t > 0 for t in xs):
+        return f"generate: {name} holds a time that is not a positive number of seconds"
+    return None
+
+
+def _above_peak(what: str, flops: int, seconds: float, peak: Peak) -> tuple[Verdict, str] | None:
+    """`invalid` when `flops` in `seconds` beats the ceiling x its tolerance, `unverified` within it."""
+    rate = flops / seconds
+    if rate <= peak.flops:
+        return None
+    ceiling = f"{peak.flops / 1e12:.3g} TFLOP/s ({peak.source})"
+    if rate > peak.flops * peak.tolerance:
+        return "invalid", (
+            f"generate: {what} ran at {rate / 1e12:.3g} TFLOP/s, above the device's peak {ceiling}; "
+            "the timer did not wait for the device, or the times are not what was measured"
+        )
+    return "unverified", f"generate: {what} ran at {rate / 1e12:.3g} TFLOP/s, above the uncertain ceiling {ceiling}"
+
+
+def consistency_verdict(
+    spec: BenchSpec, gen: Generation, times_s: list[float], peak: Peak | None
+) -> tuple[Verdict, str | None]:
+    """The raw readings of a generation against each other and the FLOP ceiling (worst verdict, reasons).
+
+    Each timed repeat has one prefill and one decode time, and prefill + decode fits in that repeat's
+    whole generation (PART_TOLERANCE, PART_SLACK_S); the last repeat has one time per decode step,
+    summing to its decode time; the fastest prefill (causal FLOP count) and the fastest decode step
+    (the least context) are below the peak. Times that are not positive are `invalid`."""
+    found: list[tuple[Verdict, str]] = []
+    steps = decode_steps(spec.gen_tokens)
+    # Without decode steps (gen_tokens 1) a decode time is the empty sum: 0 s.
+    decode = gen.decode_times_s if steps else [t + 1.0 if t == 0 else t for t in gen.decode_times_s]
+    for name, xs in (("prefill_times_s", gen.prefill_times_s), ("decode_times_s", decode),
+                     ("token_times_s", gen.token_times_s)):  # fmt: skip
+        if (why := _positive(name, xs)) is not None:
+            return "invalid", why
+    n = len(times_s)
+    if len(gen.prefill_times_s) != n or len(gen.decode_times_s) != n:
+        return "invalid", (
+            f"generate: {len(gen.prefill_times_s)} prefill and {len(gen.decode_times_s)} decode times for {n} "
+            "timed generations (one of each per generation)"
+        )
+    if steps and gen.token_times_s and len(gen.token_times_s) != steps:
+        found.append(("invalid", f"generate: {len(gen.token_times_s)} decode-step times for {steps} decode steps"))
+    for i, (whole, pre, dec) in enumerate(zip(times_s, gen.prefill_times_s, gen.decode_times_s, strict=True)):
+        if pre + dec > whole * (1 + PART_TOLERANCE) + PART_SLACK_S:
+            found.append(("invalid", (
+                f"generate: repeat {i + 1}'s prefill {pre:.4g} s + decode {dec:.4g} s exceed the whole generation "
+                f"{whole:.4g} s they were timed inside"
+            )))  # fmt: skip
+            break
+    if gen.token_times_s and gen.decode_times_s:
+        last, total = gen.decode_times_s[-1], sum(gen.token_times_s)
+        if abs(total - last) > last * PART_TOLERANCE + PART_SLACK_S:
+            found.append(("invalid", (
+                f"generate: the decode steps of the last generation add up to {total:.4g} s, not its decode "
+                f"time {last:.4g} s"
+            )))  # fmt: skip
+    if peak is not None:
+        checks = []
+        if gen.prefill_times_s:
+            flops = prefill_flops(spec.shape, spec.batch, spec.seq, causal=True)
+            checks.append(_above_peak("the fastest prefill", flops, min(gen.prefill_times_s), peak))
+        if gen.token_times_s:
+            flops = decode_step_flops(spec.shape, spec.batch, spec.seq + 1)
+            checks.append(_above_peak("the fastest decode step", flops, min(gen.token_times_s), peak))
+        found += [c for c in checks if c is not None]
+    if not found:
+        return "ok", None
+    worst = max(found, key=lambda f: RANK[f[0]])[0]
+    return worst, "; ".join(why for verdict, why in found if verdict == worst)

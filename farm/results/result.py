@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, computed_field, model_validat
 
 from farm import __version__
 from farm.flops import min_phase_flops, phase_flops, predict_memory
-from farm.results.decode import Generation, bandwidth_verdict, derive_generation
+from farm.results.decode import RANK, Generation, bandwidth_verdict, consistency_verdict, derive_generation
 from farm.results.host import HostLoad
 from farm.results.machine import MachineFingerprint
 from farm.results.peaks import Bandwidth, Peak
@@ -182,22 +182,26 @@ def judge(
     breakdown: dict[str, float],
     generation: Generation | None = None,
     bandwidth: Bandwidth | None = None,
+    world_size: int = 1,
 ) -> PhaseResult:
     """A phase's result from its raw times: FLOPs, the plausibility check and memory, derived from the spec.
 
     generate: `times_s` holds whole generations (prefill + decode), `tokens_per_s` counts the new
     tokens (batch x gen_tokens); its figures are re-derived from `generation`'s raw times, and the
-    decode is checked against `bandwidth` too (`farm.results.decode.bandwidth_verdict`): the worse
-    of the two verdicts stands, with both reasons.
+    decode is checked against `bandwidth` too (`farm.results.decode.bandwidth_verdict`) and its raw
+    readings against each other and `peak` (`consistency_verdict`): the worst verdict stands, with
+    its reasons. train over `world_size` > 1 devices (DDP) counts every rank's work (`peak` is then
+    the group's).
     """
     counted = name != "init"  # building the model does no counted arithmetic
-    tokens = spec.batch * (spec.gen_tokens if name == "generate" else spec.seq)
+    group = world_size if name == "train" else 1  # DDP: every rank trains the spec's batch
+    tokens = group * spec.batch * (spec.gen_tokens if name == "generate" else spec.seq)
     result = measured_phase(
         name,
         times_s,
         warmup_times_s,
-        flops=phase_flops(spec, name),
-        min_flops=min_phase_flops(spec.shape, spec.batch, spec.seq, name, gen_tokens=spec.gen_tokens),
+        flops=group * phase_flops(spec, name),
+        min_flops=group * min_phase_flops(spec.shape, spec.batch, spec.seq, name, gen_tokens=spec.gen_tokens),
         tokens=tokens if counted else 0,
         peak=peak if counted else None,
         peak_memory_bytes=peak_memory_bytes,
@@ -216,13 +220,12 @@ def judge(
         bandwidth=bandwidth,
     )
     result.generate = gen
-    verdict, why = bandwidth_verdict(spec, gen, bandwidth)
-    rank = {"ok": 0, "unverified": 1, "invalid": 2}
-    if result.status in rank and why is not None:
-        if rank[verdict] > rank[result.status]:
-            result.status, result.invalid_reason = verdict, why
-        elif rank[verdict] == rank[result.status]:
-            result.invalid_reason = f"{result.invalid_reason}; {why}" if result.invalid_reason else why
+    for verdict, why in (bandwidth_verdict(spec, gen, bandwidth), consistency_verdict(spec, gen, times_s, peak)):
+        if result.status in RANK and why is not None:
+            if RANK[verdict] > RANK[result.status]:
+                result.status, result.invalid_reason = verdict, why
+            elif RANK[verdict] == RANK[result.status]:
+                result.invalid_reason = f"{result.invalid_reason}; {why}" if result.invalid_reason else why
     return result
 
 
