@@ -36,7 +36,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -44,7 +44,7 @@ import torch.distributed as dist
 from farm.engine.hardware import cpu_ceiling, cuda_gpu_info
 from farm.engine.memory import PeakMemory
 from farm.engine.phases import JobContext, TrainStep, _construct, _free, autocast, grad_scaler, make_optimizer
-from farm.engine.timing import Timed, Timer, ci_half_width, synchronizer
+from farm.engine.timing import Timed, Timer, repeat_adaptive, synchronizer
 from farm.errors import DeviceUnavailableError, JobTimeout, MemoryPredictionError
 from farm.flops import min_phase_flops, phase_flops, predict_memory
 from farm.results.peaks import Peak, gpu_ceiling
@@ -396,35 +396,22 @@ def _check_fits(spec: BenchSpec, device: torch.device) -> None:
 
 def _measure(rc: RankContext, spec: BenchSpec, fn: Callable[[], object], timer: Timer) -> Timed:
     """Warm-up and timed steps, the same count on every rank: the spec's count, or for `repeats:
-    auto` rank 0's decision after each step (CI target, budget, max; as `repeat_adaptive`)."""
-    out = Timed()
+    auto` `repeat_adaptive` with rank 0's decision after each step (`RankContext.agree`, its stop hook)."""
     auto = spec.repeats == "auto"
     most = spec.max_repeats if auto else int(spec.repeats)
-    total = spec.warmup + most
-    for i in range(spec.warmup):
-        out.warmup_times_s.append(timer.time(fn)[0])
-        rc.progress(i + 1, total)
-    spent = 0.0
-    while True:
-        dt, _ = timer.time(fn)
-        out.times_s.append(dt)
-        spent += dt
-        k = len(out.times_s)
-        rc.progress(spec.warmup + k, total)
-        if k >= most:
-            out.stop = "max" if auto else None
-            break
-        if not auto:
-            continue
-        stop: Literal["target", "budget"] | None = None
-        if k >= AUTO_MIN_REPEATS:
-            if ci_half_width(out.times_s) <= spec.ci_target:
-                stop = "target"
-            elif spent >= spec.repeat_budget_s:
-                stop = "budget"
-        if rc.agree(stop is not None):
-            out.stop = stop or "budget"  # ranks other than 0 do not know why; only rank 0's is read
-            break
+    out = repeat_adaptive(
+        fn,
+        warmup=spec.warmup,
+        timer=timer,
+        target=spec.ci_target,
+        budget_s=spec.repeat_budget_s,
+        max_repeats=most,
+        min_repeats=AUTO_MIN_REPEATS if auto else most,  # a fixed count: every step, then "max"
+        on_step=rc.progress,
+        agree=rc.agree if auto else None,
+    )
+    if not auto:
+        out.stop = None
     return out
 
 

@@ -27,7 +27,7 @@ from farm.engine.phases import JobContext, autocast, ensure_model
 from farm.flops import decode_steps
 from farm.results.decode import Generation
 from farm.results.peaks import Bandwidth, gpu_bandwidth
-from farm.results.result import PhaseResult, judge
+from farm.results.result import PhaseResult
 
 __all__ = ["bandwidth_ceiling", "greedy_step", "run_generate"]
 
@@ -96,21 +96,5 @@ def run_generate(ctx: JobContext) -> PhaseResult:
         token_times_s=token_s,
         kv_cache_bytes_observed=cache.nbytes,
     )
-    # `judged` attaches what JobContext records for every phase (telemetry); the generation's figures
-    # and the bandwidth verdict come from `judge` with them, and replace the FLOP-only verdict.
-    base = ctx.judged("generate", timed, mem, breakdown)
-    full = judge(
-        spec,
-        "generate",
-        timed.times_s,
-        timed.warmup_times_s,
-        peak=ctx.peak,
-        peak_memory_bytes=mem.peak_bytes,
-        memory_kind=mem.kind,
-        breakdown=breakdown,
-        generation=raw,
-        bandwidth=bandwidth,
-    )
-    return base.model_copy(
-        update={"status": full.status, "invalid_reason": full.invalid_reason, "generate": full.generate}
-    )
+    # One judgement: the FLOP check, the generation's figures, its consistency and the bandwidth verdict.
+    return ctx.judged("generate", timed, mem, breakdown, generation=raw, bandwidth=bandwidth)

@@ -22,7 +22,8 @@ from farm.engine.model import GPT, from_hf_checkpoint
 from farm.engine.telemetry import Probe, TelemetrySource
 from farm.engine.timing import Timed, Timer, repeat, repeat_adaptive
 from farm.errors import JobTimeout
-from farm.results.peaks import Peak
+from farm.results.decode import Generation
+from farm.results.peaks import Bandwidth, Peak
 from farm.results.result import PhaseResult, judge
 from farm.results.telemetry import PhaseTelemetry
 from farm.spec import AUTO_MIN_REPEATS, BenchSpec
@@ -130,8 +131,18 @@ class JobContext:
             return timed
         return repeat(fn, repeats=spec.repeats, warmup=spec.warmup, timer=self.timer, on_step=self.step(phase))
 
-    def judged(self, phase: str, timed: Timed, mem: PeakMemory, breakdown: dict[str, float]) -> PhaseResult:
-        """The phase's result from its timed repeats and memory (`farm.results.result.judge`)."""
+    def judged(
+        self,
+        phase: str,
+        timed: Timed,
+        mem: PeakMemory,
+        breakdown: dict[str, float],
+        *,
+        generation: Generation | None = None,
+        bandwidth: Bandwidth | None = None,
+    ) -> PhaseResult:
+        """The phase's result from its timed repeats and memory (`farm.results.result.judge`, once:
+        a generate phase passes its raw generation and bandwidth ceiling here)."""
         result = judge(
             self.spec,
             phase,
@@ -141,6 +152,8 @@ class JobContext:
             peak_memory_bytes=mem.peak_bytes,
             memory_kind=mem.kind,
             breakdown=breakdown,
+            generation=generation,
+            bandwidth=bandwidth,
         )
         result.repeats_stop = timed.stop
         probe = self._probes.pop(phase, None)

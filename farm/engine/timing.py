@@ -106,6 +106,7 @@ def repeat_adaptive(
     deadline: float | None = None,
     monotonic: Callable[[], float] = time.monotonic,
     on_step: Callable[[int, int], None] | None = None,
+    agree: Callable[[bool], bool] | None = None,
 ) -> Timed:
     """Warm up, then repeat `fn` until one of three things stops it, never before `min_repeats`:
 
@@ -117,6 +118,10 @@ def repeat_adaptive(
     Like torch.utils.benchmark's `adaptive_autorange` (which stops on IQR / median below a
     threshold, or `max_run_time`), but on the interval that reports print. `on_step(done, total)`
     is called between timed regions with total = warmup + max_repeats, an upper bound.
+
+    `agree(stop)`, the stop hook of processes that must repeat in step (DDP ranks), is called after
+    every repeat from `min_repeats` on with this process's decision and returns the group's (rank 0's,
+    broadcast); a process that stops on the group's word without a reason of its own says "budget".
     """
     out = Timed()
     total = warmup + max_repeats
@@ -138,11 +143,15 @@ def repeat_adaptive(
             break
         if n < min_repeats:
             continue
+        stop: Literal["target", "budget"] | None = None
         if ci_half_width(out.times_s) <= target:
-            out.stop = "target"
+            stop = "target"
+        elif spent >= budget_s or (deadline is not None and monotonic() + sorted(out.times_s)[n // 2] > deadline):
+            stop = "budget"
+        if agree is not None and agree(stop is not None):
+            out.stop = stop or "budget"
             break
-        next_s = sorted(out.times_s)[n // 2]
-        if spent >= budget_s or (deadline is not None and monotonic() + next_s > deadline):
-            out.stop = "budget"
+        if agree is None and stop is not None:
+            out.stop = stop
             break
     return out
