@@ -57,7 +57,19 @@ def _imports(path: Path) -> list[tuple[str, int, bool]]:
                     sub = f"{base}.{a.name}"
                     found.append((sub if sub in MODULES else base, child.lineno, in_fn))
             elif isinstance(child, ast.If) and "TYPE_CHECKING" in ast.unparse(child.test):
-                continue  # annotations only
+                for other in child.orelse:  # annotations only; the else branch runs (farm.cli.lazy)
+                    visit(ast.Module(body=[other], type_ignores=[]), fn)
+                continue
+            elif (
+                isinstance(child, ast.Call)
+                and isinstance(child.func, ast.Name)
+                and child.func.id == "lazy_module"
+                and child.args
+                and isinstance(child.args[0], ast.Constant)
+                and isinstance(child.args[0].value, str)
+            ):
+                # `lazy_module("farm.nightly.regress")` imports it on first use: an arrow of the graph all the same.
+                found.append((child.args[0].value, child.lineno, in_fn))
             visit(child, fn)
 
     visit(tree, False)

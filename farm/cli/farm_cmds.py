@@ -9,12 +9,13 @@ import socket
 import time
 from dataclasses import replace
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from farm.cli import options as o
 from farm.cli.follow import follow, follow_and_print
+from farm.cli.lazy import lazy_module
 from farm.cli.output import (
     EXIT_JOB_FAILED,
     Format,
@@ -29,13 +30,26 @@ from farm.cli.output import (
     warn,
     write,
 )
-from farm.cluster import controller, embedded
-from farm.cluster.controller import JobView
 from farm.errors import SpecError
-from farm.reports.listing import Listing
-from farm.results.result import JobResult
-from farm.settings import Settings, get_settings, mask_url
 from farm.spec import BenchSpec
+
+if TYPE_CHECKING:
+    from farm import settings as farm_settings
+    from farm.cluster import controller, embedded
+    from farm.cluster.controller import JobView
+    from farm.reports import listing
+    from farm.reports.listing import Listing
+    from farm.results.result import JobResult
+    from farm.settings import Settings
+else:  # run on first use (farm.cli.lazy): celery, redis, the store, numpy
+    controller = lazy_module("farm.cluster.controller")
+    embedded = lazy_module("farm.cluster.embedded")
+    listing = lazy_module("farm.reports.listing")
+    farm_settings = lazy_module("farm.settings")
+
+# farm.cluster.controller.UNSERVED_AFTER_S, the default shown in --help, without importing celery
+# for it (tests/test_cli_startup.py checks that the two agree).
+UNSERVED_AFTER_S = 60.0
 
 UnservedAfter = Annotated[
     float,
@@ -82,13 +96,13 @@ def submit(
         False, "--skip-unserved", help="With --wait: cancel jobs no live worker serves instead of exiting 5."
     ),
     timeout: float | None = typer.Option(None, help="With --wait: give up after this many seconds."),
-    unserved_after: UnservedAfter = controller.UNSERVED_AFTER_S,
+    unserved_after: UnservedAfter = UNSERVED_AFTER_S,
     fmt: Format = None,
     output: Output = None,
 ) -> None:
     spec = o.build_spec(spec_file, **o.spec_options(locals()))
     fmt_name = fmt_of(fmt, output, json_out)
-    settings = get_settings()
+    settings = farm_settings.get_settings()
     if dry_run:
         emit(_plan_listing(_dry_run_plan(spec, settings)), fmt_name, output)
         return
@@ -137,7 +151,7 @@ def _plan_listing(plan: controller.Plan) -> Listing:
         "live_workers": plan.workers,
         "notes": plan.notes,
     }  # fmt: skip
-    lst = Listing(
+    lst = listing.Listing(
         f"dry run: {len(plan.jobs)} job(s) on queue(s) {', '.join(queues)}; {seen}; nothing queued",
         ["job", "device", "queue", "model", "batch x seq", "dtype", "phases", "repeats", "served"],
         doc=doc,
@@ -172,7 +186,7 @@ def _status_listing(run_id: str, views: list[JobView], name: str = "") -> Listin
         counts[key] = counts.get(key, 0) + 1
     summary = ", ".join(f"{n} {k}" for k, n in counts.items())
     doc = {"run_id": run_id, "name": name or None, "jobs": [v.__dict__ for v in views]}
-    lst = Listing(
+    lst = listing.Listing(
         f"run {run_id}{f' ({name})' if name else ''}: {summary}",
         ["job", "device", "queue", "state", "worker", "progress", "attempts", "result"],
         doc=doc,
@@ -220,7 +234,7 @@ def workers(
         return
     # Times as ISO 8601 (UTC), like results; the table says how long ago.
     doc = [{**w, "started_at": _iso(w["started_at"]), "last_heartbeat": _iso(w["last_heartbeat"])} for w in live]
-    lst = Listing(
+    lst = listing.Listing(
         f"{len(live)} live worker(s)", ["name", "host", "device", "tags", "queues", "job", "last beat"], doc=doc
     )
     now = time.time()
@@ -281,7 +295,7 @@ def cancel(
     run_ids = o.run_ids(store, runs, run)
     if not run_ids:
         raise SpecError("run", "name the run to cancel (a run id, or 'latest')")
-    lst = Listing("", ["run", "job", "state"], doc=[])
+    lst = listing.Listing("", ["run", "job", "state"], doc=[])
     n = 0
     for run_id in run_ids:
         cancelled, running = controller.cancel(run_id)
@@ -333,7 +347,9 @@ def worker(
 def up() -> None:
     """Start the embedded farm here: a private redis-server and local workers (CPU, one per GPU)."""
     state = embedded.up()
-    out.print(f"embedded farm up: redis {mask_url(state['url'])} (pid {state['redis']['pid']})", highlight=False)
+    out.print(
+        f"embedded farm up: redis {farm_settings.mask_url(state['url'])} (pid {state['redis']['pid']})", highlight=False
+    )
     for w in state["workers"]:
         out.print(f"  worker {w['name']} (pid {w['pid']}, {w['device']}), log {w['log']}", highlight=False)
 

@@ -5,18 +5,24 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.text import Text
 
-from farm.cli.output import EXIT_JOB_FAILED, EXIT_UNSERVED, emit_results, err, warn
-from farm.cluster import controller
-from farm.cluster.controller import JobView
-from farm.reports.cells import term
-from farm.results.result import MEASURED_STATUSES, JobResult
-from farm.settings import Settings
+from farm.cli.lazy import lazy_module
+from farm.cli.output import EXIT_JOB_FAILED, EXIT_UNSERVED, emit_results, err, term, warn
+
+if TYPE_CHECKING:
+    from farm.cluster import controller
+    from farm.cluster.controller import JobView
+    from farm.results import result
+    from farm.results.result import JobResult
+    from farm.settings import Settings
+else:  # run on first use (farm.cli.lazy): celery, redis, the store
+    controller = lazy_module("farm.cluster.controller")
+    result = lazy_module("farm.results.result")
 
 
 def _tracker(progress: Progress) -> Callable[[list[JobView]], None]:
@@ -78,5 +84,5 @@ def follow_and_print(
     emit_results(results, fmt, output, title=f"run {run_id}", json_doc=doc)
     if left:
         raise typer.Exit(EXIT_UNSERVED)
-    if any(r.status not in MEASURED_STATUSES for r in results):  # unverified is measured (and flagged)
+    if any(r.status not in result.MEASURED_STATUSES for r in results):  # unverified is measured (and flagged)
         raise typer.Exit(EXIT_JOB_FAILED)

@@ -19,11 +19,11 @@ Command modules hold plain functions (they never import this module); this modul
 
 from __future__ import annotations
 
-from typing import Any
+import sys
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
-import redis
 import typer
-from kombu.exceptions import OperationalError
 from typer._click.exceptions import (  # typer's vendored click: the classes its parser raises
     BadParameter,
     ClickException,
@@ -34,10 +34,19 @@ from typer.core import TyperGroup
 
 from farm import __version__
 from farm.cli import farm_cmds, publish, repair_cmds, report_cmds, run, schema, sweep_cmds
+from farm.cli.lazy import lazy_module, when_imported
 from farm.cli.output import EXIT_BAD_INPUT, EXIT_BROKER, EXIT_JOB_FAILED, EXIT_NOT_FOUND, fail, out
 from farm.errors import BrokerError, CheckpointError, ConfigError, FarmError, NotFoundError, OwnershipError, SpecError
-from farm.reports.publish import install_publish_hook
-from farm.results.store import broker_error
+
+if TYPE_CHECKING:
+    import redis
+    from kombu.exceptions import OperationalError
+
+    from farm.reports import publish as publishing
+    from farm.results import store
+else:  # run on first use (farm.cli.lazy): scipy (publish), redis and numpy (the store)
+    publishing = lazy_module("farm.reports.publish")
+    store = lazy_module("farm.results.store")
 
 _EXIT_CODES: list[tuple[type[FarmError], int]] = [
     (SpecError, EXIT_BAD_INPUT),
@@ -57,6 +66,19 @@ def exit_code_for(exc: FarmError) -> int:
 def _os_message(e: OSError) -> str:
     text = e.strerror or str(e)
     return f"{e.filename}: {text}" if e.filename else text
+
+
+def _redis_errors() -> tuple[type[redis.RedisError], ...]:
+    """redis.RedisError once redis-py is imported, else nothing: an error of a library that was never
+    imported cannot have been raised, and importing it to find that out costs every command."""
+    module = sys.modules.get("redis")
+    return (module.RedisError,) if module is not None else ()
+
+
+def _kombu_errors() -> tuple[type[OperationalError], ...]:
+    """kombu.exceptions.OperationalError once kombu is imported, else nothing (as `_redis_errors`)."""
+    module = sys.modules.get("kombu.exceptions")
+    return (module.OperationalError,) if module is not None else ()
 
 
 def usage_line(e: ClickException) -> str:
@@ -104,9 +126,9 @@ class FarmGroup(TyperGroup):
             raise fail(usage_line(e), e.exit_code) from None
         except FarmError as e:
             raise fail(str(e), exit_code_for(e)) from None
-        except redis.RedisError as e:
-            raise fail(str(broker_error(e)), EXIT_BROKER) from None
-        except OperationalError as e:
+        except _redis_errors() as e:
+            raise fail(str(store.broker_error(e)), EXIT_BROKER) from None
+        except _kombu_errors() as e:
             raise fail(f"Redis failed under the command: {e}", EXIT_BROKER) from None
         except OSError as e:
             raise fail(_os_message(e), EXIT_JOB_FAILED) from None
@@ -135,7 +157,13 @@ def _root(
 ) -> None:
     """Time GPT-2 models on CPUs and GPUs: build (init), forward and train, honestly."""
     repair_cmds.warn_skipped_records()  # a record no reader can parse: one warning line per key
-    install_publish_hook()  # with FARM_PUBLISH_DIR, every schedule firing in this process republishes
+    # With FARM_PUBLISH_DIR, every schedule firing in this process republishes: the hook is installed
+    # once the schedules (farm.nightly.schedule, which fires them) are imported, before anything fires.
+    when_imported("farm.nightly.schedule", _install_publish_hook)
+
+
+def _install_publish_hook(_schedule: ModuleType) -> None:
+    publishing.install_publish_hook()
 
 
 for _fn in (

@@ -4,15 +4,21 @@ spec defaults shown in --help) and the run-selection grammar (RUN..., `--run`, s
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from farm.cli.lazy import lazy_module
 from farm.dates import parse_when
 from farm.errors import NotFoundError, SpecError
-from farm.reports.report import Selection
-from farm.results.store import ResultStore
 from farm.spec import BenchSpec, load_spec_file, parse_spec
+
+if TYPE_CHECKING:
+    from farm.reports import report
+    from farm.reports.report import Selection
+    from farm.results.store import ResultStore
+else:
+    report = lazy_module("farm.reports.report")  # numpy and the store: run on first use (farm.cli.lazy)
 
 
 def _default(name: str) -> Any:
@@ -189,7 +195,7 @@ def selection(
 ) -> Selection:
     """The results a command's run ids and selectors choose (selectors of one kind OR-ed, kinds AND-ed).
     Dates are parsed here: call it before Redis is touched, so bad input is exit 2 whatever the farm holds."""
-    return Selection(
+    return report.Selection(
         runs=runs,
         machines=split(machine),
         devices=split(device),

@@ -17,26 +17,40 @@ import json
 import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.text import Text
 
-from farm.reports.cells import UNSAFE, fmt_seconds, term, write_text_atomic
-from farm.reports.formats import choose_format, render, terminal
-from farm.reports.listing import Listing
-from farm.reports.report import Report, build_report
-from farm.results.records import records_from_results
-from farm.results.result import JobResult
+from farm.cli.lazy import lazy_module
+
+if TYPE_CHECKING:
+    from farm.reports import cells, formats, report
+    from farm.reports.listing import Listing
+    from farm.reports.report import Report
+    from farm.results import records
+    from farm.results.result import JobResult
+else:  # run on first use (farm.cli.lazy): the report modules load numpy and the store
+    cells = lazy_module("farm.reports.cells")
+    formats = lazy_module("farm.reports.formats")
+    report = lazy_module("farm.reports.report")
+    records = lazy_module("farm.results.records")
 
 EXIT_OK, EXIT_JOB_FAILED, EXIT_BAD_INPUT, EXIT_BROKER, EXIT_NOT_FOUND, EXIT_UNSERVED = 0, 1, 2, 3, 4, 5
 
 
+def term(text: str) -> str:
+    """`farm.reports.cells.term`: control and bidi characters shown escaped. Text without any (each is
+    a non-printable character, `str.isprintable`) is returned as it is, without loading the report
+    modules that farm.reports.cells imports: `farm --version` prints through here."""
+    return text if text.isprintable() else cells.term(text)
+
+
 def safe_text(text: Text) -> Text:
     """A copy of `text` with its control and bidi characters shown escaped (`term`), styles kept."""
-    if not UNSAFE.search(text.plain):
+    if text.plain.isprintable() or not cells.UNSAFE.search(text.plain):
         return text
     cuts = sorted({i for span in text.spans for i in (span.start, span.end) if 0 < i < len(text)})
     safe = Text(style=text.style, justify=text.justify, overflow=text.overflow, no_wrap=text.no_wrap, end=text.end)
@@ -105,7 +119,7 @@ def fmt_of(fmt: str | None, output: Path | None, json_alias: bool = False, csv_a
         fmt = "json"
     if fmt is None and csv_alias:
         fmt = "csv"
-    return choose_format(fmt, str(output) if output is not None else None)
+    return formats.choose_format(fmt, str(output) if output is not None else None)
 
 
 def write(text: str, output: Path | None, fmt: str) -> None:
@@ -116,23 +130,23 @@ def write(text: str, output: Path | None, fmt: str) -> None:
     if output is None:
         print(text, end="" if text.endswith("\n") else "\n")
         return
-    write_text_atomic(output, text)  # OSError: `cannot write FILE: why`
+    cells.write_text_atomic(output, text)  # OSError: `cannot write FILE: why`
     err.print(Text(f"wrote {output} ({fmt})"))
 
 
 def emit(obj: Report | Listing, fmt: str, output: Path | None = None, after: Sequence[str] = ()) -> None:
     """A report or listing in its format; `after` lines follow the terminal table (not other formats)."""
     if fmt == "terminal" and output is None:
-        out.print(terminal(obj), crop=False)  # a wide table wraps in the terminal, never loses columns
+        out.print(formats.terminal(obj), crop=False)  # a wide table wraps in the terminal, never loses columns
         for line in after:
             out.print(Text(term(line)), highlight=False)
         return
-    write(render(obj, fmt), output, fmt)
+    write(formats.render(obj, fmt), output, fmt)
 
 
 def results_report(results: Sequence[JobResult], title: str) -> Report:
     """Results as a report (the one terminal table, CSV layout and HTML page)."""
-    return build_report(records_from_results(results), title=title)
+    return report.build_report(records.records_from_results(results), title=title)
 
 
 def emit_results(results: Sequence[JobResult], fmt: str, output: Path | None, title: str, json_doc: Any = None) -> None:
@@ -151,7 +165,7 @@ def breakdown_lines(results: Iterable[JobResult]) -> list[str]:
     lines = []
     for r in results:
         parts = [
-            f"{p}.{k}={fmt_seconds(v)}"
+            f"{p}.{k}={cells.fmt_seconds(v)}"
             for p, ph in r.phases.items()
             for k, v in ph.breakdown.items()
             if k.endswith("_s")
@@ -161,7 +175,7 @@ def breakdown_lines(results: Iterable[JobResult]) -> list[str]:
         how = []
         for name, ph in r.phases.items():
             if ph.host is not None and ph.host.lock_wait_s > 0:
-                how.append(f"{name}.host_lock_wait={fmt_seconds(ph.host.lock_wait_s)} (not timed)")
+                how.append(f"{name}.host_lock_wait={cells.fmt_seconds(ph.host.lock_wait_s)} (not timed)")
             if ph.host is not None and ph.host.load_avg_1m is not None:
                 how.append(f"{name}.load_avg_1m={ph.host.load_avg_1m:.2f}")
             if ph.repeats_stop:

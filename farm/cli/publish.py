@@ -3,14 +3,24 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from farm.cli.lazy import lazy_module
 from farm.cli.output import err
-from farm.cluster.controller import store_for
-from farm.reports.publish import MAX_RUN_PAGES
-from farm.reports.publish import publish as publish_site
+
+if TYPE_CHECKING:
+    from farm.cluster import controller
+    from farm.reports import publish as publishing
+else:  # run on first use (farm.cli.lazy): scipy (the regressions), celery, the report modules
+    controller = lazy_module("farm.cluster.controller")
+    publishing = lazy_module("farm.reports.publish")
+
+# farm.reports.publish.MAX_RUN_PAGES, the default shown in --help, without importing that module
+# for it (tests/test_cli_startup.py checks that the two agree).
+MAX_RUN_PAGES = 30
 
 
 def publish(
@@ -29,7 +39,7 @@ def publish(
         def on_progress(page: str, done: int, total: int) -> None:
             bar.update(task, description=f"writing {page}", completed=done, total=total)
 
-        site = publish_site(store_for(), directory, max_run_pages=runs, on_progress=on_progress)
+        site = publishing.publish(controller.store_for(), directory, max_run_pages=runs, on_progress=on_progress)
     err.print(
         f"wrote {len(site.pages)} pages to {directory} ({site.results} results, {site.specs} specs, "
         f"{site.runs} run pages, {site.regressions} regressions); open {directory / 'index.html'}",

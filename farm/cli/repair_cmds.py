@@ -10,13 +10,17 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from farm.cli.lazy import lazy_module
 from farm.cli.output import EXIT_BAD_INPUT, fail, note, one_line, warn
-from farm.cluster.controller import store_for
-from farm.results import store as store_module
+
+if TYPE_CHECKING:
+    from farm.cluster import controller
+else:
+    controller = lazy_module("farm.cluster.controller")  # celery, redis, the store: run on first use (farm.cli.lazy)
 
 
 class _SkippedRecords(logging.Handler):
@@ -39,12 +43,15 @@ class _SkippedRecords(logging.Handler):
 
 
 _HANDLER = _SkippedRecords()
+# The store's logger (`farm.results.store.base.log`), named for the package: named here, so that
+# listening on it does not import the store (redis, numpy) before a command needs the store.
+STORE_LOGGER = "farm.results.store"
 
 
 def warn_skipped_records() -> None:
     """Print skipped records as warnings from now on, each key once for this command."""
     _HANDLER.seen.clear()
-    logger = logging.getLogger(store_module.__name__)
+    logger = logging.getLogger(STORE_LOGGER)
     if _HANDLER not in logger.handlers:
         logger.addHandler(_HANDLER)
         logger.propagate = False  # the warning is printed here, not again by a root handler
@@ -70,5 +77,5 @@ def delete(
     The way out for a record no command can read; the run keeps the job, now without a result."""
     ids = list(dict.fromkeys(job_ids))
     confirm(f"delete the stored result of {', '.join(ids)}?", yes)
-    deleted = store_for().delete_results(ids)
+    deleted = controller.store_for().delete_results(ids)
     note(one_line(f"deleted {len(deleted)} result(s): {', '.join(deleted)}"))

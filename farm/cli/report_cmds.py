@@ -7,22 +7,36 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.text import Text
 
 from farm.cli import options as o
+from farm.cli.lazy import lazy_module
 from farm.cli.output import Format, JsonAlias, Output, emit, fmt_of, out, write
 from farm.cli.repair_cmds import confirm
-from farm.cluster.controller import store_for
-from farm.reports.compare import parse_baseline
-from farm.reports.diff import diff_listing, environment_diff
-from farm.reports.importer import import_results, read_file, validate
-from farm.reports.listing import Listing
-from farm.reports.pool import pool_listing, select_pooled
-from farm.reports.report import Selection, select
-from farm.reports.series import SERIES_THRESHOLD
+
+if TYPE_CHECKING:
+    from farm.cluster import controller
+    from farm.reports import compare as compare_lib
+    from farm.reports import diff as diff_lib
+    from farm.reports import importer, listing
+    from farm.reports import pool as pool_lib
+    from farm.reports import report as report_lib
+    from farm.reports.report import Selection
+else:  # run on first use (farm.cli.lazy): numpy, celery, redis, the store
+    controller = lazy_module("farm.cluster.controller")
+    compare_lib = lazy_module("farm.reports.compare")
+    diff_lib = lazy_module("farm.reports.diff")
+    importer = lazy_module("farm.reports.importer")
+    listing = lazy_module("farm.reports.listing")
+    pool_lib = lazy_module("farm.reports.pool")
+    report_lib = lazy_module("farm.reports.report")
+
+# farm.reports.series.SERIES_THRESHOLD, shown in --help, without importing numpy and the store for
+# it (tests/test_cli_startup.py checks that the two agree).
+SERIES_THRESHOLD = 2000
 
 ListOpt = o.ListOpt
 _split = o.split  # the run-selection grammar's list splitting (farm.cli.options), for `import --replace`
@@ -41,9 +55,11 @@ def _report(
     every_result: bool = False,
 ) -> None:
     fmt = fmt_of(fmt, output, json_out)
-    s = store_for()
+    s = controller.store_for()
     # HTML carries the history view (a phase's time per night, regressions marked) when there is one.
-    rep = select(s, sel, parse_baseline(baseline), history=fmt == "html", every_result=every_result)
+    rep = report_lib.select(
+        s, sel, compare_lib.parse_baseline(baseline), history=fmt == "html", every_result=every_result
+    )
     named = [label for label in (o.run_label(s, r) for r in sel.runs) if label.endswith(")")]
     if named:
         rep.title += f"; {', '.join(named)}"
@@ -74,7 +90,9 @@ def report(
     median with its 95% CI, tokens/s, FLOP/s, MFU, memory, speedup, flags. Over more than
     SERIES_THRESHOLD results without a run: one row per series (its latest result) with its history."""
     sel = o.selection((), machine, device, model, spec_hash, since, until)
-    _report(replace(sel, runs=o.run_ids(store_for(), runs, run)), baseline, fmt, output, json_out, every_result)
+    _report(
+        replace(sel, runs=o.run_ids(controller.store_for(), runs, run)), baseline, fmt, output, json_out, every_result
+    )
 
 
 def compare(
@@ -100,14 +118,14 @@ def compare(
     """Compare results across runs (RUN... or --run), machines and devices chosen by selectors (all stored
     results if none)."""
     sel = o.selection((), machine, device, model, spec_hash, since, until)
-    s = store_for()
+    s = controller.store_for()
     sel = replace(sel, runs=o.run_ids(s, runs, run))
     if not pool:
         _report(sel, baseline, fmt, output, json_out)
         return
     fmt = fmt_of(fmt, output, json_out)
-    base = parse_baseline(baseline)
-    emit(pool_listing(select_pooled(s, sel, base), base, sel), fmt, output)
+    base = compare_lib.parse_baseline(baseline)
+    emit(pool_lib.pool_listing(pool_lib.select_pooled(s, sel, base), base, sel), fmt, output)
 
 
 def diff(
@@ -119,9 +137,9 @@ def diff(
     json_out: JsonAlias = False,
 ) -> None:
     """The environment difference of two results: hardware, drivers, versions, precision, spec, peak."""
-    s = store_for()
-    d = environment_diff(s.get_result(result_a), s.get_result(result_b), show_all)
-    emit(diff_listing(d), fmt_of(fmt, output, json_out), output)
+    s = controller.store_for()
+    d = diff_lib.environment_diff(s.get_result(result_a), s.get_result(result_b), show_all)
+    emit(diff_lib.diff_listing(d), fmt_of(fmt, output, json_out), output)
 
 
 def import_(
@@ -140,18 +158,18 @@ def import_(
     Never writes into an existing run or job; `--replace JOB_ID` overwrites that job's stored result
     (asked first; `--yes` in scripts)."""
     fmt = fmt_of(fmt, output, json_out)
-    results = validate(read_file(file))  # bad input is refused before Redis is touched
+    results = importer.validate(importer.read_file(file))  # bad input is refused before Redis is touched
     replaced = _split(replace)
     if replaced:
         confirm(f"replace the stored result of {', '.join(replaced)}?", yes)
-    summary = import_results(store_for(), results, file.name, replaced)
+    summary = importer.import_results(controller.store_for(), results, file.name, replaced)
     if fmt == "json":
         write(json.dumps(summary.__dict__, indent=1), output, fmt)
         return
     title = f"stored {len(summary.stored)}, already present {len(summary.existing)}"
     if summary.replaced:
         title += f", replaced {len(summary.replaced)}"
-    lst = Listing(f"{title}; runs: {', '.join(summary.runs)}", ["job", "flagged"])
+    lst = listing.Listing(f"{title}; runs: {', '.join(summary.runs)}", ["job", "flagged"])
     for job_id, why in summary.flagged.items():
         lst.add(job_id, why, status="invalid")
     if fmt == "terminal" and output is None:

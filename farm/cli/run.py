@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
 from farm.cli import options as o
-from farm.cli.output import EXIT_JOB_FAILED, Format, Output, emit_results, err, fmt_of, warn
-from farm.reports.cells import term
-from farm.reports.report import UNVERIFIED_TEXT
-from farm.results.result import MEASURED_STATUSES
+from farm.cli.lazy import lazy_module
+from farm.cli.output import EXIT_JOB_FAILED, Format, Output, emit_results, err, fmt_of, term, warn
 from farm.spec import Job
+
+if TYPE_CHECKING:
+    from farm.reports import report
+    from farm.results import result
+else:  # run on first use (farm.cli.lazy): numpy and the store
+    report = lazy_module("farm.reports.report")
+    result = lazy_module("farm.results.result")
 
 
 def run(
@@ -67,8 +74,8 @@ def run(
     emit_results(results, fmt_name, output, title=title)
     for r in results:
         if r.status == "unverified":  # measured, but no ceiling checked it: never passed off as ok
-            warn(f"{r.device}: unverified: {r.error or UNVERIFIED_TEXT}")
-    if any(r.status not in MEASURED_STATUSES for r in results):  # unverified is measured: warned, exit 0
+            warn(f"{r.device}: unverified: {r.error or report.UNVERIFIED_TEXT}")
+    if any(r.status not in result.MEASURED_STATUSES for r in results):  # unverified is measured: warned, exit 0
         raise typer.Exit(EXIT_JOB_FAILED)
 
 

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import json
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
+from farm.cli.lazy import lazy_module
 from farm.cli.output import Output, write
-from farm.results.result import JobResult
 from farm.spec import BenchSpec
+
+if TYPE_CHECKING:
+    from farm.results import result
+else:
+    result = lazy_module("farm.results.result")  # numpy: run on first use (farm.cli.lazy)
 
 
 class SchemaKind(StrEnum):
@@ -24,7 +29,7 @@ def schema_doc(kind: str) -> dict[str, Any]:
         doc = BenchSpec.model_json_schema(mode="validation")
         doc["title"] = "farm spec"
     else:
-        doc = JobResult.model_json_schema(mode="serialization")
+        doc = result.JobResult.model_json_schema(mode="serialization")
         doc["title"] = "farm result"
     doc["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     return doc

@@ -7,36 +7,48 @@ from __future__ import annotations
 import json
 from datetime import UTC, timedelta
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.text import Text
 
 from farm.cli import options as o
-from farm.cli.farm_cmds import UnservedAfter, await_workers
+from farm.cli.farm_cmds import UNSERVED_AFTER_S, UnservedAfter, await_workers
 from farm.cli.follow import follow_and_print
+from farm.cli.lazy import lazy_module
 from farm.cli.output import EXIT_JOB_FAILED, Format, JsonAlias, Output, emit, err, fmt_of, note, warn, write
-from farm.cluster import embedded
-from farm.cluster.controller import UNSERVED_AFTER_S, store_for, submit
-from farm.cluster.controller import plan as controller_plan
 from farm.dates import parse_when
 from farm.errors import BrokerError
-from farm.nightly.regress import Verdict, changes, check_run, detect
-from farm.nightly.schedule import ScheduleBook, fire, run_beat
-from farm.nightly.sweep import Sweep, load_sweep, nightly_run_id, parse_bytes, resolve_wildcards, with_tags
-from farm.nightly.webhook import notify as post
-from farm.reports.cells import fmt_bytes, fmt_seconds
-from farm.reports.history import write_page
-from farm.reports.listing import Listing
-from farm.settings import get_settings
 from farm.spec import BenchSpec
+
+if TYPE_CHECKING:
+    from farm import settings as farm_settings
+    from farm.cluster import controller, embedded
+    from farm.nightly import regress, schedule, webhook
+    from farm.nightly import sweep as sweep_lib
+    from farm.nightly.regress import Verdict
+    from farm.nightly.sweep import Sweep
+    from farm.reports import cells, listing
+    from farm.reports.listing import Listing
+else:  # run on first use (farm.cli.lazy): scipy (the regressions), celery, redbeat, redis, the store
+    controller = lazy_module("farm.cluster.controller")
+    embedded = lazy_module("farm.cluster.embedded")
+    regress = lazy_module("farm.nightly.regress")
+    schedule = lazy_module("farm.nightly.schedule")
+    sweep_lib = lazy_module("farm.nightly.sweep")
+    webhook = lazy_module("farm.nightly.webhook")
+    cells = lazy_module("farm.reports.cells")
+    listing = lazy_module("farm.reports.listing")
+    farm_settings = lazy_module("farm.settings")
 
 MaxMemory = Annotated[str | None, typer.Option("--max-memory", help="Skip points predicted above this, e.g. 16GiB.")]
 Strict = Annotated[bool, typer.Option("--strict", help="Refuse the sweep if any point is invalid or skipped.")]
 
 
 def _load(file: Path, max_memory: str | None, strict: bool) -> Sweep:
-    sweep = load_sweep(file, max_memory=parse_bytes(max_memory) if max_memory else None, strict=strict)
+    sweep = sweep_lib.load_sweep(
+        file, max_memory=sweep_lib.parse_bytes(max_memory) if max_memory else None, strict=strict
+    )
     for line in sweep.problems:
         err.print(Text.assemble(("skipped", "yellow"), f" {line}"), highlight=False)
     return sweep
@@ -47,7 +59,7 @@ def _points_listing(sw: Sweep) -> Listing:
     points = [{"index": p.index, "params": p.params, "ok": p.ok, "error": p.error, "dropped": p.dropped,
                "devices": list(p.spec.devices) if p.spec else [], "predicted_bytes": p.predicted_bytes}
               for p in sw.points]  # fmt: skip
-    lst = Listing(
+    lst = listing.Listing(
         f"sweep {sw.name}: {len(sw.specs)} of {len(sw.points)} points, {sw.job_count()} jobs{wild}",
         ["#", *sw.grid, "devices", "predicted peak", "status"],
         doc={"name": sw.name, "jobs": sw.job_count(), "points": points},
@@ -58,7 +70,9 @@ def _points_listing(sw: Sweep) -> Listing:
             status += f" (dropped {', '.join(d.split(': ')[0] for d in p.dropped)})"
         devices = ",".join(p.spec.devices) if p.spec else None
         params = [str(v) for v in p.params.values()]
-        lst.add(p.index, *params, devices, fmt_bytes(p.predicted_bytes), status, status="ok" if p.ok else "skipped")
+        lst.add(
+            p.index, *params, devices, cells.fmt_bytes(p.predicted_bytes), status, status="ok" if p.ok else "skipped"
+        )
     return lst
 
 
@@ -91,15 +105,15 @@ def sweep(
     if dry_run:
         emit(_points_listing(sw), fmt, output)
         if sw.specs:
-            _note_plan(with_tags(sw.specs, tags))
+            _note_plan(sweep_lib.with_tags(sw.specs, tags))
         return
-    settings = get_settings()
-    specs, _, _ = embedded.ensure_local(with_tags(sw.specs, tags), settings, say=note)
-    specs, notes = resolve_wildcards(specs)
+    settings = farm_settings.get_settings()
+    specs, _, _ = embedded.ensure_local(sweep_lib.with_tags(sw.specs, tags), settings, say=note)
+    specs, notes = sweep_lib.resolve_wildcards(specs)
     for line in notes:
         err.print(Text.assemble(("skipped", "yellow"), f" {line}"), highlight=False)
-    run_id = nightly_run_id(sw.name, parse_when(date, "date")) if nightly else None
-    sub = submit(specs, run_id=run_id, name=name or sw.name, tags={"sweep": sw.name, **(tags or {})})
+    run_id = sweep_lib.nightly_run_id(sw.name, parse_when(date, "date")) if nightly else None
+    sub = controller.submit(specs, run_id=run_id, name=name or sw.name, tags={"sweep": sw.name, **(tags or {})})
     verb = "submitted" if sub.created else "already exists (nothing enqueued)"
     note(f"run {sub.run_id} {verb}: {len(sub.jobs)} jobs from {len(specs)} points")
     if wait:
@@ -121,14 +135,14 @@ def sweep(
 def _note_plan(specs: list[BenchSpec]) -> None:
     """On stderr: the jobs and queues a sweep's points would make, against the live workers if Redis answers."""
     try:
-        specs, dropped = resolve_wildcards(specs)
+        specs, dropped = sweep_lib.resolve_wildcards(specs)
     except BrokerError as e:
         dropped = [f"live workers unknown ({e}): wildcards not expanded"]
     for line in dropped:
         err.print(Text.assemble(("skipped", "yellow"), f" {line}"), highlight=False)
     if not specs:
         return
-    plan = controller_plan(specs)
+    plan = controller.plan(specs)
     queues = list(dict.fromkeys(j.queue for j in plan.jobs))
     served = "" if plan.workers is None else f"; no live worker on {', '.join(plan.unserved)}" if plan.unserved else ""
     note(f"would queue {len(plan.jobs)} job(s) on {', '.join(queues)}{served}; nothing queued")
@@ -145,7 +159,7 @@ def schedule_add(
 ) -> None:
     """Add (or with --replace, update) a schedule."""
     sw = _load(sweep_file, max_memory, strict)
-    s = ScheduleBook().add(name, sw, cron=cron, every_s=every, source=str(sweep_file), replace=replace)
+    s = schedule.ScheduleBook().add(name, sw, cron=cron, every_s=every, source=str(sweep_file), replace=replace)
     write(
         f"schedule {s.name}: {s.when}, sweep {sw.name} ({len(sw.specs)} points, {sw.job_count()} jobs)",
         None,
@@ -155,10 +169,12 @@ def schedule_add(
 
 def schedule_list(json_out: JsonAlias = False, fmt: Format = None, output: Output = None) -> None:
     """List schedules with their next firing and last run."""
-    book = ScheduleBook()
+    book = schedule.ScheduleBook()
     rows = [(s, next(iter(book.fires(s.name, 1)), None)) for s in book.all()]
     docs = [{**s.__dict__, "next_at": s.next_at.isoformat() if s.next_at else None, "last": last} for s, last in rows]
-    lst = Listing(f"{len(rows)} schedules", ["name", "when", "sweep", "source", "next (UTC)", "last run"], doc=docs)
+    lst = listing.Listing(
+        f"{len(rows)} schedules", ["name", "when", "sweep", "source", "next (UTC)", "last run"], doc=docs
+    )
     for s, last in rows:
         # redbeat's estimate can land a fraction of a second early: show it to the nearest second.
         nxt = f"{(s.next_at + timedelta(seconds=0.5)).astimezone(UTC):%Y-%m-%d %H:%M:%S}" if s.next_at else None
@@ -173,7 +189,7 @@ def schedule_list(json_out: JsonAlias = False, fmt: Format = None, output: Outpu
 
 def schedule_remove(name: Annotated[str, typer.Argument(help="Schedule name.")]) -> None:
     """Remove a schedule (runs it already made are kept)."""
-    ScheduleBook().remove(name)
+    schedule.ScheduleBook().remove(name)
     write(f"schedule {name} removed", None, "terminal")
 
 
@@ -187,7 +203,7 @@ def schedule_run(
 ) -> None:
     """Fire a schedule now, as `farm beat` would (tonight's run id: a second firing adds nothing)."""
     fmt = fmt_of(fmt, output, json_out)
-    f = fire(name, fresh=fresh)
+    f = schedule.fire(name, fresh=fresh)
     verb = "submitted" if f.created else "already exists (nothing enqueued; --fresh for a new run)"
     note(f"run {f.run_id} {verb}: {f.jobs} jobs")
     for line in f.skipped:
@@ -205,11 +221,11 @@ def beat(
     loglevel: str = typer.Option("info", "--loglevel", help="Celery log level."),
 ) -> None:
     """Fire schedules: Celery beat with the celery-redbeat scheduler (one active beat per farm)."""
-    run_beat(get_settings(), max_interval=max_interval, loglevel=loglevel)
+    schedule.run_beat(farm_settings.get_settings(), max_interval=max_interval, loglevel=loglevel)
 
 
 def _verdicts(verdicts: list[Verdict], title: str, doc: Any) -> Listing:
-    lst = Listing(
+    lst = listing.Listing(
         title,
         ["kind", "machine", "device", "model", "spec", "phase", "new", "baseline", "change", "z", "p", "conf."],
         doc=doc,
@@ -222,8 +238,8 @@ def _verdicts(verdicts: list[Verdict], title: str, doc: Any) -> Listing:
             v.model,
             v.spec_hash,
             v.phase,
-            fmt_seconds(v.new_s),
-            fmt_seconds(v.baseline_s),
+            cells.fmt_seconds(v.new_s),
+            cells.fmt_seconds(v.baseline_s),
             f"{v.change:+.1%}" if v.change is not None else None,
             f"{v.robust_z:.1f}" if v.robust_z is not None else None,
             f"{v.p_value:.2g}" if v.p_value is not None else None,
@@ -234,7 +250,7 @@ def _verdicts(verdicts: list[Verdict], title: str, doc: Any) -> Listing:
 
 
 def _notify(verdicts: list[Verdict], notify: bool) -> None:
-    for d in post(get_settings().webhook_url if notify else None, verdicts):
+    for d in webhook.notify(farm_settings.get_settings().webhook_url if notify else None, verdicts):
         if not d.ok:
             err.print(Text.assemble(("webhook", "yellow"), f" {d.job_id} {d.phase}: {d.detail}"), highlight=False)
 
@@ -258,10 +274,10 @@ def regressions(
 ) -> None:
     """Regressions and improvements: each series' newest result against its history."""
     sel = o.selection((), machine, device, model, None, None, until)
-    store = store_for()
+    store = controller.store_for()
     results = store.get_results(sel.query_ids(store))
-    verdicts = detect(results, since=parse_when(since, "since"))
-    shown = verdicts if show_all else changes(verdicts)
+    verdicts = regress.detect(results, since=parse_when(since, "since"))
+    shown = verdicts if show_all else regress.changes(verdicts)
     n_reg = sum(v.kind == "regression" for v in verdicts)
     doc = [v.model_dump(mode="json") for v in shown]
     emit(
@@ -270,6 +286,9 @@ def regressions(
         output,
     )
     if html is not None:
+        # farm.reports.history draws with matplotlib: imported only for --html.
+        from farm.reports.history import write_page
+
         write_page(html, results)  # every point judged, so each night's verdict is marked
         note(f"history page: {html}")
     _notify(verdicts, notify)
@@ -313,11 +332,11 @@ def check(
 ) -> None:
     """Judge a run against history (for CI gating): exit 1 when a result regressed, 4 when the run does not
     exist; with --require-verdict, 6 when a result could not be judged (why is printed on stderr either way)."""
-    store = store_for()
+    store = controller.store_for()
     run_id = store.resolve_run(run_id)
     run = store.get_run(run_id)
     sel = o.selection((), machine, device, model)
-    verdicts = check_run(store.get_results(sel.query_ids(store)), run_id)
+    verdicts = regress.check_run(store.get_results(sel.query_ids(store)), run_id)
     doc = {"run_id": run_id, "verdicts": [v.model_dump(mode="json") for v in verdicts]}
     jobs = f"{len(run['jobs'])} jobs, " if run["jobs"] else ""
     label = f"{run_id} ({run['name']})" if run.get("name") else run_id
