@@ -2,8 +2,11 @@
 
 from importlib.metadata import PackageNotFoundError, version
 
+# The distribution's name on the package index (`pip install gpt2-farm`); the package is `farm`.
+DISTRIBUTION = "gpt2-farm"
+
 try:
-    __version__ = version("farm")
+    __version__ = version(DISTRIBUTION)
 except PackageNotFoundError:  # running from a source tree without installation
     __version__ = "0.0.0+unknown"
 

@@ -178,11 +178,14 @@ def to_rows(results: Iterable[JobResult], baseline: str | None = None) -> list[d
 
 
 def to_dataframe(results: Iterable[JobResult], baseline: str | None = None) -> pandas.DataFrame:
-    """`to_rows` as a pandas DataFrame (pandas is the optional extra `farm[pandas]`)."""
+    """`to_rows` as a pandas DataFrame (pandas is the optional extra `gpt2-farm[pandas]`)."""
     try:
         import pandas  # lazily: an optional extra, only notebooks need it
     except ImportError:
-        raise ImportError("to_dataframe needs pandas: pip install 'farm[pandas]' (or pandas)") from None
+        raise ImportError(
+            "to_dataframe needs pandas: pip install pandas (or, in a clone, pip install -e '.[pandas]'; "
+            "from the package index, pip install 'gpt2-farm[pandas]')"
+        ) from None
     rows = to_rows(results, baseline)
     frame = pandas.DataFrame(rows)
     for col in ("started_at", "finished_at"):
