@@ -28,6 +28,9 @@ class Settings(BaseSettings):
     results_url: str | None = None
     key_prefix: str = Field(default="farm", pattern=r"^[A-Za-z0-9_.-]{1,32}$")
     home: Path | None = None  # data directory (embedded Redis, calibration cache)
+    # The redis-server the embedded farm (and the tests) start; default: the newest found
+    # (farm.cluster.redisproc.choose_server). A data directory's recorded server must be readable by it.
+    redis_server: Path | None = None
 
     # Time limits (seconds): soft < hard < visibility timeout, checked at start-up.
     task_soft_time_limit: float = Field(default=3300.0, gt=0)

@@ -15,6 +15,11 @@ in wall-clock seconds. State files of older farms (no ticks) and systems without
 create_time() within 1 s. A recorded pid that runs our command line but cannot be proved ours is
 named in an OwnershipError, and neither `up` nor `down` touches anything then.
 
+One kind of server per data directory: the redis-server is FARM_REDIS_SERVER if set, else the one
+`<data dir>/redis/server.json` records as the creator of the data, else the newest found
+(redisproc's `choose_server`); one that cannot read the data is refused (ConfigError), and none ever
+starts empty over data.
+
 One owner per data directory: the redis-server holds an exclusive flock on
 `<data dir>/redis/owner.lock` for as long as it runs (redisproc's `owner_lock`: the controller
 takes it and hands the open file to the server). `up` joins the server the state names; if the
@@ -38,7 +43,7 @@ from typing import Any, Literal
 
 import psutil
 
-from farm.cluster.redisproc import OWNER_LOCK, RedisProcess, lock_holders, owner_lock_held
+from farm.cluster.redisproc import OWNER_LOCK, RedisProcess, lock_holders, owner_lock_held, version_text
 from farm.engine.hardware import machine_tag, nvml_gpus
 from farm.errors import BrokerError, ConfigError, FarmError, OwnershipError, SpecError
 from farm.paths import data_dir
@@ -354,18 +359,32 @@ def up(settings: Settings | None = None, *, wait_s: float = WORKER_READY_S) -> d
         return _start(settings, wait_s)
 
 
+def spawn_redis(settings: Settings) -> RedisProcess:
+    """Start the embedded redis-server on `redis_dir` (owner lock taken and handed over; the binary
+    chosen for that data: FARM_REDIS_SERVER, else the one `server.json` records, else the default)
+    and return at once. OwnershipError when another process holds the data; ConfigError, in one line
+    naming both versions and FARM_REDIS_SERVER, when the binary cannot read the data there."""
+    redis = RedisProcess(redis_dir(settings), owner_lock=True, settings=settings)
+    try:
+        return redis.spawn()
+    except OwnershipError as e:
+        raise OwnershipError(f"{e} ({state_path(settings)} does not name it as this farm's redis-server)") from None
+
+
 def _start(settings: Settings, wait_s: float) -> dict[str, Any]:
     """Start redis-server (it takes over the owner lock) and the workers. The state is written as
     soon as each process exists: a controller killed at any later point leaves a state naming it."""
-    redis = RedisProcess(redis_dir(settings), owner_lock=True)
-    try:
-        redis.spawn()
-    except OwnershipError as e:
-        raise OwnershipError(f"{e} ({state_path(settings)} does not name it as this farm's redis-server)") from None
-    assert redis.pid is not None
+    redis = spawn_redis(settings)
+    assert redis.pid is not None and redis.version is not None
     state: dict[str, Any] = {
         "url": redis.url,
-        "redis": {"pid": redis.pid, **_identity(redis.pid), "port": redis.port},
+        "redis": {
+            "pid": redis.pid,
+            **_identity(redis.pid),
+            "port": redis.port,
+            "server": redis.server,
+            "version": version_text(redis.version),
+        },
         "workers": [],
         "started_at": time.time(),
     }
