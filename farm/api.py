@@ -18,10 +18,13 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import replace
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from farm.cluster import controller
 from farm.cluster.controller import Submission
+from farm.dates import parse_when
 from farm.errors import EmptySelectionWarning, NotFoundError, SpecError
 from farm.nightly.sweep import Sweep, load_sweep, parse_sweep
 from farm.reports.cells import row_dict
@@ -110,13 +113,35 @@ def _names(field: str, value: Names) -> tuple[str, ...]:
     return items
 
 
-def _selection(store: ResultStore, runs: Names, machines: Names, devices: Names, models: Names) -> Selection:
-    return Selection(
-        runs=tuple(store.resolve_run(r) for r in _names("runs", runs)),
+When = (
+    str | datetime | None
+)  # ISO 8601 ("2026-11-01", UTC unless a zone is given), relative ("7d", "12h"), or a datetime
+
+
+def _when(value: When, field: str) -> datetime | None:
+    if value is None or isinstance(value, datetime):
+        return value if value is None or value.tzinfo else value.replace(tzinfo=UTC)
+    if not isinstance(value, str):
+        raise SpecError(field, f"{type(value).__name__}: give an ISO 8601 date, '7d'/'12h', or a datetime")
+    return parse_when(value, field)
+
+
+def _selection(
+    store: ResultStore, runs: Names | None, machines: Names, devices: Names, models: Names, since: When, until: When
+) -> Selection:
+    """The one rule of every read (`farm results`, `report`, `compare`, `regressions` and here):
+    runs named: those runs, narrowed by the selectors; no run named but a selector: every run the
+    selectors match; nothing at all: the latest run. `runs=[]` is every run."""
+    sel = Selection(
         machines=_names("machines", machines),
         devices=_names("devices", devices),
         models=_names("models", models),
+        since=_when(since, "since"),
+        until=_when(until, "until"),
     )
+    if runs is None:
+        runs = () if sel.narrows_runs() else ("latest",)
+    return replace(sel, runs=tuple(store.resolve_run(r) for r in _names("runs", runs)))
 
 
 def _warn_if_empty(store: ResultStore, sel: Selection, found: int) -> None:
@@ -127,47 +152,46 @@ def _warn_if_empty(store: ResultStore, sel: Selection, found: int) -> None:
     missing = [r for r in sel.runs if not store.run_exists(r)]
     if missing:
         raise NotFoundError(f"no run {', '.join(map(repr, missing))} is stored (`farm runs` lists them)")
-    asked = ", ".join(
-        f"{name}={list(values)!r}"
-        for name, values in (("runs", sel.runs), ("machines", sel.machines), ("devices", sel.devices),
-                             ("models", sel.models))
-        if values
-    )  # fmt: skip
-    warnings.warn(f"no stored result matches the selection: {asked}", EmptySelectionWarning, stacklevel=3)
+    warnings.warn(f"no stored result matches {sel.describe()}", EmptySelectionWarning, stacklevel=3)
 
 
 def results(
-    runs: Names = ("latest",),
+    runs: Names | None = None,
     *,
     machines: Names = (),
     devices: Names = (),
     models: Names = (),
+    since: When = None,
+    until: When = None,
 ) -> list[JobResult]:
-    """Stored results by run ("latest" is the newest run) and selectors, oldest first.
+    """Stored results, oldest first, by the one selection rule (`_selection`): runs named ("latest"
+    is the newest), else every run the selectors match, else the latest run.
 
-    Each selector takes one name or a sequence of them (`results("RUN_ID")` is that run). A run that
-    is not stored raises NotFoundError; selectors that match nothing in stored runs return [] with an
-    `EmptySelectionWarning` naming them.
+    Each selector takes one name or a sequence of them (`results("RUN_ID")` is that run); `since` and
+    `until` take what `--since`/`--until` do, or a datetime. A run that is not stored raises
+    NotFoundError; selectors that match nothing return [] with an `EmptySelectionWarning` naming them.
     """
     store = controller.store_for()
-    sel = _selection(store, runs, machines, devices, models)
+    sel = _selection(store, runs, machines, devices, models, since, until)
     found = store.get_results(sel.query_ids(store))
     _warn_if_empty(store, sel, len(found))
     return found
 
 
 def report(
-    runs: Names = ("latest",),
+    runs: Names | None = None,
     *,
     machines: Names = (),
     devices: Names = (),
     models: Names = (),
+    since: When = None,
+    until: When = None,
     baseline: str | None = None,
 ) -> Report:
     """The `farm report` of stored results: rows, speedups with CIs and flags (render with farm.reports).
-    Selectors as in `results`; NotFoundError when they match nothing (a report of nothing, as in the CLI)."""
+    Selection as in `results`; NotFoundError when it matches nothing (a report of nothing, as in the CLI)."""
     store = controller.store_for()
-    return select(store, _selection(store, runs, machines, devices, models), parse_baseline(baseline))
+    return select(store, _selection(store, runs, machines, devices, models, since, until), parse_baseline(baseline))
 
 
 def to_rows(results: Iterable[JobResult], baseline: str | None = None) -> list[dict[str, Any]]:

@@ -111,7 +111,7 @@ def test_submit_wait_results_and_the_worker_log(api_farm: WorkerProcess) -> None
     results = fa.wait(sub.run_id, timeout=600)
     assert [r.status for r in results] in (["ok"], ["unverified"])
     assert [r.job_id for r in fa.results([sub.run_id], devices=["cpu"], models=["gpt2-tiny"])] == [results[0].job_id]
-    with pytest.warns(fa.EmptySelectionWarning, match=r"devices=\['cuda'\]"):
+    with pytest.warns(fa.EmptySelectionWarning, match=r"device=cuda"):
         assert fa.results([sub.run_id], devices=["cuda"]) == []
     # One string is one item, never its characters: the run id as anyone would pass it.
     df = fa.to_dataframe(fa.results(sub.run_id, devices="cpu"))
@@ -141,3 +141,45 @@ def test_store_query_takes_singular_and_plural_selectors(redis_url: str) -> None
     assert [r.job_id for r in store.query(model="gpt2")] == [res.job_id]
     assert [r.job_id for r in store.query(models=["gpt2"], device="cpu", run=["q1"])] == [res.job_id]
     assert store.query(machine="elsewhere") == []
+
+
+def test_one_selection_rule_for_the_api_and_farm_results(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Runs named: those; no run but a selector: every run it matches; nothing: the latest run.
+    The same for `fa.results`, `fa.report` and `farm results` (the CLI's --since no longer narrows
+    only the latest run)."""
+    from datetime import UTC, datetime, timedelta
+
+    from typer.testing import CliRunner
+
+    from farm.cli.main import app
+    from farm.results import synthetic as syn
+    from farm.results.store import ResultStore
+
+    monkeypatch.setenv("FARM_REDIS_URL", redis_url)
+    get_settings.cache_clear()
+    store = ResultStore.from_url(redis_url)
+    now = datetime.now(UTC)
+    old, new = (
+        syn.result(run, 0, "cpu", {"forward": [0.1] * 5}, finished_at=at)
+        for run, at in (("20261101T000000-aaaaaa", now - timedelta(days=30)), ("20261207T000000-bbbbbb", now))
+    )
+    for res in (old, new):
+        store.create_run(res.run_id, [res.spec], [], name="t")
+        assert store.put_result(res)
+    assert [r.run_id for r in fa.results()] == [new.run_id]  # nothing: the latest run
+    assert {r.run_id for r in fa.results(devices="cpu")} == {old.run_id, new.run_id}  # a selector: every run
+    assert [r.run_id for r in fa.results(since="7d")] == [new.run_id]
+    assert [r.run_id for r in fa.results(until=now - timedelta(days=7))] == [old.run_id]
+    assert [r.run_id for r in fa.results(old.run_id, devices="cpu")] == [old.run_id]  # named: that run
+    assert {r.run_id for r in fa.results([])} == {old.run_id, new.run_id}  # [] is every run
+    assert {r.run_id for r in fa.report(models="gpt2").records} == {old.run_id, new.run_id}
+    with pytest.raises(SpecError, match=r"^since: "):
+        fa.results(since="yesterday-ish")
+    out = CliRunner().invoke(app, ["results", "--since", "7d", "--json"])
+    assert out.exit_code == 0, out.output
+    assert [r["run_id"] for r in json.loads(out.stdout)] == [new.run_id]
+    out = CliRunner().invoke(app, ["results", "--device", "cpu", "--json"])
+    assert {r["run_id"] for r in json.loads(out.stdout)} == {old.run_id, new.run_id}
+    out = CliRunner().invoke(app, ["results", "--device", "mps"])
+    assert out.exit_code == 4 and "no stored results match" in out.output
+    get_settings.cache_clear()

@@ -30,7 +30,7 @@ from farm.cli.output import (
     warn,
     write,
 )
-from farm.errors import SpecError
+from farm.errors import NotFoundError, SpecError
 from farm.spec import BenchSpec
 
 if TYPE_CHECKING:
@@ -261,10 +261,20 @@ def results(
     fmt: Format = None,
     output: Output = None,
 ) -> None:
-    """The stored results of runs (RUN... or --run; 'latest' when none is given), narrowed by selectors."""
+    """The stored results of runs (RUN... or --run), narrowed by selectors; with no run, every run the
+    selectors match; with neither, the latest run (the rule of every read command)."""
     selectors = o.selection((), machine, device, model, None, since, until)  # bad dates: exit 2 first
     store = controller.store_for()
-    run_ids = o.run_ids(store, runs, run) or (store.latest_run(),)
+    run_ids = o.run_ids(store, runs, run)
+    if not run_ids and selectors.narrows_runs():
+        ids = selectors.query_ids(store)
+        if not ids:
+            raise NotFoundError(f"no stored results match {selectors.describe()}")
+        res = store.get_results(ids)
+        title = f"every run, {selectors.describe()}: {len(res)} result(s)"
+        emit_results(res, fmt_of(fmt, output, json_out, csv_out), output, title=title)
+        return
+    run_ids = run_ids or (store.latest_run(),)
     found: dict[str, JobResult] = {}
     n_jobs = 0
     for run_id in run_ids:
