@@ -3,17 +3,20 @@
 #
 #   OUT=out/gpu_farm benchmarks/gpu_farm_check.sh
 #
-# Steps, each with its own time limit (seconds; they add up to 310, and with the untimed rest and
-# `farm down` the whole stays under 6 minutes, as benchmarks/gpu_host_run.sh allows it):
+# Steps, each with its own time limit (seconds; by default they add up to 310, and with the untimed
+# rest and `farm down` the whole stays under 6 minutes):
 #   up      80  the embedded farm: a private redis-server, one CPU worker and one CUDA worker per GPU
 #   seed    90  farm submit --model gpt2 --phases all --devices cpu,cuda --batch 8 --seq 1024 --wait
+#               (it gives up 5 s before its limit, so a slow CPU job still leaves the run for the report)
 #   fanout  40  farm submit --devices 'cuda:*' --wait (one job per GPU model a live worker serves)
 #   kill9   80  a long CUDA job whose process is killed with SIGKILL mid-job: delivered again, stored once
-#   report  20  the HTML report of the seed run
+#   report  20  the report of the seed run: report.html, then the same as Markdown (report.md), 20 s each
 # Without a CUDA worker (no GPU, no driver) the CUDA steps are skipped with a message; the seed runs
 # on the CPU and the kill -9 step kills a CPU job instead. FARM_CHECK_MODEL / _BATCH / _SEQ /
-# _REPEATS shrink the seed's shape (the CPU test uses gpt2-tiny). Exit status: 0 when every step
-# that ran passed, 1 otherwise. FARM: the farm command (default `farm`, else python3 -m farm.cli.main).
+# _REPEATS shrink the seed's shape (the CPU test uses gpt2-tiny). FARM_CHECK_UP_S / _SEED_S / _FANOUT_S /
+# _KILL9_S / _REPORT_S / _DOWN_S set the limits, and FARM_CHECK_SKIP (e.g. "fanout kill9") leaves steps
+# out (a `skipped` row each): benchmarks/gpu_run.sh runs up, seed and report only. Exit status: 0 when
+# every step that ran passed, 1 otherwise. FARM: the farm command (default `farm`, else python3 -m farm.cli.main).
 set -u
 OUT=${OUT:-out/gpu_farm}
 mkdir -p "$OUT"
@@ -50,9 +53,12 @@ step() { # name limit_s command...: runs it with a time limit, stdout/stderr to 
   return $rc
 }
 secs() { cat "$OUT/$1.seconds"; }
-# The step limits (see the top): 310 s; with DOWN_S and the rest, within the 360 s gpu_host_run.sh gives it.
-UP_S=80 SEED_S=90 FANOUT_S=40 REPORT_S=20 DOWN_S=30
-export KILL9_S=80 # kill9.py fits its waits in it
+# The step limits (see the top): 310 s by default; with DOWN_S and the rest, under 6 minutes.
+UP_S=${FARM_CHECK_UP_S:-80} SEED_S=${FARM_CHECK_SEED_S:-90} FANOUT_S=${FARM_CHECK_FANOUT_S:-40}
+REPORT_S=${FARM_CHECK_REPORT_S:-20} DOWN_S=${FARM_CHECK_DOWN_S:-30}
+export KILL9_S=${FARM_CHECK_KILL9_S:-80} # kill9.py fits its waits in it
+SKIP=" ${FARM_CHECK_SKIP:-} "
+skipped() { case "$SKIP" in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 # shellcheck disable=SC2317  # called by the EXIT trap
 cleanup() { timeout "$DOWN_S" "${farm[@]}" down >"$OUT/down.log" 2>&1; }
 trap cleanup EXIT
@@ -75,13 +81,15 @@ if [ "$cuda" = 1 ]; then devices=cpu,cuda; fi
 
 # The seed's experiment through the farm.
 seed=(submit --model "$MODEL" --phases all --devices "$devices" --batch "$BATCH" --seq "$SEQ")
-seed+=(--repeats "$REPEATS" --wait --json --unserved-after 30)
+seed+=(--repeats "$REPEATS" --wait --json --unserved-after 30 --timeout $((SEED_S > 10 ? SEED_S - 5 : SEED_S)))
 if step seed "$SEED_S" "${farm[@]}" "${seed[@]}"; then
   row seed ok "$(secs seed)" "$MODEL ${BATCH}x$SEQ on $devices"
 else
   row seed failed "$(secs seed)" "exit $? (see seed.log)"
 fi
-if [ "$cuda" = 1 ]; then
+if skipped fanout; then
+  row fanout skipped 0 "left out (FARM_CHECK_SKIP)"
+elif [ "$cuda" = 1 ]; then
   if step fanout "$FANOUT_S" "${farm[@]}" submit --model "$MODEL" --phases forward --devices 'cuda:*' --batch "$BATCH" \
     --seq "$SEQ" --repeats "$REPEATS" --wait --json; then
     row fanout ok "$(secs fanout)" "cuda:* on ${gpu:-?}"
@@ -122,7 +130,9 @@ attempts = int(store.job_field(job, "attempts") or 0)
 print(f"{len(res)} result(s) {[r['status'] for r in res]} after {attempts} deliveries")
 sys.exit(0 if len(res) == 1 and attempts >= 2 and res[0]["status"] in ("ok", "invalid") else 1)
 EOF
-if FARM_CMD="$FARM" MODEL=$MODEL BATCH=$BATCH SEQ=$SEQ KDEV=$kdev KILL_REPEATS=${FARM_CHECK_KILL_REPEATS:-400} \
+if skipped kill9; then
+  row kill9 skipped 0 "left out (FARM_CHECK_SKIP)"
+elif FARM_CMD="$FARM" MODEL=$MODEL BATCH=$BATCH SEQ=$SEQ KDEV=$kdev KILL_REPEATS=${FARM_CHECK_KILL_REPEATS:-400} \
   step kill9 "$KILL9_S" "$PY" "$OUT/kill9.py"; then
   row kill9 ok "$(secs kill9)" "$kdev: $(tail -n 1 "$OUT/kill9.out")"
 else
@@ -130,10 +140,11 @@ else
 fi
 
 seed_run=$($PY -c 'import json,sys; print(json.load(open(sys.argv[1]))["run_id"])' "$OUT/seed.out" 2>/dev/null)
-if [ -n "$seed_run" ] && step report "$REPORT_S" "${farm[@]}" report "$seed_run" --format html -o "$OUT/report.html"; then
-  row report ok "$(secs report)" "report.html"
+if [ -n "$seed_run" ] && step report "$REPORT_S" "${farm[@]}" report "$seed_run" --format html -o "$OUT/report.html" &&
+  timeout "$REPORT_S" "${farm[@]}" report "$seed_run" --format markdown -o "$OUT/report.md" >>"$OUT/report.log" 2>&1; then
+  row report ok "$(secs report)" "report.html, report.md"
 else
-  row report failed "$(secs report 2>/dev/null || echo 0)" "see report.log"
+  row report failed "$(secs report 2>/dev/null || echo 0)" "${seed_run:-no seed run id}: $(tail -n 1 "$OUT/report.log" 2>/dev/null | tr "|" /) (see report.log)"
 fi
 
 echo

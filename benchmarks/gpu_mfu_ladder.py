@@ -15,9 +15,10 @@ result would carry:
                     runs, but the FLOPs stay those of the real 50257-token head, so MFU is not flattered
     best            bf16+compile+pad at --best-batch (default: twice --batch), the "best" farm combination
 
-The goal is >= 50% bf16 MFU for the best rung on an H100/H200 class GPU. A rung that fails (out of
-memory, compile error) is a failed row with its error, never the end of the table. Rows are written
-to --out (ladder.json, ladder.md) after each rung.
+--rungs picks rungs (benchmarks/gpu_run.sh, the one GPU call, climbs fp32,bf16,bf16+compile,best);
+an unknown name is refused before anything runs. The goal is >= 50% bf16 MFU for the best rung on an
+H100/H200 class GPU. A rung that fails (out of memory, compile error) is a failed row with its error,
+never the end of the table. Rows are written to --out (ladder.json, ladder.md) after each rung.
 """
 
 from __future__ import annotations
@@ -133,9 +134,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seq", type=int, default=1024)
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=2)
-    ap.add_argument("--rungs", default=",".join(n for n, _ in RUNGS))
+    ap.add_argument(
+        "--rungs",
+        default=",".join(n for n, _ in RUNGS),
+        help="comma list of the rungs to run, in the ladder's order (default: all): " + ",".join(n for n, _ in RUNGS),
+    )
     ap.add_argument("--out", type=Path, default=Path("out/ladder"))
     args = ap.parse_args(argv)
+    wanted = {w.strip() for w in args.rungs.split(",") if w.strip()}
+    known = [n for n, _ in RUNGS]
+    unknown = sorted(wanted - set(known))
+    if unknown or not wanted:  # a typo must not cost a GPU call: refused before anything runs
+        ap.error(f"--rungs: unknown rung(s) {', '.join(unknown) or '(none given)'}; known: {', '.join(known)}")
     args.best_batch = args.best_batch or 2 * args.batch
     args.out.mkdir(parents=True, exist_ok=True)
     gpu = args.device
@@ -146,7 +156,6 @@ def main(argv: list[str] | None = None) -> int:
             print("no CUDA device: nothing to climb (run with --device cpu for a smoke run)")
             return 0
         gpu = torch.cuda.get_device_name(0)
-    wanted = {w.strip() for w in args.rungs.split(",")}
     rows: list[dict[str, Any]] = []
     for name, opts in RUNGS:
         if name not in wanted:
