@@ -45,8 +45,11 @@ lint: setup
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
+# The whole suite: the unit tier on 2 xdist workers, then the real-component tier one test at a time
+# (real redis-servers, workers, Slurm, namespaces and browsers are not shared between tests).
 test: setup system-deps lint
-	$(VENV)/bin/pytest -q
+	$(VENV)/bin/pytest -q -m "not real" -n 2
+	$(VENV)/bin/pytest -q -m real
 
 # The inner loop: unit tests only (no redis-server, worker, script or browser started; a test that
 # starts a process fails here and belongs to the full tier: tests/conftest.py), on 2 xdist workers.
