@@ -80,8 +80,12 @@ def test_a_real_20_percent_step_is_found() -> None:
 
 @pytest.mark.parametrize("seed", range(20))
 def test_noise_alone_is_not_flagged(seed: int) -> None:
+    """3% noise per repeat: never a change; a window whose spread needs more than 10% says so (too-noisy)."""
     verdicts = detect(history(30, seed=seed), since=T0 + timedelta(days=10))
-    assert verdicts and all(v.kind == "unchanged" for v in verdicts)
+    assert verdicts and all(v.kind in ("unchanged", "too-noisy") for v in verdicts)
+    for v in verdicts:
+        assert v.needed is not None and (v.kind == "too-noisy") == (v.needed > 0.10)
+        assert v.confidence is None and "needs \u00b1" in v.reason  # the change it needed, no confidence
 
 
 def test_too_little_history_gives_no_verdict() -> None:

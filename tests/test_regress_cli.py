@@ -121,3 +121,92 @@ def test_render_html_of_a_report_with_history_is_the_cli_page(stored: ResultStor
     page = render(report, "html")
     assert TITLE in page and page.count("<img") >= 2
     assert TITLE not in render(select(stored, Selection(runs=("n014",))), "html")  # not asked for: none
+
+
+# -- suspect, too noisy, the change needed (docs/sweeps.md "Disturbed nights and noisy series") -------
+@pytest.fixture()
+def mixed(stored: ResultStore) -> ResultStore:
+    """Beside box7 (a regression at n014) and box8 (quiet): `busy`, whose n014 ran 2x slower beside
+    another process (contended), and `noisy`, whose history spreads 25% per repeat."""
+    from farm.results.host import HostLoad
+    from farm.results.synthetic import flagged
+
+    rng = random.Random(21)
+    busy = [night_result(i, noisy_times(rng, 1.0), tag="busy") for i in range(14)]
+    hogged = night_result(14, noisy_times(rng, 2.0), tag="busy")
+    load = HostLoad(other_cpu_s=1.9, wall_s=1.0, contended=True, reason="other processes used 1.90 CPU s in 1.00 s")
+    busy.append(flagged(hogged, "forward", host=load))
+    noisy = [night_result(i, noisy_times(rng, 1.0, cv=0.25), tag="noisy") for i in range(14)]
+    noisy.append(night_result(14, [1.35, 1.3, 1.4, 1.32, 1.36], tag="noisy"))
+    for suffix, results in (("-002", busy), ("-003", noisy)):
+        for r in results:
+            r.job_id = r.job_id.replace("-000", suffix)
+            stored.create_run(r.run_id, [r.spec], [], name="nightly")
+            assert stored.put_result(r)
+    return stored
+
+
+def test_max_threshold_default_matches_the_detector() -> None:
+    from farm.cli.sweep_cmds import MAX_THRESHOLD_PCT
+    from farm.nightly.regress import RegressConfig
+
+    assert RegressConfig().max_threshold == MAX_THRESHOLD_PCT / 100
+
+
+def test_check_shows_each_kind_with_the_change_it_needed(mixed: ResultStore) -> None:
+    res = CliRunner().invoke(app, ["check", "n014", "--no-notify"], env={"COLUMNS": "200"})
+    assert res.exit_code == 1  # box7's regression
+    text = res.stdout
+    assert "1 regression(s)" in text and "1 suspect" in text and "1 too noisy to gate" in text
+    rows = {line.split()[3]: line for line in text.splitlines() if line.startswith("\u2502 ")}  # by machine
+    assert set(rows) == {"box7", "box8", "busy", "noisy"}
+    for row, kind in (("box7", "regression"), ("box8", "unchanged"), ("busy", "suspect"), ("noisy", "too-noisy")):
+        assert kind in rows[row] and "\u00b1" in rows[row]  # every verdict: the change it needed
+    assert "needs: the change a verdict needs at the series' spread" in text  # the column, explained below
+    assert "conf." not in text and "confidence" not in text  # no confidence column, nor beside unchanged
+    assert "suspect: busy" in res.stderr and "too noisy: noisy" in res.stderr  # why they are not judged
+    res = CliRunner().invoke(app, ["check", "n014", "--no-notify", "--json"])
+    doc = json.loads(res.stdout)  # the reasons of the suspect and the too-noisy series are on stderr
+    assert doc["counts"] == {
+        "regression": 1,
+        "improvement": 0,
+        "suspect": 1,
+        "unchanged": 1,
+        "too-noisy": 1,
+        "no-verdict": 0,
+    }
+    for v in doc["verdicts"]:
+        assert v["needed"] > 0 and "needs \u00b1" in v["reason"]
+        assert (v["confidence"] is None) == (v["kind"] in ("unchanged", "too-noisy"))
+
+
+def test_check_a_suspect_passes_but_not_with_require_verdict(mixed: ResultStore) -> None:
+    res = CliRunner().invoke(app, ["check", "n014", "--no-notify", "--machine", "busy"])
+    assert res.exit_code == 0, res.output  # a disturbed night raises no regression
+    assert "suspect:" in res.stderr and "contended" in res.stderr and "would be a regression" in res.stderr
+    assert "awaiting a clean night" in res.stderr
+    res = CliRunner().invoke(app, ["check", "n014", "--no-notify", "--machine", "busy", "--require-verdict"])
+    assert res.exit_code == 6 and "suspect and too-noisy count as no verdict" in res.stderr
+
+
+def test_check_too_noisy_to_gate_and_max_threshold(mixed: ResultStore) -> None:
+    res = CliRunner().invoke(app, ["check", "n014", "--no-notify", "--machine", "noisy", "--json"])
+    assert res.exit_code == 0
+    (v,) = json.loads(res.stdout)["verdicts"]
+    assert v["kind"] == "too-noisy" and v["needed"] > 0.10 and v["confidence"] is None
+    assert "too noisy:" in res.stderr and "above the 10.0% bound" in res.stderr
+    res = CliRunner().invoke(app, ["check", "n014", "--no-notify", "--machine", "noisy", "--require-verdict"])
+    assert res.exit_code == 6
+    wide = f"{v['needed'] * 100 + 5:.0f}"
+    res = CliRunner().invoke(
+        app, ["check", "n014", "--no-notify", "--machine", "noisy", "--require-verdict", "--max-threshold", wide]
+    )
+    assert res.exit_code == 0 and "unchanged" in res.stdout, res.output
+
+
+def test_regressions_lists_suspects_apart_and_counts_the_too_noisy(mixed: ResultStore) -> None:
+    code, text = cli("regressions", "--json", "--no-notify")
+    assert code == 0
+    assert sorted((v["machine"], v["kind"]) for v in json.loads(text)) == [("box7", "regression"), ("busy", "suspect")]
+    code, text = cli("regressions", "--no-notify")
+    assert "1 regressions in 4 judged series points; 1 suspect" in text and "1 too noisy to gate" in text

@@ -224,12 +224,52 @@ def beat(
     schedule.run_beat(farm_settings.get_settings(), max_interval=max_interval, loglevel=loglevel)
 
 
-def _verdicts(verdicts: list[Verdict], title: str, doc: Any) -> Listing:
+# farm.nightly.regress.RegressConfig.max_threshold in percent, shown in --help without importing scipy
+# for it (tests/test_regress_cli.py checks that the two agree).
+MAX_THRESHOLD_PCT = 10.0
+MaxThreshold = Annotated[
+    float,
+    typer.Option(
+        "--max-threshold",
+        min=0.1,
+        max=1000.0,
+        help="Percent: a series whose threshold (the change a verdict needs at its spread) is above this "
+        "is reported too-noisy (too noisy to gate), not unchanged.",
+    ),
+]
+# How each kind is counted in a title, in this order.
+_KIND_WORDS = {
+    "regression": "regression(s)",
+    "improvement": "improvement(s)",
+    "suspect": "suspect (disturbed: the next clean night decides)",
+    "unchanged": "unchanged",
+    "too-noisy": "too noisy to gate",
+    "no-verdict": "without a verdict",
+}
+
+
+def _tally(verdicts: list[Verdict], kinds: tuple[str, ...] = tuple(_KIND_WORDS)) -> str:
+    """ "1 regression(s), 2 suspect (...), 3 unchanged": the kinds present among `kinds`."""
+    n = regress.counts(verdicts)
+    return ", ".join(f"{n[k]} {_KIND_WORDS[k]}" for k in kinds if n.get(k))
+
+
+MAX_REMARKS = 10  # per table: the verdicts explained below it (the rest: --json)
+
+
+def _verdicts(
+    verdicts: list[Verdict], title: str, doc: Any, max_threshold: float, explained: tuple[str, ...] = ()
+) -> Listing:
+    """The verdict table: each verdict with the change it needed (`needs`; no confidence beside
+    unchanged), and below it, one line per verdict that has more to say than that (a suspect, a
+    too-noisy series, no verdict, except the kinds in `explained`: `check` prints those on stderr;
+    a clean night that confirms or clears suspects; a change the rank test did not confirm)."""
     lst = listing.Listing(
         title,
-        ["kind", "machine", "device", "model", "spec", "phase", "new", "baseline", "change", "z", "p", "conf."],
+        ["kind", "machine", "device", "model", "spec", "phase", "new", "baseline", "change", "needs", "p"],
         doc=doc,
     )
+    remarks = []
     for v in verdicts:
         lst.add(
             v.kind,
@@ -241,11 +281,21 @@ def _verdicts(verdicts: list[Verdict], title: str, doc: Any) -> Listing:
             cells.fmt_seconds(v.new_s),
             cells.fmt_seconds(v.baseline_s),
             f"{v.change:+.1%}" if v.change is not None else None,
-            f"{v.robust_z:.1f}" if v.robust_z is not None else None,
+            regress.fmt_needed(v.needed) if v.needed is not None else None,
             f"{v.p_value:.2g}" if v.p_value is not None else None,
-            f"{v.confidence:.2%}" if v.confidence is not None else None,
             status=v.kind,
         )
+        undecided = v.kind in regress.UNDECIDED and v.kind not in explained
+        if undecided or v.resolves or "rank test p=" in v.reason:
+            remarks.append(f"{v.kind}: {v.machine} {v.device} {v.model} {v.phase} ({v.run_id}): {v.reason}")
+    if any(v.needed is not None for v in verdicts):
+        lst.notes.append(
+            "needs: the change a verdict needs at the series' spread (4 x spread, at least 5%); a series that "
+            f"needs more than {max_threshold:.1%} is too noisy to gate (--max-threshold)"
+        )
+    lst.notes += remarks[:MAX_REMARKS]
+    if len(remarks) > MAX_REMARKS:
+        lst.notes.append(f"{len(remarks) - MAX_REMARKS} more verdicts with remarks: --json has every reason")
     return lst
 
 
@@ -269,22 +319,24 @@ def regressions(
     until: Annotated[
         str | None, typer.Option(help="Judge as of then: results finished later are left out (ISO or 12h, 7d).")
     ] = None,
+    max_threshold: MaxThreshold = MAX_THRESHOLD_PCT,
     fmt: Format = None,
     output: Output = None,
 ) -> None:
-    """Regressions and improvements: each series' newest result against its history."""
+    """Regressions and improvements: each series' newest result against its clean history. A result
+    flagged contended, outlier, drift (or throttled on a GPU) is `suspect`, listed and counted apart:
+    the series' next clean night confirms or clears it (docs/sweeps.md)."""
     sel = o.selection((), machine, device, model, None, None, until)
     store = controller.store_for()
     results = store.get_results(sel.query_ids(store))
-    verdicts = regress.detect(results, since=parse_when(since, "since"))
-    shown = verdicts if show_all else regress.changes(verdicts)
+    cfg = regress.RegressConfig(max_threshold=max_threshold / 100)
+    verdicts = regress.detect(results, since=parse_when(since, "since"), cfg=cfg)
+    shown = verdicts if show_all else [v for v in verdicts if v.kind in ("regression", "improvement", "suspect")]
     n_reg = sum(v.kind == "regression" for v in verdicts)
     doc = [v.model_dump(mode="json") for v in shown]
-    emit(
-        _verdicts(shown, f"{n_reg} regressions in {len(verdicts)} judged series points", doc),
-        fmt_of(fmt, output, json_out),
-        output,
-    )
+    apart = _tally(verdicts, ("suspect", "too-noisy"))
+    title = f"{n_reg} regressions in {len(verdicts)} judged series points" + (f"; {apart}" if apart else "")
+    emit(_verdicts(shown, title, doc, cfg.max_threshold), fmt_of(fmt, output, json_out), output)
     if html is not None:
         # farm.reports.history draws with matplotlib: imported only for --html.
         from farm.reports.history import write_page
@@ -295,23 +347,34 @@ def regressions(
 
 
 EXIT_NO_VERDICT = 6  # `check --require-verdict`: some result could not be judged (farm.cli.main's table)
+# What `check` says on stderr of a result it did not judge, and the short reason a summary counts.
+_UNDECIDED = {
+    "suspect": ("suspect", lambda v: ", ".join(v.flags)),
+    "too-noisy": ("too noisy", lambda v: "threshold above the bound"),
+    "no-verdict": ("no verdict", lambda v: v.reason),
+}
 
 
-def _why_no_verdict(run_id: str, verdicts: list[Verdict]) -> list[str]:
-    """Why `check` gives no verdict: one line per series (a count per reason past ten); [] when every
-    phase result was judged."""
+def _why_no_verdict(run_id: str, verdicts: list[Verdict]) -> list[tuple[str, str]]:
+    """(label, line) for each result `check` did not judge: `suspect` (disturbed: the next clean night
+    confirms or clears it), `too noisy` (threshold above --max-threshold), `no verdict` (too little
+    history); one line per series, a count per reason past ten of a kind; [] when every phase result
+    was judged."""
     if not verdicts:
-        return [f"no verdict: run {run_id} has no measured phase results to judge"]
-    missing = [v for v in verdicts if v.kind == "no-verdict"]
-    if len(missing) <= 10:
-        return [
-            f"no verdict: {v.machine} {v.device} {v.model} {v.phase} (spec {v.spec_hash}): {v.reason}" for v in missing
-        ]
-    reasons: dict[str, int] = {}
-    for v in missing:
-        reasons[v.reason] = reasons.get(v.reason, 0) + 1
-    return [f"no verdict for {len(missing)} of {len(verdicts)} series: " + "; ".join(
-        f"{reason} ({n})" for reason, n in sorted(reasons.items(), key=lambda kv: -kv[1]))]  # fmt: skip
+        return [("no verdict", f"run {run_id} has no measured phase results to judge")]
+    lines: list[tuple[str, str]] = []
+    for kind, (label, short) in _UNDECIDED.items():
+        these = [v for v in verdicts if v.kind == kind]
+        if len(these) <= 10:
+            lines += [(label, f"{v.machine} {v.device} {v.model} {v.phase} (spec {v.spec_hash}): {v.reason}")
+                      for v in these]  # fmt: skip
+            continue
+        reasons: dict[str, int] = {}
+        for v in these:
+            reasons[short(v)] = reasons.get(short(v), 0) + 1
+        lines.append((label, f"{len(these)} of {len(verdicts)} series: " + "; ".join(
+            f"{reason} ({n})" for reason, n in sorted(reasons.items(), key=lambda kv: -kv[1]))))  # fmt: skip
+    return lines
 
 
 def check(
@@ -322,8 +385,9 @@ def check(
         False,
         "--require-verdict",
         help=f"Exit {EXIT_NO_VERDICT} when any phase result of the run cannot be judged (too little history, "
-        "nothing measured): a CI gate that never passes blind.",
+        "nothing measured, suspect: measured while disturbed, too noisy to gate): a CI gate that never passes blind.",
     ),
+    max_threshold: MaxThreshold = MAX_THRESHOLD_PCT,
     machine: o.Machine = None,
     device: o.Device = None,
     model: o.ModelSel = None,
@@ -331,27 +395,43 @@ def check(
     output: Output = None,
 ) -> None:
     """Judge a run against history (for CI gating): exit 1 when a result regressed, 4 when the run does not
-    exist; with --require-verdict, 6 when a result could not be judged (why is printed on stderr either way)."""
+    exist; with --require-verdict, 6 when a result could not be judged (why is printed on stderr either way).
+
+    A result flagged contended, outlier, drift (or throttled on a GPU) raises no regression on its own:
+    it is `suspect`, and the series' next clean night confirms or clears it. Every verdict says the
+    change it needed; a series that needs more than --max-threshold is too noisy to gate."""
     store = controller.store_for()
     run_id = store.resolve_run(run_id)
     run = store.get_run(run_id)
     sel = o.selection((), machine, device, model)
-    verdicts = regress.check_run(store.get_results(sel.query_ids(store)), run_id)
-    doc = {"run_id": run_id, "verdicts": [v.model_dump(mode="json") for v in verdicts]}
+    cfg = regress.RegressConfig(max_threshold=max_threshold / 100)
+    verdicts = regress.check_run(store.get_results(sel.query_ids(store)), run_id, cfg)
+    doc = {
+        "run_id": run_id,
+        "counts": regress.counts(verdicts),
+        "verdicts": [v.model_dump(mode="json") for v in verdicts],
+    }
     jobs = f"{len(run['jobs'])} jobs, " if run["jobs"] else ""
     label = f"{run_id} ({run['name']})" if run.get("name") else run_id
-    emit(
-        _verdicts(verdicts, f"run {label}: {jobs}{len(verdicts)} phase results judged", doc),
-        fmt_of(fmt, output, json_out),
-        output,
-    )
-    _notify(verdicts, notify)
+    tally = _tally(verdicts)
+    title = f"run {label}: {jobs}{len(verdicts)} phase results judged" + (f": {tally}" if tally else "")
+    lst = _verdicts(verdicts, title, doc, cfg.max_threshold, explained=regress.UNDECIDED)  # those: on stderr
+    emit(lst, fmt_of(fmt, output, json_out), output)
+    _notify(verdicts, notify)  # regressions only: a suspect pages nobody
     why = _why_no_verdict(run_id, verdicts)
-    for line in why:
-        warn(line.removeprefix("no verdict").lstrip(": "), label="no verdict")
+    for kind_label, line in why:
+        warn(line, label=kind_label)
     regressed = [v for v in verdicts if v.kind == "regression"]
     if regressed:
         err.print(Text.assemble((f"{len(regressed)} regression(s)", "bold red"), f" in run {run_id}"))
         raise typer.Exit(EXIT_JOB_FAILED)
     if why and require_verdict:
+        undecided = sum(v.kind in regress.UNDECIDED for v in verdicts)
+        err.print(
+            Text.assemble(
+                (f"no verdict for {undecided} of {len(verdicts)} phase results", "yellow"),
+                " (--require-verdict: suspect and too-noisy count as no verdict)",
+            ),
+            soft_wrap=True,
+        )
         raise typer.Exit(EXIT_NO_VERDICT)
