@@ -12,7 +12,7 @@ Every command runs under `FarmGroup.invoke`, which maps what escapes it to one l
 | 3 | Redis cannot be reached or refused the farm (BrokerError, any redis-py or kombu error) |
 | 4 | the run, job, result or schedule asked for does not exist (NotFoundError) |
 | 5 | jobs were left that no live worker can serve (`--wait`) |
-| 6 | `farm check --require-verdict`: a result of the run could not be judged (too little history, nothing measured) |
+| 6 | `farm check --require-verdict`: a result of the run could not be judged (too little history, nothing measured, suspect, too noisy) |
 
 Command modules hold plain functions (they never import this module); this module registers them.
 """
