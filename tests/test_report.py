@@ -178,7 +178,9 @@ def test_flops_cells_carry_an_si_prefix_chosen_per_value() -> None:
     assert json.loads(render(rep, "json"))["rows"][1]["achieved_flops"] == fwd.phase.achieved_flops  # raw
 
 
-def test_run_id_ci_mfu_and_speedup_are_whole_on_a_160_column_terminal() -> None:
+def test_wide_run_id_ci_mfu_and_speedup_are_whole_on_a_160_column_terminal() -> None:
+    """`--wide`: every column, the run id, CI, MFU and speedup never wrapped (the compact default and
+    its widths: tests/test_table_width.py)."""
     run = "20261201T105923-3f2a9c"
     gpu = syn.machine("gpu-box-in-the-far-rack", gpu="NVIDIA H100 80GB HBM3")
     results = [
@@ -190,7 +192,7 @@ def test_run_id_ci_mfu_and_speedup_are_whole_on_a_160_column_terminal() -> None:
     whole = [cells(fwd)[COLUMNS.index(c)] for c in ("run", "95% CI (cov.)", "MFU", "speedup [95% CI]")]
     assert fwd.speedup is not None and fwd.speedup.low is not None and " – " in whole[1]
     buf = io.StringIO()
-    Console(width=160, file=buf, color_system=None).print(to_terminal(rep), crop=False)
+    Console(width=160, file=buf, color_system=None).print(to_terminal(rep, wide=True), crop=False)
     lines = buf.getvalue().splitlines()
     assert max(len(line) for line in lines) > 160  # wider than the terminal rather than cut
     line = next(x for x in lines if run in x and "forward" in x and "cuda:h100" in x)  # the id in full

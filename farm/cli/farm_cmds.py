@@ -260,6 +260,7 @@ def results(
     csv_out: bool = typer.Option(False, "--csv", help="Print CSV, one row per job and phase (the report's CSV)."),
     fmt: Format = None,
     output: Output = None,
+    wide: o.Wide = False,
 ) -> None:
     """The stored results of runs (RUN... or --run), narrowed by selectors; with no run, every run the
     selectors match; with neither, the latest run (the rule of every read command)."""
@@ -272,7 +273,7 @@ def results(
             raise NotFoundError(f"no stored results match {selectors.describe()}")
         res = store.get_results(ids)
         title = f"every run, {selectors.describe()}: {len(res)} result(s)"
-        emit_results(res, fmt_of(fmt, output, json_out, csv_out), output, title=title)
+        emit_results(res, fmt_of(fmt, output, json_out, csv_out), output, title=title, wide=wide)
         return
     run_ids = run_ids or (store.latest_run(),)
     found: dict[str, JobResult] = {}
@@ -289,7 +290,7 @@ def results(
     res = list(found.values())
     labels = ", ".join(o.run_label(store, r) for r in run_ids)
     title = f"run{'s' if len(run_ids) > 1 else ''} {labels}: {len(res)}/{n_jobs} job(s) with results"
-    emit_results(res, fmt_of(fmt, output, json_out, csv_out), output, title=title)
+    emit_results(res, fmt_of(fmt, output, json_out, csv_out), output, title=title, wide=wide)
 
 
 def cancel(

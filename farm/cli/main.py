@@ -9,10 +9,10 @@ Every command runs under `FarmGroup.invoke`, which maps what escapes it to one l
 | 0 | success |
 | 1 | a job did not succeed (failed, oom, timeout, invalid), another farm error, or an OS error (a file) |
 | 2 | bad input (SpecError, ConfigError, CheckpointError): nothing was run or queued |
-| 3 | Redis cannot be reached or refused the farm (BrokerError, any redis-py or kombu error) |
+| 3 | Redis cannot be reached or refused the farm (BrokerError, any redis-py or kombu error); OwnershipError |
 | 4 | the run, job, result or schedule asked for does not exist (NotFoundError) |
 | 5 | jobs were left that no live worker can serve (`--wait`) |
-| 6 | `farm check --require-verdict`: a result of the run could not be judged (too little history, nothing measured, suspect, too noisy) |
+| 6 | `farm check --require-verdict`: a result could not be judged (too little history, suspect, too noisy) |
 
 Command modules hold plain functions (they never import this module); this module registers them.
 """

@@ -170,6 +170,15 @@ Machine = Annotated[ListOpt, typer.Option("--machine", help="Machine tag (repeat
 Device = Annotated[ListOpt, typer.Option("--device", help="Device tag, exactly as stored: cpu, cuda, cuda:h100.")]
 ModelSel = Annotated[ListOpt, typer.Option("--model", help="Model preset name, e.g. gpt2.")]
 SpecHash = Annotated[ListOpt, typer.Option("--spec-hash", help="Spec hash (same work on any device).")]
+Wide = Annotated[
+    bool,
+    typer.Option(
+        "--wide",
+        help="Terminal: every column (run, repeats, tokens/s, FLOP/s, the MFU's peak and roofline, peak memory, "
+        "the speedup's notes), wider than the terminal where it must be. Default: the compact table that fits "
+        "the terminal's width (COLUMNS). Files and the other formats carry every column.",
+    ),
+]
 Since = Annotated[str | None, typer.Option(help="Finished at or after: ISO date/time (UTC) or 30m, 12h, 7d.")]
 Until = Annotated[str | None, typer.Option(help="Finished at or before: ISO date/time (UTC) or 30m, 12h, 7d.")]
 

@@ -14,6 +14,7 @@ directory, a directory, a read-only place, a full device) is an OSError, one lin
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -73,10 +74,18 @@ class SafeConsole(Console):
         super().print(*(safe_text(o) if isinstance(o, Text) else o for o in objects), **kwargs)
 
 
-# Piped output gets a wide console: Rich's 80-column default would fold the tables (a report's
-# table, with MFU naming its peak and the roofline beside it, is about 220 columns).
+# Piped output gets a wide console (the lines below a report's table are not folded at Rich's 80-column
+# default); COLUMNS, where set, is the width either way (`width`).
 out = SafeConsole(soft_wrap=False, width=None if sys.stdout.isatty() else 240, markup=False)
 err = SafeConsole(stderr=True, markup=False)
+
+
+def width() -> int:
+    """The width data is printed at: COLUMNS where it is set (a terminal's, a test's, a script's),
+    else the terminal's (Rich's console width), else 240 for piped output."""
+    columns = os.environ.get("COLUMNS", "").strip()
+    return int(columns) if columns.isdigit() and int(columns) > 0 else out.width
+
 
 Format = Annotated[
     str | None,
@@ -134,12 +143,20 @@ def write(text: str, output: Path | None, fmt: str) -> None:
     err.print(Text(f"wrote {output} ({fmt})"))
 
 
-def emit(obj: Report | Listing, fmt: str, output: Path | None = None, after: Sequence[str] = ()) -> None:
-    """A report or listing in its format; `after` lines follow the terminal table (not other formats)."""
+def emit(
+    obj: Report | Listing, fmt: str, output: Path | None = None, after: Sequence[str] = (), wide: bool = False
+) -> None:
+    """A report or listing in its format; `after` lines follow the terminal table (not other formats).
+
+    In a terminal a report's table fits the width (`width`: COLUMNS, else the terminal's), its
+    explanations wrapped below it; `wide`: every column, the table wider than the terminal where it
+    must be (its lines then wrap in the terminal; nothing is cut). Files and other formats carry
+    every column."""
     if fmt == "terminal" and output is None:
-        out.print(formats.terminal(obj), crop=False)  # a wide table wraps in the terminal, never loses columns
+        w = width() if isinstance(obj, report.Report) else None  # a listing: the console's width, as before
+        out.print(formats.terminal(obj, wide), crop=False, width=w)  # a table too wide is wider, never cut
         for line in after:
-            out.print(Text(term(line)), highlight=False)
+            out.print(Text(term(line)), highlight=False, width=w)
         return
     write(formats.render(obj, fmt), output, fmt)
 
@@ -149,13 +166,21 @@ def results_report(results: Sequence[JobResult], title: str) -> Report:
     return report.build_report(records.records_from_results(results), title=title)
 
 
-def emit_results(results: Sequence[JobResult], fmt: str, output: Path | None, title: str, json_doc: Any = None) -> None:
-    """Job results in a format; JSON is `json_doc` (default: the list of results, as stored)."""
+def emit_results(
+    results: Sequence[JobResult],
+    fmt: str,
+    output: Path | None,
+    title: str,
+    json_doc: Any = None,
+    wide: bool = False,
+) -> None:
+    """Job results in a format; JSON is `json_doc` (default: the list of results, as stored); `wide`:
+    every column of the terminal table (`emit`)."""
     if fmt == "json":
         doc = json_doc if json_doc is not None else [r.model_dump(mode="json") for r in results]
         write(json.dumps(doc, indent=2), output, fmt)
         return
-    emit(results_report(results, title), fmt, output, after=breakdown_lines(results))
+    emit(results_report(results, title), fmt, output, after=breakdown_lines(results), wide=wide)
 
 
 def breakdown_lines(results: Iterable[JobResult]) -> list[str]:

@@ -53,6 +53,7 @@ def _report(
     output: Path | None,
     json_out: bool = False,
     every_result: bool = False,
+    wide: bool = False,
 ) -> None:
     fmt = fmt_of(fmt, output, json_out)
     s = controller.store_for()
@@ -63,7 +64,7 @@ def _report(
     named = [label for label in (o.run_label(s, r) for r in sel.runs) if label.endswith(")")]
     if named:
         rep.title += f"; {', '.join(named)}"
-    emit(rep, fmt, output)
+    emit(rep, fmt, output, wide=wide)
 
 
 def report(
@@ -85,13 +86,20 @@ def report(
     fmt: Format = None,
     output: Output = None,
     json_out: JsonAlias = False,
+    wide: o.Wide = False,
 ) -> None:
     """Report runs (RUN... or --run; all stored results when no run or selector is given): per phase the
     median with its 95% CI, tokens/s, FLOP/s, MFU, memory, speedup, flags. Over more than
     SERIES_THRESHOLD results without a run: one row per series (its latest result) with its history."""
     sel = o.selection((), machine, device, model, spec_hash, since, until)
     _report(
-        replace(sel, runs=o.run_ids(controller.store_for(), runs, run)), baseline, fmt, output, json_out, every_result
+        replace(sel, runs=o.run_ids(controller.store_for(), runs, run)),
+        baseline,
+        fmt,
+        output,
+        json_out,
+        every_result,
+        wide,
     )
 
 
@@ -114,6 +122,7 @@ def compare(
     fmt: Format = None,
     output: Output = None,
     json_out: JsonAlias = False,
+    wide: o.Wide = False,
 ) -> None:
     """Compare results across runs (RUN... or --run), machines and devices chosen by selectors (all stored
     results if none)."""
@@ -121,7 +130,7 @@ def compare(
     s = controller.store_for()
     sel = replace(sel, runs=o.run_ids(s, runs, run))
     if not pool:
-        _report(sel, baseline, fmt, output, json_out)
+        _report(sel, baseline, fmt, output, json_out, wide=wide)
         return
     fmt = fmt_of(fmt, output, json_out)
     base = compare_lib.parse_baseline(baseline)

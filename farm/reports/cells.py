@@ -235,6 +235,81 @@ def cells(row: Row) -> list[str]:
     ]
 
 
+# The compact terminal table's columns (`compact_cells`): what a person reads first, short enough for an
+# 80-column terminal; the run id and the spec are in the table's title. `--wide` shows `COLUMNS`.
+COMPACT_COLUMNS = ["phase", "device", "machine", "median", "95% CI", "speedup", "MFU", "flags"]
+
+
+def _unit(text: str) -> tuple[str, str]:
+    number, _, unit = text.partition(" ")
+    return number, unit
+
+
+def short_ci(row: Row) -> str:
+    """The median's 95% CI in short, beside the median: `490–520` in the median's unit (`500 ms`), with
+    units where an end's differs from it: `998 µs–1.01 ms` beside `1 ms`."""
+    p = row.phase
+    if not p or p.n <= 1 or p.ci_low_s is None or p.ci_high_s is None:
+        return "-"
+    (lo, lo_unit), (hi, hi_unit) = _unit(fmt_seconds(p.ci_low_s)), _unit(fmt_seconds(p.ci_high_s))
+    unit = _unit(fmt_seconds(p.median_s))[1]
+    if lo_unit == hi_unit == unit:
+        return f"{lo}–{hi}"
+    return f"{lo}–{hi} {hi_unit}" if lo_unit == hi_unit else f"{lo} {lo_unit}–{hi} {hi_unit}"
+
+
+def short_speedup(row: Row) -> str:
+    """The speedup in short: `100× [98–104]`, `0.8×` without an interval, `baseline` or `-` (why there
+    is no interval, its coverage, an unverified side: `--wide`, and the flags)."""
+    s = row.speedup
+    if row.is_baseline:
+        return "baseline"
+    if s is None:
+        return "-"
+    if s.low is None or s.high is None:
+        return f"{s.value:.3g}×"
+    return f"{s.value:.3g}× [{s.low:.3g}–{s.high:.3g}]"
+
+
+def short_mfu(row: Row) -> str:
+    """The MFU as a short percentage: `28.5%`; `≥ 28.5%` against an upper-bound peak (the MFU is a
+    lower bound, `is_upper_bound`); `-` without one. The peak it is relative to is named below the table."""
+    p = row.phase
+    if p is None or p.mfu is None:
+        return "-"
+    return f"{'≥ ' if is_upper_bound(p.peak_source) else ''}{p.mfu:.1%}"
+
+
+def compact_cells(row: Row) -> list[str]:
+    """The display cells of a row in the compact table, in `COMPACT_COLUMNS` order."""
+    rec, p = row.record, row.phase
+    return [
+        row.phase_name,
+        rec.device + (f" x{int(w)}" if (w := scaling_values(p)["world_size"]) else ""),
+        rec.machine_tag or "-",
+        fmt_seconds(p.median_s) if p else "-",
+        short_ci(row),
+        short_speedup(row),
+        short_mfu(row),
+        flag_labels(row) or "ok",
+    ]
+
+
+def mfu_lines(report: Report) -> list[str]:
+    """`device @ machine, run R, phase: <mfu_text>` for every row with a measured roofline: below the
+    compact table, whose MFU cell is the bare percentage, the peak's kind and the roofline fraction."""
+    return [
+        f"{row.record.series}, run {row.record.run_id}, {row.phase_name}: {mfu_text(row)}"
+        for row in report.rows
+        if roofline_fraction(row) is not None
+    ]
+
+
+def history_lines(report: Report) -> list[str]:
+    """`device @ machine, phase: <history_text>` for every row of a series report."""
+    return [f"{row.record.series}, {row.phase_name}: {history_text(row)}" for row in report.rows if row.history]
+
+
 # The generate phase's figures (`farm.results.decode.Generation`) a row carries, as `gen_<field>` in CSV and JSON.
 GENERATION_FIELDS = (
     "prefill_s", "decode_tokens_per_s", "token_p50_s", "token_p90_s", "token_p99_s", "bytes_per_token", "mbu",
@@ -556,5 +631,5 @@ def _write_atomic(path: Path, text: str) -> None:
 def plain_text(renderable: RenderableType, width: int = 200) -> str:
     """A Rich renderable as plain text without colour codes (the terminal format written to a file)."""
     console = Console(file=io.StringIO(), width=width, color_system=None, record=True)
-    console.print(renderable)
+    console.print(renderable, crop=False)  # a table wider than `width` keeps its right-hand columns
     return console.export_text()

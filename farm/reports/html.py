@@ -57,11 +57,26 @@ figcaption { font-size: 12px; color: #555; }
 """
 
 
-def _img(png: bytes, alt: str, caption: str) -> str:
+def figure(png: bytes, alt: str, caption: str) -> str:
+    """An inline PNG in a `<figure>` (class `plot`) with its alt text and caption, both escaped."""
     data = base64.b64encode(png).decode("ascii")
     return (
         f'<figure><img class="plot" alt="{escape(alt)}" src="data:image/png;base64,{data}">'
         f"<figcaption>{escape(caption)}</figcaption></figure>"
+    )
+
+
+def flag_badges(row: Row, skip: str | None = None) -> str:
+    """The row's flags as badges (`span.flag.flag-<kind>`), one per kind, every text in its tooltip;
+    the kind `skip` left out (a status cell that already names it). Empty without flags."""
+    texts: dict[str, list[str]] = {}
+    for f in row.flags:
+        if f.kind != skip:
+            texts.setdefault(f.kind, []).append(f.text)
+    return "".join(
+        f'<span class="flag flag-{escape(k)}" title="{escape("; ".join(v))}">'
+        f"{escape(k.upper() if k in SEVERE else k)}</span>"
+        for k, v in texts.items()
     )
 
 
@@ -72,15 +87,7 @@ def _row_html(row: Row, series: bool = False) -> str:
     tds = []
     for i, (col, text) in enumerate(zip(COLUMNS, cells(row), strict=True)):
         if col == "flags":
-            texts: dict[str, list[str]] = {}  # one badge per kind, every text in its tooltip
-            for f in row.flags:
-                texts.setdefault(f.kind, []).append(f.text)
-            spans = "".join(
-                f'<span class="flag flag-{escape(k)}" title="{escape("; ".join(v))}">'
-                f"{escape(k.upper() if k in SEVERE else k)}</span>"
-                for k, v in texts.items()
-            )
-            tds.append(f"<td>{spans or 'ok'}</td>")
+            tds.append(f"<td>{flag_badges(row) or 'ok'}</td>")
         else:
             tds.append(f'<td class="num">{escape(text)}</td>' if 4 <= i <= 11 else f"<td>{escape(text)}</td>")
     if series:  # a series report: the row's history over the selection
@@ -120,11 +127,11 @@ def render_html(report: Report, extra_sections: Sequence[tuple[str, str]] = ()) 
             bars = plots.time_bars_png(g)
             if bars:
                 parts.append(
-                    _img(bars, f"median time by device, {g.title}", "Median time per phase (log scale), 95% CI.")
+                    figure(bars, f"median time by device, {g.title}", "Median time per phase (log scale), 95% CI.")
                 )
             sp = plots.speedup_png(g)
             if sp:
-                parts.append(_img(sp, f"speedup, {g.title}", f"Speedup vs baseline ({report.baseline.describe()})."))
+                parts.append(figure(sp, f"speedup, {g.title}", f"Speedup vs baseline ({report.baseline.describe()})."))
         parts.append("</section>")
     if len(report.groups) > MAX_PLOTTED_GROUPS:
         parts.append(
@@ -134,7 +141,7 @@ def render_html(report: Report, extra_sections: Sequence[tuple[str, str]] = ()) 
     if scaling:
         axis = plots.scaling_axis(report)
         parts.append('<section class="scaling"><h2>Scaling</h2>')
-        parts.append(_img(scaling, "scaling plot", f"Median time against {axis} (log-log), 95% CI."))
+        parts.append(figure(scaling, "scaling plot", f"Median time against {axis} (log-log), 95% CI."))
         parts.append("</section>")
     generation = generation_lines(report)
     if generation:

@@ -18,16 +18,19 @@ from __future__ import annotations
 import functools
 import io
 from collections.abc import Callable, Sequence
-from typing import ParamSpec, TypeVar
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, ParamSpec, TypeVar
 
 from matplotlib import rc_context
 from matplotlib.axes import Axes
+from matplotlib.axis import Axis
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from matplotlib.ticker import NullFormatter
+from matplotlib.ticker import FuncFormatter, NullFormatter
 
 from farm.reports.cells import MATH_OFF, plot_label
-from farm.reports.report import MEASURED, Group, Report, Row
+from farm.reports.report import MEASURED, Group, Report, Row, phase_rank
 
 KIND_COLOURS = {"cpu": "#4C72B0", "cuda": "#55A868", "mps": "#8172B2"}
 INVALID_COLOUR = "#C44E9B"
@@ -79,17 +82,24 @@ def _colour(row: Row) -> str:
     return KIND_COLOURS.get(row.record.device.split(":", 1)[0], "#777777")
 
 
+def plain_log_ticks(axis: Axis) -> None:
+    """A log axis labelled `0.01`, `1`, `100`: matplotlib's default labels are mathtext (`10^{-2}`),
+    which `MATH_OFF` would show as its source text."""
+    axis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:g}"))
+    axis.set_minor_formatter(NullFormatter())
+
+
 def _log_x(ax: Axes, values: Sequence[float]) -> None:
     """Log x axis spanning the values with room for labels: bars start at the left edge."""
     ax.set_xscale("log")
     if values:
         lo, hi = min(values), max(values)
         ax.set_xlim(lo / 4, hi * 12)
-    ax.xaxis.set_minor_formatter(NullFormatter())
+    plain_log_ticks(ax.xaxis)
 
 
 def _phases(rows: Sequence[Row]) -> list[str]:
-    return list(dict.fromkeys(r.phase_name for r in rows if r.phase is not None))
+    return sorted(dict.fromkeys(r.phase_name for r in rows if r.phase is not None), key=phase_rank)  # as they run
 
 
 @text_only
@@ -204,9 +214,133 @@ def scaling_png(report: Report) -> bytes | None:
             ax.errorbar(xs, ys, yerr=[lo, hi], marker="o", capsize=3, label=label, lw=1)
         ax.set_xscale("log")
         ax.set_yscale("log")
+        plain_log_ticks(ax.xaxis)
+        plain_log_ticks(ax.yaxis)
         ax.set_title(phase, fontsize=10)
         ax.set_xlabel("parameters" if axis == "params" else "tokens per step (batch × seq)", fontsize=8)
         ax.set_ylabel("median time, s", fontsize=8)
         ax.legend(fontsize=6)
     fig.suptitle("scaling (measured results: ok and unverified; invalid and failed left out)", fontsize=9)
+    return _png(fig)
+
+
+# The flags that mark a result as measured in a disturbed state: drawn apart from the clean ones.
+DISTURBED = ("contended", "noisy", "outlier", "drift", "throttled")
+DISTURBED_COLOUR = "#E08020"
+_DEVICE_COLOURS = ("#55A868", "#C44E52", "#8172B2", "#CCB974", "#64B5CD", "#937860", "#DA8BC3", "#8C8C8C")
+
+
+def _device_order(rows: Sequence[Row]) -> list[str]:
+    """The series (`device @ machine`) of the rows: the CPU (the baseline) first, then by name."""
+    series = dict.fromkeys(r.record.series for r in rows)
+    base = {r.record.series for r in rows if r.is_baseline}
+    return sorted(series, key=lambda s: (s not in base, not s.startswith("cpu"), s))
+
+
+@text_only
+def devices_png(rows: Sequence[Row], title: str) -> bytes | None:
+    """Device against device for one spec: per phase (in the order they run), each device's median
+    time (log y) with its 95% CI as error bars, the CPU (the baseline) first and each other bar
+    labelled with its speedup over it; a flagged bar (disturbed, unverified, invalid) hatched, its
+    flags named under the speedup. None when no row has a time."""
+    rows = [r for r in rows if r.phase is not None and r.phase.median_s and r.phase.median_s > 0]
+    if not rows:
+        return None
+    phases = _phases(rows)
+    series = _device_order(rows)[:MAX_BARS]
+    colour = {
+        s: KIND_COLOURS["cpu"] if s.startswith("cpu") else _DEVICE_COLOURS[i % len(_DEVICE_COLOURS)]
+        for i, s in enumerate(series)
+    }
+    width = 0.8 / len(series)
+    fig = Figure(figsize=(max(6.5, 1.4 + 0.6 * len(series) * len(phases)), 3.4), layout="constrained")
+    ax = fig.subplots()
+    times: list[float] = []
+    labelled: set[str] = set()
+    for j, s in enumerate(series):
+        for x, phase in enumerate(phases):
+            row = next((r for r in rows if r.record.series == s and r.phase_name == phase), None)
+            if row is None or row.phase is None or row.phase.median_s is None:
+                continue
+            p = row.phase
+            med = float(p.median_s or 0.0)
+            pos = x - 0.4 + width * (j + 0.5)
+            tags = flag_tags(row)
+            hatch = "//" if tags else None
+            label = None if s in labelled else plot_label(s)  # one legend entry per device
+            labelled.add(s)
+            ax.bar(pos, med, width * 0.9, color=colour[s], hatch=hatch, edgecolor="black", lw=0.4, label=label)
+            top = med
+            if p.n > 1 and p.ci_low_s is not None and p.ci_high_s is not None:
+                ax.errorbar(pos, med, yerr=[[med - p.ci_low_s], [p.ci_high_s - med]], fmt="none", ecolor="black",
+                            capsize=3, lw=1)  # fmt: skip
+                top = max(med, p.ci_high_s)
+            times += [med, top]
+            text = "baseline" if row.is_baseline else f"{row.speedup.value:.3g}×" if row.speedup else ""
+            text += "".join(f"\n{t}" for t in tags.split())
+            ax.annotate(text, (pos, top), ha="center", va="bottom", fontsize=6, xytext=(0, 2),
+                        textcoords="offset points")  # fmt: skip
+    ax.set_yscale("log")
+    ax.set_ylim(min(times) / 3, max(times) * 12)  # room above the bars for the labels
+    plain_log_ticks(ax.yaxis)
+    ax.set_xticks(range(len(phases)), phases, fontsize=9)
+    ax.set_ylabel("median time, s (log; bars: 95% CI)", fontsize=8)
+    handles, labels = ax.get_legend_handles_labels()
+    ax.legend(handles, labels, fontsize=7, loc="upper left", ncols=min(4, len(series)))
+    ax.set_title(f"{plot_label(title, 100)}: device against device, speedup over the CPU", fontsize=9)
+    return _png(fig)
+
+
+@dataclass(frozen=True)
+class HistoryPoint:
+    """One night of a series, as the history plot draws it."""
+
+    when: datetime
+    median_s: float
+    low_s: float | None  # the median's 95% CI
+    high_s: float | None
+    disturbed: tuple[str, ...] = ()  # of DISTURBED: drawn apart from the clean line
+    mark: str | None = None  # the night's verdict: regression, improvement, suspect
+
+
+_MARKS = {"regression": ("^", "#d02020"), "improvement": ("v", "#20a040"), "suspect": ("D", "#b06000")}
+
+
+@text_only
+def history_png(title: str, points: Sequence[HistoryPoint]) -> bytes | None:
+    """A series' median per night with its 95% CI: the clean nights joined by a line, the disturbed
+    ones (`DISTURBED` flags) drawn apart, hollow and unjoined, so that a contended night neither
+    bends the line nor reads as a step; regressions, improvements and suspects marked."""
+    if not points:
+        return None
+    fig = Figure(figsize=(7.0, 2.8), layout="constrained")
+    ax = fig.subplots()
+    for disturbed in (False, True):
+        pts = [p for p in points if bool(p.disturbed) == disturbed]
+        if not pts:
+            continue
+        xs: list[Any] = [p.when for p in pts]  # datetimes: matplotlib plots them (its stubs say floats)
+        ys = [p.median_s for p in pts]
+        err = [[max(0.0, p.median_s - (p.low_s if p.low_s is not None else p.median_s)) for p in pts],
+               [max(0.0, (p.high_s if p.high_s is not None else p.median_s) - p.median_s) for p in pts]]  # fmt: skip
+        if disturbed:
+            kinds = sorted({k for p in pts for k in p.disturbed}, key=DISTURBED.index)
+            ax.errorbar(xs, ys, yerr=err, fmt="s", ms=6, mfc="none", mec=DISTURBED_COLOUR, ecolor="#f0c090",
+                        capsize=2, lw=0, elinewidth=1, label=f"disturbed ({', '.join(kinds)}): apart")  # fmt: skip
+        else:
+            ax.errorbar(xs, ys, yerr=err, fmt="o-", ms=3, lw=1, color="#4060a0", ecolor="#9ab", capsize=2,
+                        label="clean nights")  # fmt: skip
+    for kind, (marker, colour) in _MARKS.items():
+        sel = [p for p in points if p.mark == kind]
+        if sel:
+            when: list[Any] = [p.when for p in sel]
+            ax.scatter(when, [p.median_s for p in sel], marker=marker, s=70, color=colour, zorder=3, label=kind)
+    ax.set_title(plot_label(title, 120), fontsize=9)
+    ax.set_ylabel("median time (s)", fontsize=8)
+    ax.tick_params(labelsize=7)
+    ax.set_ylim(bottom=0)
+    ax.legend(fontsize=7, loc="lower left")
+    for label in ax.get_xticklabels():
+        label.set_rotation(30)
+        label.set_horizontalalignment("right")
     return _png(fig)

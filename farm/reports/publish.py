@@ -26,21 +26,22 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
 from farm.cluster.controller import store_for
-from farm.nightly.regress import Verdict, detect
+from farm.nightly.regress import Verdict, build_series, detect
 from farm.nightly.schedule import AFTER_FIRE, Firing
+from farm.reports import plots
 from farm.reports.cells import COLUMNS, cells, fmt_seconds, header_lines, speedup_text
 from farm.reports.cells import html_text as escape
 from farm.reports.compare import DEFAULT_BASELINE
-from farm.reports.history import history_section
-from farm.reports.html import CSS
-from farm.reports.report import Report, Row, build_report
+from farm.reports.history import MAX_SERIES, plotted
+from farm.reports.html import CSS, figure, flag_badges
+from farm.reports.report import Report, Row, build_report, phase_rank
 from farm.results.records import Record
 from farm.results.result import JobResult
 from farm.results.store import ResultStore
@@ -50,6 +51,7 @@ log = logging.getLogger(__name__)
 
 MAX_RUN_PAGES = 30
 RECENT_RUNS = 50
+HISTORY_TITLE = "History: time per night (disturbed nights drawn apart), verdicts marked"
 SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,159}$")
 
 ProgressFn = Callable[[str, int, int], None]  # (page, done, total)
@@ -108,6 +110,18 @@ def _speedup(row: Row) -> str:
     return escape(speedup_text(row))
 
 
+def _status(row: Row) -> str:
+    """A row's status with its flags beside it as badges (`farm.reports.html.flag_badges`): an `ok`
+    measured while the host was busy reads `ok contended`, not `ok`."""
+    return f'<span class="status">{escape(row.status)}</span> {flag_badges(row, skip=row.status)}'.rstrip()
+
+
+CHART_CAPTION = (
+    "Median time per phase (log scale) on each device, the CPU (the baseline) first; bars: the median's 95% CI; "
+    "above each bar its speedup over the CPU; hatched: a flagged result (named above it, explained in the run's page)."
+)
+
+
 def _spec_label(rec: Record) -> str:
     return f"{rec.model_name} · batch {rec.batch} x seq {rec.seq} · {rec.dtype} ({rec.spec_hash})"
 
@@ -123,10 +137,12 @@ def _comparisons(records: Sequence[Record], linked_runs: set[str]) -> str:
         newest_run = max(by_spec[h], key=lambda r: r.finished_at).run_id
         recs = [r for r in by_spec[h] if r.run_id == newest_run]
         rep = build_report(recs, DEFAULT_BASELINE, pool=recs)
-        rows = []
-        for row in sorted(rep.rows, key=lambda x: (x.phase_name, not x.is_baseline, x.record.device)):
+        rows, shown = [], []
+        ordered = sorted(rep.rows, key=lambda x: (phase_rank(x.phase_name), not x.is_baseline, x.record.device))
+        for row in ordered:
             if row.phase is None or (row.phase_name == "init" and not row.phase.median_s):
                 continue
+            shown.append(row)
             page = spec_page(h, row.phase_name)
             rows.append([
                 f'<a href="{page}">{escape(row.phase_name)}</a>',
@@ -134,15 +150,19 @@ def _comparisons(records: Sequence[Record], linked_runs: set[str]) -> str:
                 escape(row.record.machine_tag or "?"),
                 escape(fmt_seconds(row.phase.median_s)),
                 _speedup(row),
-                escape(row.status),
+                _status(row),
             ])  # fmt: skip
         run = escape(newest_run)
         run_link = f'<a href="{run_page(newest_run)}">{run}</a>' if newest_run in linked_runs else run
+        chart = plots.devices_png(shown, _spec_label(recs[0]))
+        alt = f"median time per phase and device, {_spec_label(recs[0])}, run {newest_run}"
         parts.append(
-            f"<h2>{escape(_spec_label(recs[0]))}</h2>"
+            f'<section class="spec"><h2>{escape(_spec_label(recs[0]))}</h2>'
             f'<p class="meta">newest run {run_link}, {_when(max(r.finished_at for r in recs))} UTC; '
             "speedup = CPU median / device median, 95% bootstrap CI</p>"
-            + _table(["phase", "device", "machine", "median", "speedup vs cpu", "status"], rows)
+            + (figure(chart, alt, CHART_CAPTION) if chart else "")
+            + _table(["phase", "device", "machine", "median", "speedup vs cpu", "status and flags"], rows)
+            + "</section>"
         )
     return "".join(parts) or "<p>No results stored yet.</p>"
 
@@ -209,17 +229,71 @@ def _index(
         rrows.append([label, escape(doc.get("name") or ""), doc.get("when", ""), doc.get("results", "0")])
     parts.append('<section id="runs"><h2>Recent runs</h2>')
     parts.append(_table(["run", "name", "created (UTC)", "results"], rrows) + "</section>")
-    specs = sorted({(r.spec_hash, p, _spec_label(r)) for r in records for p in r.phases})
+    specs = sorted({(r.spec_hash, p, _spec_label(r)) for r in records for p in r.phases},
+                   key=lambda s: (s[2], s[0], phase_rank(s[1])))  # fmt: skip
     items = "".join(f'<li><a href="{spec_page(h, p)}">{escape(label)} · {escape(p)}</a></li>' for h, p, label in specs)
     parts.append(f'<section id="specs"><h2>History per spec and phase</h2><ul>{items}</ul></section>')
     return "".join(parts)
+
+
+def disturbed_flags(res: JobResult, phase: str) -> tuple[str, ...]:
+    """The flags of one phase that mark it measured in a disturbed state (`plots.DISTURBED`, in that
+    order): contended, noisy, outlier, drift, throttled."""
+    ph = res.phases[phase]
+    st = ph.stats
+    on = {
+        "contended": ph.host is not None and ph.host.contended,
+        "noisy": st is not None and st.noisy,
+        "outlier": st is not None and st.outlier,
+        "drift": st is not None and st.drift,
+        "throttled": ph.telemetry is not None and ph.telemetry.throttled,
+    }
+    return tuple(k for k in plots.DISTURBED if on[k])
+
+
+def _history(phase: str, results: Sequence[JobResult], marks: dict[tuple[str, str], str]) -> str:
+    """One plot per machine and device of a spec's phase: the clean nights joined by a line, the
+    disturbed ones drawn apart (`plots.history_png`), verdicts marked; a caption counts them."""
+    series = {k: pts for k, pts in build_series(results).items() if k[3] == phase}
+    parts = []
+    for key in sorted(series, key=lambda k: (k[0], k[1]))[:MAX_SERIES]:
+        machine, device = key[0], key[1]
+        pts = [p for p in series[key] if plotted(p)]
+        drawn = []
+        for p in pts:
+            ph = p.result.phases[phase]
+            st, med = ph.stats, ph.median_s or 0.0
+            mark = marks.get((p.result.job_id, phase))
+            drawn.append(plots.HistoryPoint(
+                p.when, med, st.ci_low_s if st else None, st.ci_high_s if st else None,
+                disturbed_flags(p.result, phase), mark if mark in ("regression", "improvement", "suspect") else None,
+            ))  # fmt: skip
+        counts = Counter(k for d in drawn for k in d.disturbed)
+        n_disturbed = sum(1 for d in drawn if d.disturbed)
+        kinds = Counter(d.mark for d in drawn if d.mark)
+        caption = f"{machine} · {device}: {len(drawn)} results"
+        caption += "".join(f", {n} {kind}" for kind, n in sorted(kinds.items()))
+        if n_disturbed:
+            listed = ", ".join(
+                f"{n} {k}" for k, n in sorted(counts.items(), key=lambda kv: plots.DISTURBED.index(kv[0]))
+            )
+            caption += f"; {n_disturbed} disturbed ({listed}), drawn apart from the line"
+        if len(pts) < len(series[key]):
+            caption += f"; {len(series[key]) - len(pts)} left out of the plot (date out of range)"
+        png = plots.history_png(f"{machine} · {device} · {phase}", drawn)
+        parts.append(figure(png, caption, caption) if png else f"<p>{escape(caption)}</p>")
+    if not parts:
+        return "<p>No history yet: a series needs stored results with raw times.</p>"
+    if len(series) > MAX_SERIES:
+        parts.append(f"<p>{len(series) - MAX_SERIES} more series not shown.</p>")
+    return "\n".join(parts)
 
 
 def _spec_body(
     spec_hash: str, phase: str, results: Sequence[JobResult], verdicts: Sequence[Verdict], linked: set[str]
 ) -> str:
     kinds = {(v.job_id, v.phase): v for v in verdicts}
-    _, plots = history_section(results, verdicts, phase=phase)
+    plotted_html = _history(phase, results, {k: v.kind for k, v in kinds.items()})
     rows = []
     for res in sorted(results, key=lambda r: r.finished_at or r.started_at, reverse=True):
         ph = res.phases.get(phase)
@@ -231,6 +305,7 @@ def _spec_body(
         if v and v.kind in ("regression", "improvement"):
             verdict = f'<span class="{"bad" if v.kind == "regression" else "good"}">{verdict}</span>'
         run = escape(res.run_id)
+        flags = "".join(f'<span class="flag flag-{k}">{k}</span>' for k in disturbed_flags(res, phase))
         rows.append([
             escape((res.finished_at or res.started_at).strftime("%Y-%m-%d %H:%M")),
             f'<a href="../{run_page(res.run_id)}">{run}</a>' if res.run_id in linked else run,
@@ -240,10 +315,15 @@ def _spec_body(
             escape(f"[{fmt_seconds(st.ci_low_s)}, {fmt_seconds(st.ci_high_s)}]") if st else "-",
             str(st.n if st else 0),
             escape(ph.status),
+            flags or "-",
             verdict,
         ])  # fmt: skip
-    head = ["finished (UTC)", "run", "machine", "device", "median", "CI of the median", "n", "status", "verdict"]
-    return f'<section class="history">{plots}</section><h2>Every result</h2>' + _table(head, rows)
+    head = ["finished (UTC)", "run", "machine", "device", "median", "CI of the median", "n", "status", "flags",
+            "verdict"]  # fmt: skip
+    return (
+        f'<section class="history"><h2>{escape(HISTORY_TITLE)}</h2>{plotted_html}</section>'
+        "<h2>Every result</h2>" + _table(head, rows)
+    )
 
 
 def _run_body(report: Report) -> str:
@@ -316,7 +396,7 @@ def publish(
         if on_progress is not None:
             on_progress(page, done, total)
 
-    for (h, phase), res_list in sorted(by_spec_phase.items()):
+    for (h, phase), res_list in sorted(by_spec_phase.items(), key=lambda kv: (kv[0][0], phase_rank(kv[0][1]))):
         label = _spec_label(next(r for r in records if r.spec_hash == h))
         body = _spec_body(h, phase, res_list, [v for v in verdicts if v.spec_hash == h and v.phase == phase], linked)
         _write(root, spec_page(h, phase), _page(f"{label} · {phase}", body, depth=1), site)

@@ -35,6 +35,14 @@ from farm.results.telemetry import throttle_text
 from farm.spec import ALIASES, PHASES
 
 PHASE_ORDER: dict[str, int] = {p: i for i, p in enumerate(PHASES)}
+
+
+def phase_rank(name: str) -> int:
+    """A phase's place in the order phases run (init, forward, train, generate; anything else last):
+    the sort key of every view that lists phases (tables, plots, the published site)."""
+    return PHASE_ORDER.get(name, len(PHASE_ORDER))
+
+
 NOT_MEASURED = ("failed", "oom", "timeout", "cancelled")
 MEASURED = MEASURED_STATUSES  # a time was taken (ok, unverified: no ceiling could check it)
 MAX_PEAK_LINES = 12
@@ -378,7 +386,7 @@ def _build(
         row.speedup = ratio
     groups = []
     for spec_hash, by_phase in buckets.items():
-        names = sorted(by_phase, key=lambda n: PHASE_ORDER.get(n, 9))
+        names = sorted(by_phase, key=phase_rank)
         groups.append(Group(spec_hash, titles[spec_hash], [r for n in names for r in by_phase[n]]))
     notes = [n for n in (_mixed(farm_counts, "farm"), _mixed(torch_counts, "torch")) if n]
     waits = sorted(((r.phase.lock_wait_s, r) for r in rows if r.phase and r.phase.lock_wait_s), key=lambda w: -w[0])
