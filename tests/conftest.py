@@ -36,6 +36,9 @@ def _isolated_farm_env(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest
     for k in list(os.environ):
         if k.startswith("FARM_"):
             monkeypatch.delenv(k)
+    # pytest-xdist's workers inherit COLUMNS=80: tables would wrap differently under `-n 2` than in a
+    # plain run. A test that wants a width sets COLUMNS itself (tests/test_table_width.py).
+    monkeypatch.delenv("COLUMNS", raising=False)
     home = tmp_path_factory.getbasetemp() / "farm-home"
     monkeypatch.setenv("FARM_HOME", str(home))
     from farm.settings import get_settings
