@@ -275,9 +275,9 @@ VAR_FILES = [
 ]
 
 
-# Not fields of farm.settings: the Slurm script's device, and the environment variable of a CLI option
-# (`--unserved-after`).
-SCRIPT_VARS = {"FARM_WORKER_DEVICE", "FARM_UNSERVED_AFTER"}
+# Not fields of farm.settings: the Slurm script's device, the environment variable of a CLI option
+# (`--unserved-after`), and benchmarks/gpu_farm_check.sh's steps to leave out.
+SCRIPT_VARS = {"FARM_WORKER_DEVICE", "FARM_UNSERVED_AFTER", "FARM_CHECK_SKIP"}
 
 
 def _setting_vars() -> set[str]:
