@@ -166,6 +166,24 @@ def parse_device_tag(tag: str) -> tuple[str, str | None]:
 CONTROL_QUEUE = "control"  # small farm tasks (a schedule's firing); every worker consumes it
 
 
+def series_device(device: str) -> str:
+    """The device a result's history is filed under, however the job named it: `cpu`, `cpu:<machine>`
+    and `cpu:*` ran on the same CPU, whose machine is its own dimension (the fingerprint's tag), so
+    all are `cpu` (`mps` likewise). A GPU tag (`cuda:h100`) names the GPU model and is kept as it is.
+    Total: a string that is not a device tag is returned unchanged."""
+    kind, sep, _ = device.partition(":")
+    return kind if sep and kind in ("cpu", "mps") else device
+
+
+def device_selector(device: str) -> tuple[str, str | None]:
+    """(series device, machine) a `--device` selector stands for: `cpu:box7` is `cpu` on machine
+    box7; any other tag is itself, on any machine."""
+    kind, sep, narrow = device.partition(":")
+    if sep and kind in ("cpu", "mps") and narrow and narrow != "*":
+        return kind, narrow
+    return series_device(device), None
+
+
 def queue_for(tag: str, world_size: int = 1) -> str:
     """The Celery queue of a device tag: `cpu`, `cuda`, `cuda.h100`; `cuda.h100.x8` for a job over 8 devices."""
     kind, narrow = parse_device_tag(tag)

@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from farm.errors import SpecError
+from farm.spec import device_selector
 
 if TYPE_CHECKING:
     from farm.results.records import Record
@@ -195,6 +196,12 @@ def parse_baseline(text: str | None) -> Baseline:
                 "baseline", f"{part.strip()!r} must be KEY=VALUE with KEY one of device, run, machine (e.g. device=cpu)"
             )
         fields[key] = value.strip()
+    if "device" in fields:
+        # `device=cpu:vm` is the series device `cpu` on machine vm (records carry the series device).
+        device, machine = device_selector(fields["device"])
+        fields["device"] = device
+        if machine is not None:
+            fields.setdefault("machine", machine)
     return Baseline(**fields)
 
 

@@ -32,7 +32,7 @@ import numpy as np
 
 from farm.flops import param_count
 from farm.results.result import JobResult
-from farm.spec import PRESETS, BenchSpec, ModelShape
+from farm.spec import PRESETS, BenchSpec, ModelShape, series_device
 
 
 @dataclass(slots=True)
@@ -101,6 +101,10 @@ class Record:
     finished_at: str  # ISO 8601, UTC; sorts as text
     fresh_process: bool | None = None  # the job's process had not touched the device before
     phases: dict[str, PhaseRecord] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # One device, one history: `cpu:vm` and `cpu` on machine vm are one series (`series_device`).
+        self.device = series_device(self.device)
 
     @property
     def series(self) -> str:

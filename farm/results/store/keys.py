@@ -41,6 +41,7 @@ import json
 
 from farm.results.result import JobResult
 from farm.results.store.codec import unpack_result
+from farm.spec import series_device
 
 # Every key pattern the farm writes, as `<prefix>:` + pattern (`*` one segment, `**` the rest).
 KEY_TABLE = (
@@ -151,16 +152,27 @@ class KeyNames:
     def _schedules_key(self) -> str:
         return self.key("schedules")
 
+    def _device_index_keys(self, device: str, machine: str | None) -> list[str]:
+        """The device indexes a result is filed under: the tag its job named, and for a CPU its
+        series device and `cpu:<machine>` too, so `--device cpu` and `--device cpu:vm` find it
+        however the job was spelled (`farm.spec.series_device`)."""
+        tags = [device]
+        canonical = series_device(device)
+        if canonical != device or (machine and canonical in ("cpu", "mps")):
+            tags += [canonical] + ([f"{canonical}:{machine}"] if machine else [])
+        return [self._index_key("device", t) for t in dict.fromkeys(tags)]
+
     def _index_keys(self, res: JobResult) -> list[str]:
+        machine = res.machine.machine_tag if res.machine is not None else None
         keys = [
             self._all_key(),
             self._index_key("run", res.run_id),
-            self._index_key("device", res.device),
+            *self._device_index_keys(res.device, machine),
             self._spec_index_key(res.spec_hash),
             self._index_key("model", res.model_name),
         ]
-        if res.machine is not None:
-            keys.append(self._index_key("machine", res.machine.machine_tag))
+        if machine is not None:
+            keys.append(self._index_key("machine", machine))
         return keys
 
     def _indexes_of(self, raw: bytes | None) -> list[str] | None:
@@ -176,11 +188,12 @@ class KeyNames:
         if len(values) != 4:
             return None
         run_id, device, spec_hash, model = values
-        keys = [self._all_key(), self._index_key("run", run_id), self._index_key("device", device)]
-        keys += [self._spec_index_key(spec_hash), self._index_key("model", model)]
         machine = doc.get("machine")
-        if isinstance(machine, dict) and isinstance(machine.get("machine_tag"), str):
-            keys.append(self._index_key("machine", machine["machine_tag"]))
-        elif machine is not None:
+        tag = machine.get("machine_tag") if isinstance(machine, dict) else None
+        if machine is not None and not isinstance(tag, str):
             return None
+        keys = [self._all_key(), self._index_key("run", run_id), *self._device_index_keys(device, tag)]
+        keys += [self._spec_index_key(spec_hash), self._index_key("model", model)]
+        if tag is not None:
+            keys.append(self._index_key("machine", tag))
         return keys

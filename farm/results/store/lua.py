@@ -31,7 +31,7 @@ _APPEND_POINTS = _ADD_POINTS + "add_points(1, 1)\nreturn 1\n"
 # KEYS[1] result key, KEYS[2] summary key, KEYS[3] `meta`, KEYS[4] the series meta hash, KEYS[5..4+n]
 # the series keys, then the index keys (`idx:all` first); ARGV[1] the stored result, ARGV[2] score,
 # ARGV[3] job id, ARGV[4] "1" to overwrite, ARGV[5] its summary ("": none), ARGV[6..6+3n] the points
-# (`_ADD_POINTS`), then SERIES_VERSION and SPEC_HASH_VERSION (recorded by the first write into an
+# (`_ADD_POINTS`), then SERIES_VERSION, SPEC_HASH_VERSION and DEVICE_INDEX_VERSION (recorded by the first write into an
 # empty farm). Returns 1 when written, 0 when a result already existed.
 _PUT_RESULT = (
     _ADD_POINTS
@@ -51,6 +51,7 @@ if written == 1 then
   if redis.call('ZCARD', KEYS[5 + n]) == 0 then
     redis.call('HSETNX', KEYS[3], 'series_version', ARGV[7 + 3 * n])
     redis.call('HSETNX', KEYS[3], 'spec_hash_version', ARGV[8 + 3 * n])
+    redis.call('HSETNX', KEYS[3], 'device_index_version', ARGV[9 + 3 * n])
   end
   for i = 5 + n, #KEYS do redis.call('ZADD', KEYS[i], ARGV[2], ARGV[3]) end
   add_points(4, 6)

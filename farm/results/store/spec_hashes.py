@@ -1,6 +1,8 @@
-"""Spec hash migration (`SpecHashesMixin`): spec hashes of an older `SPEC_HASH_VERSION` are
-re-derived once, on the first read after an upgrade (`migrate_spec_hashes`), and the result moved
-to the spec index of its new hash.
+"""One-off index migrations (`SpecHashesMixin`), each run once on the first read after an upgrade:
+spec hashes of an older `SPEC_HASH_VERSION` are re-derived (`migrate_spec_hashes`) and the result
+moved to the spec index of its new hash; CPU results stored before DEVICE_INDEX_VERSION are filed
+under their series device too (`migrate_device_indexes`: `cpu` and `cpu:<machine>`, whatever tag
+their job named).
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from farm.results.store.codec import PACKED_1, pack_result, unpack_result
 from farm.results.store.connection import _redis
 from farm.spec import SPEC_HASH_VERSION, STORED, BenchSpec
 
+DEVICE_INDEX_VERSION = 1  # `farm:meta` device_index_version once every result is in its series device's index
+
 
 class SpecHashesMixin(StoreBase):
     """The spec indexes kept on the current `SPEC_HASH_VERSION`; every reader calls `_ensure_current_hashes`."""
@@ -24,14 +28,40 @@ class SpecHashesMixin(StoreBase):
         if self._hashes_current:
             return
         stored = self.r.hget(self._meta_key(), "spec_hash_version")
-        if stored is None or int(stored) < SPEC_HASH_VERSION:
-            try:
+        devices = self.r.hget(self._meta_key(), "device_index_version")
+        try:
+            if stored is None or int(stored) < SPEC_HASH_VERSION:
                 self.migrate_spec_hashes()
-            except BrokerError as e:
-                if "READONLY" not in str(e):
-                    raise
-                # A read-only replica reports what it holds; the primary migrates.
+            if devices is None or int(devices) < DEVICE_INDEX_VERSION:
+                self.migrate_device_indexes()
+        except BrokerError as e:
+            if "READONLY" not in str(e):
+                raise
+            # A read-only replica reports what it holds; the primary migrates.
         self._hashes_current = True
+
+    @_redis
+    def migrate_device_indexes(self, chunk: int = 1000) -> int:
+        """File every stored result under the device indexes `put_result` files it under today
+        (`KeyNames._device_index_keys`), with its finish time; returns how many results were read.
+        Idempotent (ZADD of the same member and score), safe beside writers."""
+        entries = self.r.zrange(self._all_key(), 0, -1, withscores=True)
+        done = 0
+        for i in range(0, len(entries), chunk):
+            part = entries[i : i + chunk]
+            raws = self.rb.mget([self._result_key(job_id) for job_id, _ in part])
+            pipe = self.r.pipeline(transaction=False)
+            for (job_id, score), raw in zip(part, raws, strict=True):
+                keys = self._indexes_of(raw)
+                if keys is None:
+                    continue  # not a result this version can read: left as it is
+                for key in keys:
+                    if key != self._all_key():
+                        pipe.zadd(key, {job_id: score})
+                done += 1
+            pipe.execute()
+        self.r.hset(self._meta_key(), "device_index_version", DEVICE_INDEX_VERSION)
+        return done
 
     @_redis
     def migrate_spec_hashes(self, chunk: int = 500) -> int:

@@ -25,7 +25,8 @@ from farm.results.store.connection import _redis
 from farm.results.store.points import SERIES_VERSION, series_id, series_points_of
 from farm.results.store.runs import RunsMixin
 from farm.results.store.series import SeriesMixin
-from farm.spec import SPEC_HASH_VERSION, Job
+from farm.results.store.spec_hashes import DEVICE_INDEX_VERSION
+from farm.spec import SPEC_HASH_VERSION, Job, series_device
 
 
 @dataclass(frozen=True)
@@ -56,7 +57,7 @@ class WritesMixin(SeriesMixin, RunsMixin):
         args: list[Any] = [stored, when, res.job_id, "1" if overwrite else "0", summary, len(points)]
         for part in (1, 0, 2):  # the points, their series ids, their meta (`_ADD_POINTS`)
             args += [pt[part] for pt in points]
-        args += [SERIES_VERSION, SPEC_HASH_VERSION]
+        args += [SERIES_VERSION, SPEC_HASH_VERSION, DEVICE_INDEX_VERSION]
         written = bool(self._put(keys=keys, args=args))
         if written and old is not None:  # the replaced result's points are still in its series
             self.rebuild_series(self._series_of_raw(old) | {sid for sid, _, _ in points})
@@ -188,5 +189,5 @@ class WritesMixin(SeriesMixin, RunsMixin):
             for res in results:
                 if res.job_id in replace:
                     m = res.machine.machine_tag if res.machine else None
-                    touched |= {series_id(res.spec_hash, m, res.device, ph) for ph in res.phases}
+                    touched |= {series_id(res.spec_hash, m, series_device(res.device), ph) for ph in res.phases}
             self.rebuild_series(touched)
