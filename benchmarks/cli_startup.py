@@ -24,18 +24,10 @@ import sys
 import time
 from pathlib import Path
 
+from farm.engine.hardware import fingerprint
+
 BIN = Path(sys.executable).parent
 HEAVY = ("scipy", "matplotlib", "pandas", "numpy", "torch", "jinja2", "celery", "kombu", "redis")
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown CPU"
 
 
 def commands() -> list[tuple[str, list[str]]]:
@@ -80,7 +72,8 @@ def main() -> None:
     medians = {name: statistics.median(ts) for name, ts in times.items()}
     ref = medians["celery --version"]
     print(
-        f"CLI startup on {cpu_name()} ({os.cpu_count()} CPUs), Python {sys.version.split()[0]}, median of {args.runs}"
+        f"CLI startup on {fingerprint(with_torch=False).cpu_model} ({os.cpu_count()} CPUs), "
+        f"Python {sys.version.split()[0]}, median of {args.runs}"
     )
     print()
     print("| command | median s | min s | x celery --version |")

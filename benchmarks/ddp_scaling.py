@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -26,17 +25,8 @@ from typing import Any
 import torch
 
 from farm.engine.distributed import TRAIN_TARGET, launch, rank_devices
+from farm.engine.hardware import fingerprint
 from farm.spec import parse_spec
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -67,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         top = a.max_world or 2
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         threads = a.threads or max(1, cores // top)
-        where = f"{_cpu_name()}, {cores} cores, {threads} thread(s) per process"
+        where = f"{fingerprint(with_torch=False).cpu_model}, {cores} cores, {threads} thread(s) per process"
     spec = parse_spec(
         {
             "model": a.model, "batch": a.batch, "seq": a.seq, "dtype": a.dtype, "repeats": a.repeats,
