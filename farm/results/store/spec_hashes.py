@@ -8,6 +8,7 @@ their job named).
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 
 import pydantic_core
 
@@ -40,18 +41,24 @@ class SpecHashesMixin(StoreBase):
             # A read-only replica reports what it holds; the primary migrates.
         self._hashes_current = True
 
+    def _stored_chunks(self, chunk: int) -> Iterator[list[tuple[str, float, bytes]]]:
+        """Every stored result as (job id, finish time, stored bytes), `chunk` at a time (one MGET each);
+        a result deleted meanwhile is left out."""
+        entries = self.r.zrange(self._all_key(), 0, -1, withscores=True)
+        for i in range(0, len(entries), chunk):
+            part = entries[i : i + chunk]
+            raws = self.rb.mget([self._result_key(job_id) for job_id, _ in part])
+            yield [(job_id, score, raw) for (job_id, score), raw in zip(part, raws, strict=True) if raw is not None]
+
     @_redis
     def migrate_device_indexes(self, chunk: int = 1000) -> int:
         """File every stored result under the device indexes `put_result` files it under today
         (`KeyNames._device_index_keys`), with its finish time; returns how many results were read.
         Idempotent (ZADD of the same member and score), safe beside writers."""
-        entries = self.r.zrange(self._all_key(), 0, -1, withscores=True)
         done = 0
-        for i in range(0, len(entries), chunk):
-            part = entries[i : i + chunk]
-            raws = self.rb.mget([self._result_key(job_id) for job_id, _ in part])
+        for part in self._stored_chunks(chunk):
             pipe = self.r.pipeline(transaction=False)
-            for (job_id, score), raw in zip(part, raws, strict=True):
+            for job_id, score, raw in part:
                 keys = self._indexes_of(raw)
                 if keys is None:
                     continue  # not a result this version can read: left as it is
@@ -73,16 +80,11 @@ class SpecHashesMixin(StoreBase):
         replaced meanwhile is left alone, and one whose spec no longer validates keeps its hash.
         Runs by itself on the first read after an upgrade, then records SPEC_HASH_VERSION.
         """
-        entries = self.r.zrange(self._all_key(), 0, -1, withscores=True)
         derived: dict[str, str] = {}  # spec JSON -> hash (a sweep's thousands of results share a few specs)
         moved = 0
-        for i in range(0, len(entries), chunk):
-            part = entries[i : i + chunk]
-            raws = self.rb.mget([self._result_key(job_id) for job_id, _ in part])
+        for part in self._stored_chunks(chunk):
             pipe = self.rb.pipeline(transaction=False)
-            for (job_id, score), raw in zip(part, raws, strict=True):
-                if raw is None:
-                    continue
+            for job_id, score, raw in part:
                 try:
                     plain = unpack_result(raw).decode()
                     doc = pydantic_core.from_json(plain)
