@@ -55,7 +55,7 @@ REAL_FIXTURES = {"redis_proc", "redis_url"}
 REAL_MODULES = {  # every test here starts a process: a cluster, a script, a browser, kubectl-like tools
     "test_benchmarks.py", "test_deploy.py", "test_deploy_consistency.py", "test_distributed.py",
     "test_html_browser.py", "test_security.py", "test_store_scale.py", "test_embedded_identity.py",
-    "test_embedded_clock.py", "test_cli_startup.py", "test_gpu_run.py",
+    "test_embedded_clock.py", "test_cli_startup.py", "test_gpu_run.py", "test_chaos.py",
 }  # fmt: skip
 REAL_TESTS = {  # single tests that start a process in a module of unit tests
     "test_api.py::test_celery_dash_a_farm_without_a_farm_says_so",

@@ -23,7 +23,7 @@ import json
 import logging
 from collections.abc import Container, Iterable
 from queue import Empty
-from typing import Any
+from typing import Any, ClassVar
 
 from celery import Celery
 from kombu.exceptions import OperationalError
@@ -44,6 +44,9 @@ TASK_MODULES = ("farm.cluster.worker", "farm.nightly.schedule")  # Celery `inclu
 RESULT_EXPIRES_S = 7 * 24 * 3600  # Celery task state only; results live in farm keys without expiry
 CELERY_STATE_BACKEND = "cache+memory://"  # see make_app: Celery's task state never goes to Redis
 HARD_LIMIT_GRACE_S = 30.0  # a job's own time limit: the hard kill comes this long after the soft one
+# kombu's lock around a sweep for expired messages; it outlives a worker (or a Redis) that dies holding it
+# by this long, during which nothing is redelivered (kombu's default, 300 s: tests/test_chaos.py saw it).
+UNACKED_MUTEX_EXPIRE_S = 10
 
 
 def check_limits(settings: Settings) -> None:
@@ -119,6 +122,10 @@ class GuardedChannel(kombu_redis.Channel):
 
     task_queues: frozenset[str] = frozenset()  # queues whose entries must be task messages
     app: Celery | None = None  # whose registered tasks a task message must name
+    # Entries BRPOP removed from their queue that kombu could not then record in `unacked` (Redis went
+    # away in between): (queue key, raw entry), pushed back by the next `_brpop_start` (process-wide: a
+    # connection loss replaces the channel).
+    undelivered: ClassVar[list[tuple[str, Any]]] = []
 
     def _checked(self, raw: Any, queue: str) -> dict[str, Any] | None:
         """The decoded entry, or None after logging why it was dropped."""
@@ -153,19 +160,40 @@ class GuardedChannel(kombu_redis.Channel):
                 raise
             if not dest__item:
                 raise Empty()
-            dest, item = dest__item
-            dest = bytes_to_str(dest).rsplit(self.sep, 1)[0]
+            key, item = dest__item
+            dest = bytes_to_str(key).rsplit(self.sep, 1)[0]
             self._queue_cycle.rotate(dest)
             payload = self._checked(item, dest)
             if payload is None:
                 raise Empty()
-            self.connection._deliver(payload, dest)
+            try:
+                self.connection._deliver(payload, dest)  # kombu records it in `unacked` first
+            except self.connection_errors:
+                # BRPOP removed the entry, and Redis went away before kombu wrote it into `unacked`: it
+                # exists only here now. Kept, and put back on its queue once Redis answers again; dropped,
+                # the job would never run (tests/test_chaos.py found one lost to a Redis restart).
+                GuardedChannel.undelivered.append((bytes_to_str(key), item))
+                log.warning("queue %s: a message taken as Redis went away is kept to be put back", dest)
+                raise
             return True
         finally:
             self._in_poll = None  # type: ignore[assignment]  # kombu's own reset (its annotation says bool)
             flush = getattr(self, "_flush_brpop_reauth", None)  # kombu >= 5.6
             if flush is not None:
                 flush()
+
+    def _brpop_start(self, timeout: float | None = None) -> None:
+        # Put back what a connection loss left undelivered (see _brpop_read), then kombu's own BRPOP.
+        while GuardedChannel.undelivered:
+            key, item = GuardedChannel.undelivered[0]
+            try:
+                with self.conn_or_acquire() as client:
+                    client.rpush(key, item)  # the end BRPOP takes from: it is delivered next
+            except self.connection_errors:
+                break  # Redis still away: kept for the next poll
+            GuardedChannel.undelivered.pop(0)
+            log.warning("queue %s: put back a message taken as Redis went away", key)
+        super()._brpop_start(timeout)
 
     def _get(self, queue: str, timeout: float | None = None) -> dict[str, Any]:
         # kombu's own _get (consumers without an event loop), with the entry checked.
@@ -216,7 +244,12 @@ def make_app(settings: Settings | None = None, broker_url: str | None = None) ->
     vt = int(settings.visibility_timeout)
     # kombu looks for messages past the visibility timeout every interval x throttle seconds (default
     # 10 x 10): scan on every 10 s sweep so that a dead worker's job comes back soon after the timeout.
-    transport = {"visibility_timeout": vt, "unacked_restore_throttle": 1}
+    # A sweep takes milliseconds; its lock must not hold redelivery up for minutes when its holder dies.
+    transport = {
+        "visibility_timeout": vt,
+        "unacked_restore_throttle": 1,
+        "unacked_mutex_expire": UNACKED_MUTEX_EXPIRE_S,
+    }
     app.conf.update(
         # JSON only: pickle would let anyone who can write to Redis run code on the workers.
         task_serializer="json",

@@ -33,6 +33,7 @@ from typing import Any
 from celery import Task, shared_task, signals
 from celery.exceptions import Reject, SoftTimeLimitExceeded, TimeLimitExceeded
 from celery.worker import state as celery_state
+from celery.worker.request import Request
 from pydantic import ValidationError
 
 from farm.cluster.embedded import results_url
@@ -254,11 +255,57 @@ class Heartbeat:
 
 
 # -- the task body ----------------------------------------------------------------------------------
+class _ProgressPoster:
+    """Writes jobs' progress into Redis from a thread of the job's process, the latest value per job.
+
+    Progress is best effort and must never stall the job: a write to a Redis that does not answer (a
+    worker host cut off from it) blocks for the store's socket timeout, and inside the job that wait
+    would count against the job's time limit and could end it as `timeout` for a fault of the network."""
+
+    def __init__(self, store: ResultStore) -> None:
+        self.store = store
+        self.pending: dict[str, tuple[str, int, int]] = {}
+        self.lock = threading.Lock()
+        self.wake = threading.Event()
+        threading.Thread(target=self._loop, name="farm-progress", daemon=True).start()
+
+    def post(self, job_id: str, phase: str, done: int, total: int) -> None:
+        with self.lock:
+            self.pending[job_id] = (phase, done, total)
+        self.wake.set()
+
+    def _loop(self) -> None:
+        while True:
+            self.wake.wait()
+            self.wake.clear()
+            with self.lock:
+                items, self.pending = self.pending, {}
+            for job_id, (phase, done, total) in items.items():
+                try:
+                    self.store.set_job_progress(job_id, phase, done, total)
+                except BrokerError as e:
+                    log.warning("progress of %s not written: %s", job_id, e)
+
+
+_posters: dict[int, _ProgressPoster] = {}
+
+
+def _progress_poster(store: ResultStore) -> _ProgressPoster:
+    """This process's progress thread (a pool child starts its own: threads do not survive a fork)."""
+    pid = os.getpid()
+    if pid not in _posters or _posters[pid].store is not store:
+        _posters.clear()
+        _posters[pid] = _ProgressPoster(store)
+    return _posters[pid]
+
+
 def _progress_writer(store: ResultStore, job_id: str) -> Callable[[str, int, int], None]:
-    """on_progress for run_job: phase/done/total into the job's state, at most every 0.2 s per phase;
-    and one log line each time the step changes (a phase, compiling, measuring the CPU roofline)."""
+    """on_progress for run_job: phase/done/total into the job's state, at most every 0.2 s per phase,
+    written by the process's progress thread (`_ProgressPoster`: never waits for Redis); and one log
+    line each time the step changes (a phase, compiling, measuring the CPU roofline)."""
     last: dict[str, float] = {}
     said = [""]
+    poster = _progress_poster(store)
 
     def on_progress(phase: str, done: int, total: int) -> None:
         if phase != said[0]:
@@ -268,16 +315,15 @@ def _progress_writer(store: ResultStore, job_id: str) -> Callable[[str, int, int
         if done < total and now - last.get(phase, 0.0) < 0.2:
             return
         last[phase] = now
-        try:
-            store.set_job_progress(job_id, phase, done, total)
-        except BrokerError as e:  # progress is best effort; the result is not
-            log.warning("progress of %s not written: %s", job_id, e)
+        poster.post(job_id, phase, done, total)  # progress is best effort; the result is not
 
     return on_progress
 
 
 def _store_confirmed(store: ResultStore, result: JobResult) -> None:
-    """Write the result until Redis confirms it; requeue the message if Redis stays away."""
+    """Write the result until Redis confirms it; requeue the message if Redis stays away, or if the
+    delivery's time limit runs out while the finished result waits for Redis (docs/reliability.md,
+    "Time limits and redelivery": that time is not the job's, and the next delivery gets its own)."""
     deadline = time.monotonic() + STORE_RETRY_S
     delay = 0.5
     while True:
@@ -285,6 +331,9 @@ def _store_confirmed(store: ResultStore, result: JobResult) -> None:
             store.put_result(result)
             store.set_job_state(result.job_id, "done", status=result.status, worker=result.worker)
             return
+        except SoftTimeLimitExceeded as e:
+            log.error("result of %s not stored within the delivery's time limit: requeueing", result.job_id)
+            raise Reject("time limit reached while storing the result: requeued", requeue=True) from e
         except Exception as e:
             if time.monotonic() > deadline:
                 log.error("result of %s not stored (%s): requeueing the job", result.job_id, e)
@@ -311,8 +360,9 @@ def execute_job(job_doc: dict[str, Any], request: Any = None) -> dict[str, Any]:
         if store.job_field(job.job_id, "state") == "cancelled":
             return {"job_id": job.job_id, "status": "cancelled"}
         attempt = store.count_attempt(job.job_id)
-    except BrokerError as e:
-        # The results store is away: never run a job whose result could not be kept; requeue it.
+    except (BrokerError, SoftTimeLimitExceeded) as e:
+        # The results store is away: never run a job whose result could not be kept; requeue it. (A time
+        # limit reached before the job started was spent waiting for Redis: the next delivery gets its own.)
         log.warning("results store unreachable before job %s (%s): requeued", job.job_id, e)
         time.sleep(2.0)  # no hot loop of deliveries while Redis is down
         raise Reject(f"results store unreachable: {e}", requeue=True) from e
@@ -423,9 +473,42 @@ def store_crash(job_doc: Any, exc: BaseException) -> None:
 
 
 # -- the task ---------------------------------------------------------------------------------------
+class FarmRequest(Request):
+    """Celery's request for the job task, except for a hard time limit on a delivery Celery cancelled.
+
+    After a connection loss Celery cancels a running job whose message it can no longer acknowledge
+    (`worker_cancel_long_running_tasks_on_connection_loss`): it terminates the job's process and the
+    message goes back to the queue. The pool may still fire that delivery's hard time limit before it
+    sees the process gone (a worker cut off from Redis fires every overdue timer at once when the link
+    returns); storing `timeout` then would give the job a result for a time limit the connection loss
+    consumed, and its redelivery would be skipped. Such a limit is only logged: nothing is stored or
+    acknowledged, and the next delivery runs the job with its own full limit.
+    """
+
+    farm_cancelled = False
+
+    def cancel(self, pool: Any, signal: Any = None, emit_retry: bool = True) -> None:
+        self.farm_cancelled = bool(self.time_start)  # Celery terminates the job only once it started
+        super().cancel(pool, signal=signal, emit_retry=emit_retry)
+
+    def on_timeout(self, soft: bool, timeout: float) -> None:
+        if not soft and self.farm_cancelled:
+            log.warning(
+                "job %s: hard time limit (%s s) of a delivery cancelled after a connection loss: not stored, "
+                "the job runs again when its message is redelivered",
+                self.id,
+                timeout,
+            )
+            return
+        super().on_timeout(soft, timeout)
+
+
 class FarmTask(Task):
     """The job task. `on_failure` also runs in the worker's parent when a hard time limit kills
-    the job's process: the job is then stored as `timeout` before the message is acknowledged."""
+    the job's process: the job is then stored as `timeout` before the message is acknowledged
+    (not for a delivery Celery had cancelled: `FarmRequest`)."""
+
+    Request = FarmRequest
 
     def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
         job = args[0] if args else kwargs.get("job")
