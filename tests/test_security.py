@@ -157,8 +157,12 @@ def _make_certs(d: Path, san: str = "IP:127.0.0.1,DNS:localhost") -> Path:
 
 def _tls_redis(tmp_path: Path, certs: Path, password: str | None) -> tuple[RedisProcess, int]:
     tls_port = free_port()
+    plain = free_port()
+    while plain == tls_port:  # two closed probes may name one port: the server could not bind both
+        plain = free_port()
     proc = RedisProcess(
         tmp_path / "redis-tls",
+        port=plain,
         password=password,
         extra_args=[
             "--tls-port", str(tls_port),
