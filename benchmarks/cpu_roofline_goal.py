@@ -41,7 +41,8 @@ import torch
 import torch.nn.functional as F
 from model_vs_hf import hf_model, interleaved, ours_from
 
-from farm.engine.hardware import _cpu_info, cpu_peak
+from farm.engine.allocator import tune_cpu_allocator
+from farm.engine.hardware import _cpu_info, cpu_peak, fingerprint
 from farm.engine.phases import TrainStep, make_optimizer
 from farm.flops import forward_flops, train_flops
 from farm.spec import ModelShape, parse_spec, resolve_model
@@ -273,12 +274,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path, help="Write the rows (with per-shape rates) here.")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
+    allocator = tune_cpu_allocator()  # as a farm job does (farm.engine.runner): the peer runs under it too
     cpu, arch, _ = _cpu_info()
+    core = fingerprint(with_torch=False).cpu_core or "core not in the table"
     bf16, why = has_bf16_path()
     peak = cpu_peak("float32", "highest", args.threads)
     print(
-        f"machine: {cpu} ({arch}), {psutil.cpu_count(logical=False)} cores, {platform.node()}; "
-        f"torch {torch.__version__}"
+        f"machine: {cpu} ({arch}, {core}), {psutil.cpu_count(logical=False)} cores, {platform.node()}; "
+        f"torch {torch.__version__}; allocator: {allocator or 'not glibc: as it is'}"
     )
     print(
         f"{args.model} {args.batch} x {args.seq}, {args.threads} threads; "

@@ -31,3 +31,34 @@ def test_sampler_fallback_still_measures(monkeypatch) -> None:
         time.sleep(0.05)  # let the sampler see the allocation
         del x
     assert m.peak_bytes is not None and m.peak_bytes > 200 * MB
+
+
+def test_kept_blocks_do_not_count_in_the_next_phase() -> None:
+    """With farm's allocator (large blocks kept for reuse), a freed 400 MiB block stays in the heap
+    after its phase, and is reused without page faults; the next phase's peak is still its own."""
+    from farm.engine.allocator import KEPT, tune_cpu_allocator
+
+    if tune_cpu_allocator() != KEPT:
+        import pytest
+
+        pytest.skip("not glibc: the allocator is left as it is")
+    with PeakMemory(torch.device("cpu")) as big:
+        x = torch.ones(400 * MB // 4)
+        del x
+    with PeakMemory(torch.device("cpu")) as small:
+        y = torch.ones(8 * MB // 4)
+        del y
+    assert big.peak_bytes is not None and small.peak_bytes is not None
+    assert big.peak_bytes - small.peak_bytes > 300 * MB  # trimmed back before `small` began
+
+
+def test_allocator_setting_and_what_it_claims(monkeypatch) -> None:
+    from farm.engine import allocator
+
+    allocator.tune_cpu_allocator.cache_clear()
+    monkeypatch.setenv(allocator.ALLOCATOR_ENV, "default")
+    try:
+        got = allocator.tune_cpu_allocator()
+        assert got in (allocator.DEFAULT, None)  # None: not glibc, nothing claimed
+    finally:
+        allocator.tune_cpu_allocator.cache_clear()

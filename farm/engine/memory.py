@@ -15,6 +15,8 @@ from typing import Any
 
 import psutil
 
+from farm.engine.allocator import trim
+
 _HWM = re.compile(r"^VmHWM:\s+(\d+)\s+kB", re.MULTILINE)
 
 
@@ -64,6 +66,7 @@ class PeakMemory:
 
             torch.cuda.reset_peak_memory_stats(self.device)
             return self
+        trim()  # what earlier phases kept for reuse goes back first: the peak is this block's own
         self.peak_bytes = self._proc.memory_info().rss
         self._hwm = _reset_hwm()
         if not self._hwm:

@@ -22,6 +22,7 @@ from pathlib import Path
 import psutil
 import torch
 
+from farm.engine.allocator import tune_cpu_allocator
 from farm.engine.distributed import run_train_ddp
 from farm.engine.generate import run_generate
 from farm.engine.hardware import cpu_ceiling, cuda_gpu_info, fingerprint, roofline, with_gpu
@@ -229,6 +230,8 @@ def run_job(
         return JobResult.failure(job, "failed", e.message, worker=worker, attempt=attempt, machine=result.machine)
     result.torch_device = str(device)
     result.fresh_process = _fresh(device)
+    if device.type == "cpu":
+        result.cpu_allocator = tune_cpu_allocator()
     timer = Timer(sync=synchronizer(device))
     deadline = time.monotonic() + spec.time_limit_s if spec.time_limit_s else None
     ctx = JobContext(spec=spec, device=device, timer=timer, peak=None, deadline=deadline, on_progress=on_progress)
