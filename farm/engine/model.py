@@ -1,7 +1,7 @@
 """GPT-2 from scratch in PyTorch, nanoGPT-style: one config (`ModelShape`) handed to every module.
 
-Token + position embeddings, pre-LayerNorm blocks, causal self-attention through
-`F.scaled_dot_product_attention`, tanh-GELU MLP, LM head tied to the token embedding;
+Token + position embeddings, pre-LayerNorm blocks, causal self-attention (`farm.engine.attention`:
+PyTorch's fused kernel, blocked for bf16 on a CPU), tanh-GELU MLP, LM head tied to the token embedding;
 `forward_cached` decodes with a key/value cache (`farm.engine.kvcache`). The model
 is built directly on its `device` and in its `dtype`; every tensor it creates itself (the
 position indices) is created on the device its parameters live on.
@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from farm.engine.attention import causal_attention
 from farm.engine.kvcache import KVCache, LayerCache
 from farm.engine.loss import FUSED_LOSS_DEVICES, lm_head_loss
 from farm.errors import CheckpointError, SpecError
@@ -40,7 +41,7 @@ class CausalSelfAttention(nn.Module):
         q = q.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, self.n_head, hs).transpose(1, 2)
         v = v.view(B, T, self.n_head, hs).transpose(1, 2)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, nh, T, hs)
+        y = causal_attention(q, k, v)  # (B, nh, T, hs)
         y = y.transpose(1, 2).reshape(B, T, C)
         return self.c_proj(y)
 
