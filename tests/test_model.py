@@ -199,3 +199,20 @@ def test_broken_checkpoint_directory(hf_model, tmp_path: Path, breakage: str) ->
     assert str(d) in str(e.value)
     with pytest.raises(CheckpointError):
         from_hf_checkpoint(tmp_path / "does-not-exist")
+
+
+def test_inference_lm_head_in_row_blocks_equals_the_plain_head() -> None:
+    """Above LOGIT_BLOCK_ROWS tokens, CPU inference computes the logits a block of rows at a time:
+    the same numbers as the plain LM head (which autograd still uses)."""
+    from farm.engine.model import LOGIT_BLOCK_ROWS
+
+    torch.manual_seed(0)
+    m = GPT("gpt2-tiny").eval()
+    T = min(m.config.block_size, LOGIT_BLOCK_ROWS + 37)
+    idx = torch.randint(0, m.config.vocab_size, (2, T))
+    with torch.no_grad():
+        plain = m.lm_head(m.ln_f(m.h[0](m.wte(idx) + m.wpe(torch.arange(T)))))
+        blocked = m._logits(m.ln_f(m.h[0](m.wte(idx) + m.wpe(torch.arange(T)))))
+    torch.testing.assert_close(blocked, plain, rtol=0, atol=0)
+    logits, _ = m(idx)  # autograd on: the plain head, and it still trains
+    assert logits is not None and logits.requires_grad
