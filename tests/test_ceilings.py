@@ -328,3 +328,32 @@ def test_an_inflated_fingerprint_within_the_bounds_cannot_make_the_seed_ok() -> 
     assert checked.status == "unverified"
     reason = checked.phases["forward"].invalid_reason or ""
     assert "derived: sm_100, 1024 SM x 5000 MHz" in reason and "cannot vouch" in reason
+
+
+def test_a_gemm_faster_than_the_named_clock_raises_the_ceiling_to_the_implied_clock(monkeypatch) -> None:
+    """A VM names its nominal clock (Zen 5 guest here: 2596 MHz) while the cores boost: when the
+    measured GEMM runs faster than that clock allows, the ceiling uses the lowest clock consistent with
+    it, so no MFU above 100 % is printed; the ceiling stays uncertain and says why."""
+    from farm.engine import hardware
+    from farm.results.cpus import CpuId
+    from farm.results.machine import MachineFingerprint
+    from farm.results.peaks import Peak
+    from farm.spec import parse_spec
+
+    fp = MachineFingerprint(
+        hostname="vm", machine_tag="vm", os="Linux", python="3.11", cpu_model="AMD EPYC", cpu_arch="x86_64",
+        cpu_flags=["avx2", "fma", "avx512f", "avx512_bf16"], cpu_id=CpuId(vendor="AuthenticAMD", family=26, model=2),
+        cpu_core="amd-zen5", physical_cores=2, logical_cores=2, cpu_clock_mhz=2596.12, cpu_clock_kind="current",
+        memory_bytes=24 << 30, farm_version="0",
+    )  # fmt: skip
+    monkeypatch.setattr(hardware, "fingerprint", lambda with_torch=True: fp)
+    spec = parse_spec({"model": "gpt2-tiny", "dtype": "bfloat16"})
+    named = hardware.cpu_peak("bfloat16", spec.matmul_precision, 2)
+    assert named is not None and round(named.flops / 1e9, 1) == 664.6  # 2 x 128 x 2596.12 MHz
+    measured = Peak(flops=939.6e9, source="measured: best GEMM")
+    monkeypatch.setattr(hardware, "roofline", lambda spec, threads, on_progress=None: measured)
+    peak = hardware.cpu_ceiling(spec, 2)
+    assert peak is not None and peak.flops >= measured.flops  # the GEMM is never above its ceiling
+    assert peak.flops < 1.02 * measured.flops  # and the clock is the lowest consistent one (50 MHz steps)
+    assert peak.uncertain and "slower than this GEMM ran" in (peak.roofline_source or "")
+    assert peak.roofline_flops == measured.flops
