@@ -290,12 +290,15 @@ def test_uncertain_cpu_ceiling_is_raised_to_the_clock_the_gemm_implies(monkeypat
     than that clock allows, the ceiling uses the lowest clock consistent with it (50 MHz steps), so
     the roofline never sits above the ceiling it is shown beside, and the ceiling stays uncertain."""
     from farm.engine import hardware
+    from farm.results.cpus import CpuId
     from farm.results.peaks import Peak
     from farm.spec import BenchSpec
 
-    fp = hardware.fingerprint(with_torch=False).model_copy(
+    fp = hardware.fingerprint(with_torch=False).model_copy(  # a Zen 3 guest, whatever CPU runs the test
         update={"cpu_flags": ["avx", "avx2", "fma"], "cpu_arch": "x86_64", "physical_cores": 2,
-                "logical_cores": 2, "cpu_clock_mhz": 2445.0, "cpu_clock_kind": "current"}
+                "logical_cores": 2, "cpu_clock_mhz": 2445.0, "cpu_clock_kind": "current",
+                "cpu_model": "AMD EPYC", "cpu_id": CpuId(vendor="AuthenticAMD", family=25, model=1),
+                "cpu_core": "amd-zen3"}
     )  # fmt: skip
     monkeypatch.setattr(hardware, "fingerprint", lambda with_torch=True: fp)
     gemm = 2 * 32 * 2810e6  # what 2 AVX2+FMA cores do at 2.81 GHz
