@@ -317,7 +317,9 @@ def test_time_limit(farm: Farm) -> None:
     env = {"FARM_TASK_SOFT_TIME_LIMIT": "2", "FARM_TASK_TIME_LIMIT": "6", "FARM_VISIBILITY_TIMEOUT": "30"}
     a = farm.worker(env)
     _ready(a)
-    jobs = farm.submit(long_job(time_limit_s=1.0, repeats=200), long_job(repeats=200), tiny())
+    # seq 512: 200 steps at seq 64 took under 2 s on a Zen 5, so job 2 ended `ok` before the soft limit
+    long = {"repeats": 1000, "seq": 512}
+    jobs = farm.submit(long_job(time_limit_s=1.0, **long), long_job(**long), tiny())
     res = farm.wait_results(jobs)
     assert res[jobs[0]].status == "timeout", res[jobs[0]].error
     assert res[jobs[1]].status == "timeout", res[jobs[1]].error
