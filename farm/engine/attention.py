@@ -22,6 +22,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from farm.engine.hardware import _cpu_info
+
 __all__ = ["BLOCK_ROWS", "blocked_causal", "causal_attention"]
 
 # Query rows per block: 256 kept the GEMMs large and the skipped triangle fine-grained on a Zen 5
@@ -33,13 +35,12 @@ def blocked_causal(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block: int
     """softmax(q k^T / sqrt(d) + causal mask) v, a block of query rows at a time. q, k, v: (B, nh, T, hs)."""
     T, hs = q.shape[-2], q.shape[-1]
     q = q * (1.0 / math.sqrt(hs))  # scaled once, (B, nh, T, hs): cheaper than scaling every score
-    keep = torch.ones(block, block, dtype=torch.bool, device=q.device).tril()
+    later = torch.ones(block, block, dtype=torch.bool, device=q.device).triu(1)  # a later key in the block
     outs = []
     for s in range(0, T, block):
         e = min(s + block, T)
         scores = q[:, :, s:e] @ k[:, :, :e].transpose(-1, -2)  # (B, nh, e - s, e): keys up to the block's end
-        diag = keep[: e - s, : e - s]
-        scores[..., s:e] = scores[..., s:e].masked_fill(~diag, float("-inf"))
+        scores[..., s:e].masked_fill_(later[: e - s, : e - s], float("-inf"))  # in place: the GEMM keeps no output
         outs.append(torch.softmax(scores, dim=-1) @ v[:, :, :e])  # (B, nh, e - s, hs)
     return torch.cat(outs, dim=2)
 
@@ -52,16 +53,7 @@ def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch
     return F.scaled_dot_product_attention(q, k, v, is_causal=True)
 
 
-_AMX: bool | None = None
-
-
 def _amx() -> bool:
-    """Whether this CPU has AMX tiles (then the fused kernel's bf16 products use them)."""
-    global _AMX
-    if _AMX is None:
-        try:
-            with open("/proc/cpuinfo") as f:
-                _AMX = " amx_bf16" in f.read()
-        except OSError:
-            _AMX = False
-    return _AMX
+    """Whether this CPU has AMX tiles (then the fused kernel's bf16 products use them); the CPU
+    flags farm reads once per process (`farm.engine.hardware._cpu_info`, cached)."""
+    return "amx_bf16" in _cpu_info()[2]
