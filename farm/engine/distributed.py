@@ -487,6 +487,7 @@ def rank_main(config_path: str, rank: int) -> int:
     devices: list[str] = cfg["devices"]
     world = len(devices)
     device = torch.device(devices[rank])
+    code = 1
     try:
         if cfg["threads"]:
             torch.set_num_threads(int(cfg["threads"]))
@@ -517,6 +518,11 @@ def rank_main(config_path: str, rank: int) -> int:
     finally:
         if dist.is_initialized():
             with contextlib.suppress(Exception):
+                if code == 0:
+                    # Every rank done before any tears the group down: a rank that destroyed its gloo
+                    # group while a peer still used it (rank 0 saving, say) was aborted at exit
+                    # ("terminate called without an active exception"), its result already written.
+                    dist.barrier()
                 dist.destroy_process_group()
     return code
 
