@@ -17,6 +17,12 @@ from dataclasses import dataclass, field
 
 import torch
 
+# The optimizers' `torch._disable_dynamo` wrappers import torch._dynamo on their first call (about 1 s
+# here): imported with the engine, in the worker before it forks, so that import never runs inside a
+# job. A job's time limit that fired in the middle of it left the module half-initialised and the
+# job `failed` with "partially initialized module 'torch._dynamo'" instead of `timeout`.
+import torch._dynamo
+
 from farm.engine.memory import PeakMemory
 from farm.engine.model import GPT, from_hf_checkpoint
 from farm.engine.telemetry import Probe, TelemetrySource
