@@ -47,10 +47,10 @@ from typing import Any
 from pydantic import ValidationError
 
 from farm.errors import SpecError
+from farm.results.ceilings import derive_ceiling, group_ceiling, published_bandwidth, vouches
 from farm.results.cpus import core_row
 from farm.results.decode import RANK
-from farm.results.machine import GpuInfo
-from farm.results.peaks import Bandwidth, Peak, gpu_bandwidth, gpu_ceiling, machine_cpu_ceiling
+from farm.results.peaks import Peak
 from farm.results.result import JobResult, PhaseResult, judge
 from farm.results.scaling import rederive as rederive_scaling
 from farm.results.store import Occupancy, ResultStore
@@ -125,71 +125,6 @@ def validate(items: list[Any]) -> list[JobResult]:
     return out
 
 
-def _gpu_of(res: JobResult) -> GpuInfo | None:
-    """The GPU a CUDA result ran on: the one whose properties the worker recorded, else by index."""
-    if res.machine is None or not res.machine.gpus:
-        return None
-    gpus = res.machine.gpus
-    with_facts = [g for g in gpus if g.sm_count is not None]
-    if len(with_facts) == 1:
-        return with_facts[0]
-    index = 0
-    if res.torch_device and res.torch_device.startswith("cuda:") and res.torch_device[5:].isdigit():
-        index = int(res.torch_device[5:])
-    return next((g for g in gpus if g.index == index), gpus[0])
-
-
-def derive_ceiling(res: JobResult) -> tuple[Peak | None, str | None]:
-    """(ceiling, why there is none) for a result, derived from its fingerprint, never its recorded peak."""
-    kind = res.device.split(":")[0]
-    if res.machine is None:
-        return None, "the result has no machine fingerprint to derive a ceiling from"
-    if kind == "cuda":
-        gpu = _gpu_of(res)
-        if gpu is None:
-            return None, "a CUDA result whose fingerprint lists no GPU: no ceiling can be derived"
-        peak = gpu_ceiling(gpu, res.spec.dtype, res.spec.matmul_precision)
-        if peak is None:
-            return None, (
-                f"{gpu.name!r} is not in the table of published peaks and its fingerprint lacks the "
-                "compute capability, SM count or max clock to derive one"
-            )
-        return peak, None
-    if kind == "cpu":
-        peak = machine_cpu_ceiling(res.machine, res.threads, res.spec.dtype, res.spec.matmul_precision)
-        if peak is None:
-            return None, f"no theoretical peak is known for a {res.machine.cpu_arch!r} CPU"
-        return peak, None
-    return None, f"no ceiling is known for {kind!r} devices"
-
-
-def group_ceiling(res: JobResult, peak: Peak | None) -> Peak | None:
-    """The ceiling of a DDP train phase over `world_size` devices: n x one GPU's, or the CPU at every
-    rank's threads together (cores bounded by the machine's, as on the worker)."""
-    n = res.spec.world_size
-    if peak is None or n == 1:
-        return peak
-    if res.device.split(":")[0] == "cuda":
-        return Peak(flops=n * peak.flops, source=f"{n} x {peak.source}", tolerance=peak.tolerance)
-    if res.machine is None:
-        return None
-    return machine_cpu_ceiling(res.machine, n * (res.threads or 1), res.spec.dtype, res.spec.matmul_precision)
-
-
-def _import_bandwidth(res: JobResult) -> Bandwidth | None:
-    """A GPU's published memory bandwidth by name; a CPU's is measured on its own machine, which a
-    file cannot vouch for (None: its decode is `unverified`)."""
-    gpu = _gpu_of(res) if res.device.split(":")[0] == "cuda" else None
-    return gpu_bandwidth(gpu.name, gpu.memory_bytes) if gpu else None
-
-
-def vouches(peak: Peak) -> bool:
-    """A ceiling an imported result can be `ok` against: a published peak looked up by the GPU's name.
-    One derived from the file's recorded properties (GPU SMs and clock, CPU cores, ISA and clock)
-    only bounds it."""
-    return peak.source.startswith("table:")
-
-
 def _invalid(p: PhaseResult, reason: str) -> PhaseResult:
     return p.model_copy(update={"status": "invalid", "invalid_reason": f"{p.name}: {reason}"})
 
@@ -218,7 +153,7 @@ def recheck_phase(res: JobResult, p: PhaseResult, peak: Peak | None = None, why:
         memory_kind=p.memory_kind,
         breakdown=p.breakdown,
         generation=p.generate,
-        bandwidth=_import_bandwidth(res),
+        bandwidth=published_bandwidth(res),
         world_size=res.spec.world_size if ddp else 1,
     )
     if p.scaling is not None:

@@ -282,7 +282,8 @@ _PHASE_OTHER = [name for name, _ in _PHASE_FIELDS if name not in (*_PHASE_FLOATS
 _NF = len(_PHASE_FLOATS)
 _NO = len(_PHASE_OTHER)
 _LAYOUT = ";".join([",".join(_FIELDS), ",".join(f"{n}:{k}" for n, k in _PHASE_FIELDS)])
-SUMMARY_VERSION = f"4.{zlib.crc32(_LAYOUT.encode()):08x}"  # 4: the generic layout; then its fields' hash
+# 5: the generic layout, derived through the read check (farm.results.verify); then its fields' hash.
+SUMMARY_VERSION = f"5.{zlib.crc32(_LAYOUT.encode()):08x}"
 # A phase is rebuilt from [*other, times, *floats, *bools] in the dataclass' field order.
 _SOURCE = {
     **{n: i for i, n in enumerate(_PHASE_OTHER)},

@@ -10,6 +10,8 @@ Redis contents are untrusted too: a reader that meets a record it cannot parse (
 result that no longer validates, a summary that does not unpack) skips it, logs one warning naming
 the key on the `farm.results.store` logger and lists it in `ResultStore.skipped` (`StoreBase._skip`,
 with the reason `unreadable` gives); a bad summary is only a cache and is re-derived from its result.
+A record that reads but whose figures do not follow from its raw times is not skipped: it reads back
+`invalid`, with the reason (`farm.results.verify`).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import pydantic
 import pydantic_core
 
 from farm.results.records import Record, record_from_dict, summary_json
+from farm.results.verify import verify_document
 
 # The stored result format: this byte, then raw deflate (level 1) against `_ZDICT_1`, a typical
 # result's JSON with its numbers removed (the keys and common strings every result repeats: about
@@ -116,10 +119,12 @@ def _flat(mapping: Mapping[str, Any]) -> dict[str, str | int | float]:
 
 
 def _derive(doc: str | bytes, stored_bytes: int) -> tuple[str, Record | None]:
-    """The summary of a result's JSON stored in `stored_bytes` bytes and its record; ("", None) when
-    they cannot be derived (the summary is only a cache: the reader re-derives it, or skips the result)."""
+    """The summary of a result's JSON stored in `stored_bytes` bytes and its record, as the read check
+    sees it (`farm.results.verify.verify_document`: what does not follow from its raw times is
+    `invalid` there, never in the stored result); ("", None) when they cannot be derived (the summary
+    is only a cache: the reader re-derives it, or skips the result)."""
     try:
-        rec = record_from_dict(pydantic_core.from_json(doc))
+        rec = record_from_dict(verify_document(pydantic_core.from_json(doc)))
         return summary_json(rec, stored_bytes), rec
     except (ValueError, KeyError, TypeError, AttributeError):
         return "", None

@@ -4,7 +4,10 @@ a selection matches (`query_ids`, `count_ids`, `query`), and the compact records
 
 Reports read through `query_ids` + `load_records`, which read indexes and fetch with MGET or one
 script call per 1,000, never scanning keys. A record a reader cannot parse is skipped with a
-warning (`StoreBase._skip`); a bad summary is re-derived from its result.
+warning (`StoreBase._skip`); a bad summary is re-derived from its result. Every read re-checks what
+it reads against its own raw times (`farm.results.verify`): a result, and a record derived from one,
+in full; a record from a cached summary, its statistics. What does not follow reads back `invalid`
+with the reason; the stored bytes stay as they are.
 """
 
 from __future__ import annotations
@@ -23,7 +26,23 @@ from farm.results.store.codec import unpack_result, unreadable
 from farm.results.store.connection import _redis
 from farm.results.store.keys import INDEX_KINDS
 from farm.results.store.spec_hashes import SpecHashesMixin
+from farm.results.verify import verify_document, verify_record
 from farm.spec import STORED
+
+
+def read_result(data: bytes) -> JobResult:
+    """A stored result's JSON as it reads back: validated, then re-checked against its own raw times
+    (`farm.results.verify`): the same object when every figure follows, else one that says `invalid`."""
+    res = JobResult.model_validate_json(data, context=STORED)
+    doc = pydantic_core.from_json(data)
+    checked = verify_document(doc)
+    return res if checked is doc else JobResult.model_validate(checked, context=STORED)
+
+
+def _checked(rec: Record | None) -> Record | None:
+    """A record from a cached summary, its statistics re-checked against its times (`verify_record`)."""
+    return verify_record(rec) if rec is not None else None
+
 
 _SINGULAR = {"run": "runs", "machine": "machines", "device": "devices", "model": "models", "spec_hash": "spec_hashes"}
 
@@ -32,10 +51,10 @@ class ResultsMixin(SpecHashesMixin):
     """Results and their records, read by job id or through the indexes."""
 
     def _parse_result(self, key: str, raw: bytes) -> JobResult | None:
-        """A stored result, or None (skipped, with a warning) when it cannot be read."""
+        """A stored result as the read check sees it, or None (skipped, with a warning) when it cannot be read."""
         try:
-            return JobResult.model_validate_json(unpack_result(raw), context=STORED)
-        except ValueError as e:  # pydantic's ValidationError is a ValueError
+            return read_result(unpack_result(raw))
+        except (ValueError, KeyError, TypeError, AttributeError) as e:  # pydantic's ValidationError is a ValueError
             self._skip(key, unreadable(e))
             return None
 
@@ -47,8 +66,8 @@ class ResultsMixin(SpecHashesMixin):
         if raw is None:
             raise NotFoundError(f"no result for job {job_id!r}")
         try:
-            return JobResult.model_validate_json(unpack_result(raw), context=STORED)
-        except ValueError as e:
+            return read_result(unpack_result(raw))
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
             raise NotFoundError(f"no readable result for job {job_id!r}: {key} {unreadable(e)}") from None
 
     @_redis
@@ -147,7 +166,7 @@ class ResultsMixin(SpecHashesMixin):
                     if raw is None:
                         continue
                     try:
-                        rec = record_from_dict(pydantic_core.from_json(unpack_result(raw)))
+                        rec = record_from_dict(verify_document(pydantic_core.from_json(unpack_result(raw))))
                         check_record(rec)
                     except (ValueError, KeyError, TypeError, AttributeError) as e:
                         self._skip(rkeys[k], unreadable(e))
@@ -180,7 +199,7 @@ class ResultsMixin(SpecHashesMixin):
             if not isinstance(row, list) or len(row) < 3 or row[2] != job_id:
                 return None
             try:
-                recs.append(record_from_summary(row))
+                recs.append(_checked(record_from_summary(row)))
             except (ValueError, KeyError, TypeError, IndexError, AttributeError):
                 return None
         return recs
@@ -201,7 +220,7 @@ class ResultsMixin(SpecHashesMixin):
         recs: list[Record | None] = []
         for job_id, key, row in zip(ids, skeys, rows, strict=True):
             try:
-                rec = record_from_summary(row) if row else None
+                rec = _checked(record_from_summary(row)) if row else None
                 if rec is not None and rec.job_id != job_id:
                     raise ValueError(f"it names another job ({str(rec.job_id)[:80]!r})")
                 recs.append(rec)
