@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import random
+import statistics
 
 import numpy as np
 import pytest
@@ -225,3 +226,13 @@ def test_quiet_iid_repeats_are_rarely_flagged() -> None:
         s = summarize(np.exp(rng.normal(0, 0.02, 10)).tolist())
         flagged += s.outlier or s.drift
     assert flagged <= 6  # measured: 0.9% of quiet runs at n = 5 and 10 (docs/reports.md)
+
+
+def test_standard_deviation_agrees_with_statistics_stdev() -> None:
+    """`summarize` computes the sample standard deviation in floats (the read check re-derives it on
+    every read): within 1e-12 of `statistics.stdev`'s exact arithmetic, and 0 for equal times."""
+    rng = random.Random(0)
+    for _ in range(2000):
+        xs = [rng.lognormvariate(-3, rng.random()) for _ in range(rng.randint(2, 40))]
+        assert summarize(xs).std_s == pytest.approx(statistics.stdev(xs), rel=1e-12)
+    assert summarize([0.1] * 7).std_s == 0.0
