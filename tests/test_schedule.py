@@ -131,7 +131,7 @@ def test_cron_helpers() -> None:
 
 def test_sweep_dry_run_submits_nothing(farm_env: str, sweep_file: Path) -> None:
     code, text = cli("sweep", str(sweep_file), "--dry-run")
-    assert code == 0 and "2 of 2 points, 2 jobs" in text
+    assert code == 0 and "2 points x 1 device = 2 jobs" in text
     res = CliRunner().invoke(app, ["sweep", str(sweep_file), "--dry-run", "--json"])
     code, doc = res.exit_code, json.loads(res.stdout)  # the plan's note goes to stderr
     assert "would queue 2 job(s) on cpu" in res.stderr

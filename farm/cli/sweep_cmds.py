@@ -13,13 +13,12 @@ import typer
 from rich.text import Text
 
 from farm.cli import options as o
+from farm.cli import sweep_plan
 from farm.cli.farm_cmds import UNSERVED_AFTER_S, UnservedAfter, await_workers
-from farm.cli.follow import follow_and_print
+from farm.cli.follow import follow_and_print, say_unserved
 from farm.cli.lazy import lazy_module
 from farm.cli.output import EXIT_JOB_FAILED, Format, JsonAlias, Output, emit, err, fmt_of, note, warn, write
 from farm.dates import parse_when
-from farm.errors import BrokerError
-from farm.spec import BenchSpec
 
 if TYPE_CHECKING:
     from farm import settings as farm_settings
@@ -54,28 +53,6 @@ def _load(file: Path, max_memory: str | None, strict: bool) -> Sweep:
     return sweep
 
 
-def _points_listing(sw: Sweep) -> Listing:
-    wild = " (a wildcard tag counted once)" if any(d.endswith(":*") for s in sw.specs for d in s.devices) else ""
-    points = [{"index": p.index, "params": p.params, "ok": p.ok, "error": p.error, "dropped": p.dropped,
-               "devices": list(p.spec.devices) if p.spec else [], "predicted_bytes": p.predicted_bytes}
-              for p in sw.points]  # fmt: skip
-    lst = listing.Listing(
-        f"sweep {sw.name}: {len(sw.specs)} of {len(sw.points)} points, {sw.job_count()} jobs{wild}",
-        ["#", *sw.grid, "devices", "predicted peak", "status"],
-        doc={"name": sw.name, "jobs": sw.job_count(), "points": points},
-    )
-    for p in sw.points:
-        status = "ok" if p.ok else f"skipped: {p.error or ''}"
-        if p.dropped:
-            status += f" (dropped {', '.join(d.split(': ')[0] for d in p.dropped)})"
-        devices = ",".join(p.spec.devices) if p.spec else None
-        params = [str(v) for v in p.params.values()]
-        lst.add(
-            p.index, *params, devices, cells.fmt_bytes(p.predicted_bytes), status, status="ok" if p.ok else "skipped"
-        )
-    return lst
-
-
 def sweep(
     file: Annotated[Path, typer.Argument(help="Sweep file (YAML/JSON): spec fields, `grid:`, `name:`.")],
     wait: bool = typer.Option(False, "--wait", help="Follow the run until every job has a result."),
@@ -102,12 +79,10 @@ def sweep(
     fmt = fmt_of(fmt, output, json_out)
     tags = o.parse_tags(tag)
     sw = _load(file, max_memory, strict)
-    if dry_run:
-        emit(_points_listing(sw), fmt, output)
-        if sw.specs:
-            _note_plan(sweep_lib.with_tags(sw.specs, tags))
-        return
     settings = farm_settings.get_settings()
+    if dry_run:
+        sweep_plan.dry_run(sw, sweep_lib.with_tags(sw.specs, tags), settings, fmt, output)
+        return
     specs, _, _ = embedded.ensure_local(sweep_lib.with_tags(sw.specs, tags), settings, say=note)
     specs, notes = sweep_lib.resolve_wildcards(specs)
     for line in notes:
@@ -120,8 +95,7 @@ def sweep(
         await_workers(sub.run_id, unserved_after, settings)
         follow_and_print(sub.run_id, fmt, output, timeout=timeout, skip_unserved=skip_unserved)
         return
-    if sub.unserved:
-        warn(f"no live worker serves {', '.join(sub.unserved)}")
+    say_unserved(sub.run_id, [(j.job_id, j.device, j.queue) for j in sub.jobs if j.queue in sub.unserved])
     if fmt == "json":
         write(
             json.dumps({"run_id": sub.run_id, "created": sub.created, "jobs": [j.job_id for j in sub.jobs]}),
@@ -130,22 +104,6 @@ def sweep(
         )
     else:
         write(sub.run_id, output, fmt)
-
-
-def _note_plan(specs: list[BenchSpec]) -> None:
-    """On stderr: the jobs and queues a sweep's points would make, against the live workers if Redis answers."""
-    try:
-        specs, dropped = sweep_lib.resolve_wildcards(specs)
-    except BrokerError as e:
-        dropped = [f"live workers unknown ({e}): wildcards not expanded"]
-    for line in dropped:
-        err.print(Text.assemble(("skipped", "yellow"), f" {line}"), highlight=False)
-    if not specs:
-        return
-    plan = controller.plan(specs)
-    queues = list(dict.fromkeys(j.queue for j in plan.jobs))
-    served = "" if plan.workers is None else f"; no live worker on {', '.join(plan.unserved)}" if plan.unserved else ""
-    note(f"would queue {len(plan.jobs)} job(s) on {', '.join(queues)}{served}; nothing queued")
 
 
 def schedule_add(

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import itertools
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -233,17 +234,28 @@ def resolve_wildcards(specs: list[BenchSpec], settings: Settings | None = None) 
     workers = live_workers(settings)
     out, notes = [], []
     for spec in specs:
-        devices: list[str] = []
-        for tag in spec.devices:
-            try:
-                devices.extend(expand_wildcards(spec.model_copy(update={"devices": (tag,)}), workers).devices)
-            except SpecError as e:
-                notes.append(f"{spec.model_name} batch {spec.batch} {spec.dtype}: dropped {e.message}")
-        if devices:
-            out.append(spec.model_copy(update={"devices": tuple(dict.fromkeys(devices))}))
+        resolved, dropped = expand_point(spec, workers)
+        notes += dropped
+        if resolved is not None:
+            out.append(resolved)
     if not out:
         raise SpecError("devices", "no point of the sweep has a device a live worker serves: " + "; ".join(notes[:3]))
     return out, notes
+
+
+def expand_point(spec: BenchSpec, workers: Sequence[dict[str, Any]]) -> tuple[BenchSpec | None, list[str]]:
+    """One point's wildcard tags expanded against the live workers: the spec (None when no device is
+    left) and a note per wildcard no worker matches."""
+    devices: list[str] = []
+    notes: list[str] = []
+    for tag in spec.devices:
+        try:
+            devices.extend(expand_wildcards(spec.model_copy(update={"devices": (tag,)}), workers).devices)
+        except SpecError as e:
+            notes.append(f"{spec.model_name} batch {spec.batch} {spec.dtype}: dropped {e.message}")
+    if not devices:
+        return None, notes
+    return spec.model_copy(update={"devices": tuple(dict.fromkeys(devices))}), notes
 
 
 def nightly_run_id(name: str, when: datetime | None = None, every_s: float | None = None) -> str:
