@@ -148,15 +148,25 @@ def test_cuda_job_without_a_cuda_worker_is_reported_unserved(live_farm: Farm) ->
     p = live_farm.cli(
         "submit", *TINY, "--phases", "init", "--devices", "cpu,cuda", "--wait", "--unserved-after", "1", "--json"
     )
-    assert p.returncode == 5, p.stderr  # unserved jobs left
-    assert "no live worker serves queue 'cuda'" in p.stderr
+    assert p.returncode == 5, p.stderr  # unserved jobs left (docs/farm.md, exit codes)
     doc = results_of(p)
-    assert [r["device"] for r in doc["results"]] == ["cpu"]
+    assert [r["device"] for r in doc["results"]] == ["cpu"]  # the served job finished first
+    # Per unserved device: no live worker serves it, it stays queued until one does, how to drop it.
+    job = f"{doc['run_id']}-001"
+    line = next(ln for ln in p.stderr.splitlines() if ln.startswith("unserved: device cuda"))
+    assert "no live worker serves queue 'cuda'" in line and f"job {job} stays queued until one does" in line
+    cancel = line.split("to drop it: ")[1]
+    assert cancel == f"farm cancel {doc['run_id']} --job {job}"
     # The cuda job stays queued (its message waits in Redis) and status says unserved.
     assert live_farm.r.llen("cuda") == 1
     st = live_farm.cli("status", doc["run_id"])
     assert st.returncode == 0, st.stderr
     assert "unserved" in st.stdout and "1 done" in st.stdout
+    # The printed command drops exactly that job; an id not in the run is refused (exit 4).
+    bad = live_farm.cli("cancel", doc["run_id"], "--job", "nope")
+    assert bad.returncode == 4 and "'nope' is not a job of run(s)" in bad.stderr
+    c = live_farm.cli(*cancel.split()[1:])
+    assert c.returncode == 0 and c.stdout.strip() == f"cancelled 1 job(s): {job}", c.stderr
     # --skip-unserved cancels such jobs instead, and the run succeeds.
     p = live_farm.cli(
         "submit",

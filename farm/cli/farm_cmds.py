@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from farm.cli import options as o
-from farm.cli.follow import follow, follow_and_print
+from farm.cli.follow import follow, follow_and_print, say_unserved
 from farm.cli.lazy import lazy_module
 from farm.cli.output import (
     EXIT_JOB_FAILED,
@@ -112,9 +112,7 @@ def submit(
     if wait_:
         await_workers(sub.run_id, unserved_after, settings)
     else:
-        for q in sub.unserved:
-            names = ", ".join(j.job_id for j in sub.jobs if j.queue == q)
-            warn(f"no live worker serves queue {q!r}; job(s) {names} stay queued")
+        say_unserved(sub.run_id, [(j.job_id, j.device, j.queue) for j in sub.jobs if j.queue in sub.unserved])
     if wait_:
         follow_and_print(sub.run_id, fmt_name, output, settings=settings, timeout=timeout, skip_unserved=skip_unserved)
     elif fmt_name == "json":
@@ -296,20 +294,29 @@ def results(
 def cancel(
     runs: o.Runs = None,
     run: o.RunOpt = None,
+    job: o.ListOpt = typer.Option(
+        None, "--job", help="Only these jobs of the named run(s) (repeatable or comma list), e.g. an unserved one."
+    ),
     fmt: Format = None,
     output: Output = None,
     json_out: JsonAlias = False,
 ) -> None:
-    """Cancel runs' queued jobs (RUN... or --run; 'latest' too): revoked and stored as `cancelled` (running
-    jobs finish). A run must be named: cancelling is never a default."""
+    """Cancel runs' queued jobs (RUN... or --run; 'latest' too), or only those named by --job: revoked
+    and stored as `cancelled` (running jobs finish). A run must be named: cancelling is never a default."""
     store = controller.store_for()
     run_ids = o.run_ids(store, runs, run)
     if not run_ids:
         raise SpecError("run", "name the run to cancel (a run id, or 'latest')")
+    job_ids = o.split(job) or None
+    if job_ids is not None:
+        known = {j for run_id in run_ids for j in store.get_run(run_id)["jobs"]}
+        stray = [j for j in job_ids if j not in known]
+        if stray:
+            raise NotFoundError(f"job {stray[0]!r} is not a job of run(s) {', '.join(run_ids)}")
     lst = listing.Listing("", ["run", "job", "state"], doc=[])
     n = 0
     for run_id in run_ids:
-        cancelled, running = controller.cancel(run_id)
+        cancelled, running = controller.cancel(run_id, job_ids=job_ids)
         n += len(cancelled)
         lst.doc.append({"run_id": run_id, "cancelled": cancelled, "running": running})
         for j in cancelled:

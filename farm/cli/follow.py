@@ -3,7 +3,7 @@ schedule run --wait, status --watch), then its results and exit code."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -61,6 +61,27 @@ def follow(
         return controller.wait(run_id, settings=settings, timeout=timeout, on_update=_tracker(progress))
 
 
+def cancel_command(run_id: str, job_ids: Sequence[str]) -> str:
+    """The exact `farm cancel` command that drops these jobs of the run (and no other)."""
+    return f"farm cancel {run_id} --job {','.join(job_ids)}"
+
+
+def say_unserved(run_id: str, jobs: Sequence[tuple[str, str, str]]) -> None:
+    """Per device with jobs (job id, device, queue) no live worker serves: that none does, that its jobs
+    stay queued until one does, and the `farm cancel` command that drops them."""
+    by_device: dict[tuple[str, str], list[str]] = {}
+    for job_id, device, queue in jobs:
+        by_device.setdefault((device, queue), []).append(job_id)
+    for (device, queue), ids in by_device.items():
+        these = f"job {ids[0]} stays" if len(ids) == 1 else f"{len(ids)} jobs ({', '.join(ids)}) stay"
+        warn(
+            f"device {device}: no live worker serves queue {queue!r}; {these} queued until one does "
+            f"(it runs then, however late); to drop {'it' if len(ids) == 1 else 'them'}: "
+            f"{cancel_command(run_id, ids)}",
+            label="unserved",
+        )
+
+
 def follow_and_print(
     run_id: str,
     fmt: str,
@@ -70,7 +91,8 @@ def follow_and_print(
     timeout: float | None = None,
     skip_unserved: bool = False,
 ) -> None:
-    """Follow a run, print its results; exit 1 when a job did not succeed, 5 when jobs are left unserved."""
+    """Follow a run, print its results; exit 1 when a job did not succeed, 5 when jobs are left unserved
+    (each device named, with the `farm cancel` command that drops its jobs; they stay queued)."""
     results = follow(run_id, settings=settings, timeout=timeout, transient=fmt != "terminal" or output is not None)
     store = controller.store_for(settings)
     left = [v for v in controller.job_views(run_id, store) if not v.finished]
@@ -78,8 +100,7 @@ def follow_and_print(
         cancelled, _ = controller.cancel(run_id, job_ids=[v.job_id for v in left], settings=settings)
         err.print(Text.assemble(("cancelled", "yellow"), f" {len(cancelled)} unserved job(s): {', '.join(cancelled)}"))
         left = []
-    for v in left:
-        warn(f"job {v.job_id} ({v.device}) waits on queue {v.queue!r}; no live worker serves it", label="unserved")
+    say_unserved(run_id, [(v.job_id, v.device, v.queue) for v in left])
     doc: dict[str, Any] = {"run_id": run_id, "results": [r.model_dump(mode="json") for r in results]}
     emit_results(results, fmt, output, title=f"run {run_id}", json_doc=doc)
     if left:
