@@ -95,3 +95,24 @@ def test_results_and_status_formats(redis_url: str, monkeypatch: pytest.MonkeyPa
     assert doc["run_id"] == "r" and doc["jobs"][0]["job_id"] == "r-000"
     md = runner.invoke(app, ["workers", "--format", "markdown"])
     assert md.exit_code == 0 and md.stdout.startswith("# 0 live worker(s)")
+
+
+def test_help_reads_at_80_columns() -> None:
+    """`farm --help` lists each command with its first sentence, folded by Rich at the width (a
+    docstring's own line breaks once cut lines mid-sentence), and no help shows a placeholder."""
+    import typer.main
+
+    group = typer.main.get_command(app)
+    commands = dict(group.commands)  # type: ignore[attr-defined]
+    commands.update(commands["schedule"].commands)  # type: ignore[attr-defined]
+    for name, cmd in commands.items():
+        for text in (cmd.short_help or "", cmd.help or ""):
+            assert "\n" not in text.split("\n\n")[0], name  # paragraphs joined
+            assert "{" not in text and "SERIES_THRESHOLD" not in text, name
+        assert (cmd.short_help or cmd.help or "").strip() and not (cmd.short_help or "").endswith("RUN..."), name
+    res = CliRunner().invoke(app, ["--help"], env={"COLUMNS": "80"})
+    assert res.exit_code == 0 and max(len(line) for line in res.output.splitlines()) <= 80
+    results = next(line for line in res.output.splitlines() if "│ results" in line)
+    assert "narrowed by" in results  # the sentence goes on to the fold, not cut at 'RUN...'
+    report = CliRunner().invoke(app, ["report", "--help"], env={"COLUMNS": "80"})
+    assert "Over more than 2,000 results" in " ".join(report.output.split())

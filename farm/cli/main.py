@@ -19,6 +19,8 @@ Command modules hold plain functions (they never import this module); this modul
 
 from __future__ import annotations
 
+import inspect
+import re
 import sys
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
@@ -166,6 +168,24 @@ def _install_publish_hook(_schedule: ModuleType) -> None:
     publishing.install_publish_hook()
 
 
+def _paragraphs(doc: str | None) -> str:
+    """A docstring as help: the lines of each paragraph joined, so Rich folds them at the terminal's
+    width (a docstring's own line breaks, kept, broke `farm --help` mid-sentence in 80 columns)."""
+    paras = [" ".join(p.split()) for p in inspect.cleandoc(doc or "").split("\n\n")]
+    return "\n\n".join(p for p in paras if p)
+
+
+def _first_sentence(doc: str | None) -> str:
+    """The command list's line: the help's first sentence (the rest is in `farm COMMAND --help`)."""
+    text = _paragraphs(doc).split("\n\n")[0]
+    cut = re.search(r"(?<!\.)\.(?=\s+[A-Z`(]|$)", text)  # a full stop, not the dots of `RUN...`
+    return text[: cut.end()] if cut else text
+
+
+def _command(group: typer.Typer, fn: Any, name: str | None = None) -> None:
+    group.command(name, help=_paragraphs(fn.__doc__), short_help=_first_sentence(fn.__doc__))(fn)
+
+
 for _fn in (
     run.run,
     farm_cmds.submit,
@@ -187,12 +207,12 @@ for _fn in (
     publish.publish,
     repair_cmds.delete,
 ):
-    app.command()(_fn)
-app.command("import")(report_cmds.import_)
-schedule_app.command("add")(sweep_cmds.schedule_add)
-schedule_app.command("list")(sweep_cmds.schedule_list)
-schedule_app.command("remove")(sweep_cmds.schedule_remove)
-schedule_app.command("run")(sweep_cmds.schedule_run)
+    _command(app, _fn)
+_command(app, report_cmds.import_, "import")
+_command(schedule_app, sweep_cmds.schedule_add, "add")
+_command(schedule_app, sweep_cmds.schedule_list, "list")
+_command(schedule_app, sweep_cmds.schedule_remove, "remove")
+_command(schedule_app, sweep_cmds.schedule_run, "run")
 app.add_typer(schedule_app, name="schedule")
 
 

@@ -112,14 +112,20 @@ def fail(message: str, code: int) -> typer.Exit:
     return typer.Exit(code)
 
 
+def _unfolded() -> bool:
+    """Notes are folded at word boundaries on a terminal (its own wrap cuts words), one line each
+    when piped (a log or a script's grep sees the whole line)."""
+    return not err.is_terminal
+
+
 def warn(message: str, label: str = "warning") -> None:
     """A yellow `label:` and the message (text, not markup) on stderr."""
-    err.print(Text.assemble((f"{label}:", "yellow"), " ", term(message)), highlight=False, soft_wrap=True)
+    err.print(Text.assemble((f"{label}:", "yellow"), " ", term(message)), highlight=False, soft_wrap=_unfolded())
 
 
 def note(message: str) -> None:
     """A plain line on stderr (text, not markup)."""
-    err.print(Text(term(message)), highlight=False, soft_wrap=True)
+    err.print(Text(term(message)), highlight=False, soft_wrap=_unfolded())
 
 
 def fmt_of(fmt: str | None, output: Path | None, json_alias: bool = False, csv_alias: bool = False) -> str:

@@ -90,7 +90,7 @@ def report(
 ) -> None:
     """Report runs (RUN... or --run; all stored results when no run or selector is given): per phase the
     median with its 95% CI, tokens/s, FLOP/s, MFU, memory, speedup, flags. Over more than
-    SERIES_THRESHOLD results without a run: one row per series (its latest result) with its history."""
+    {threshold} results without a run: one row per series (its latest result) with its history."""
     sel = o.selection((), machine, device, model, spec_hash, since, until)
     _report(
         replace(sel, runs=o.run_ids(controller.store_for(), runs, run)),
@@ -101,6 +101,9 @@ def report(
         every_result,
         wide,
     )
+
+
+report.__doc__ = (report.__doc__ or "").replace("{threshold}", f"{SERIES_THRESHOLD:,}")  # the help's number
 
 
 def compare(

@@ -49,7 +49,7 @@ def resolve(specs: list[BenchSpec], settings: Settings) -> tuple[list[BenchSpec 
     except BrokerError as e:
         workers = None
         if any(d.endswith(":*") for s in specs for d in s.devices):
-            _skipped(f"live workers unknown ({e}): wildcards not expanded, each counted as one job")
+            note(f"live workers unknown ({e}): wildcards not expanded, each counted as one job")
     out: list[BenchSpec | None] = []
     skipped: dict[str, None] = {}
     for spec in specs:
