@@ -1,6 +1,8 @@
 """History view: a phase's time per night for a machine, with regressions and improvements marked.
 
-One small plot per series (machine, device, spec hash, phase): the median of each result with its
+One small plot per series (machine, device, spec hash, phase), the series of one spec's phase
+sharing one y axis, time unit (s, ms, µs, from the data's magnitude) and x range fitted to their
+dates (`farm.reports.plots.history_scale`): the median of each result with its
 confidence interval of the median as an error bar, the points judged `regression` as red
 triangles and `improvement` as green ones (`farm.nightly.regress`), points with a flag (unverified,
 contended, outlier, drift: `point_flags`) circled in grey and counted in the caption. The view is an HTML fragment with
@@ -16,16 +18,20 @@ Never imports torch.
 from __future__ import annotations
 
 import base64
-import io
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from farm.nightly.regress import Point, SeriesKey, Verdict, build_series, detect
 from farm.reports.cells import MATH_OFF, html_text, plot_label, write_text_atomic
 from farm.results.result import JobResult
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from farm.reports.plots import HistoryScale
 
 MAX_SERIES = 24
 # The dates a history plot draws; a point outside is left out of the plot (the caption counts it).
@@ -52,28 +58,55 @@ def plotted(p: Point) -> bool:
     return PLOTTED_DATES[0] <= when < PLOTTED_DATES[1]
 
 
-def _series_png(key: SeriesKey, points: Sequence[Point], marks: dict[str, str]) -> str:
+def _series_png(key: SeriesKey, points: Sequence[Point], marks: dict[str, str], scale: HistoryScale | None) -> str:
     """A base64 PNG of one series (points within `PLOTTED_DATES`), mathtext off."""
+    from farm.reports.plots import png_bytes
+
+    return base64.b64encode(png_bytes(series_figure(key, points, marks, scale))).decode()
+
+
+def series_scale(points: Iterable[Sequence[Point]]) -> HistoryScale | None:
+    """The axes shared by these series' plots (`farm.reports.plots.history_scale`): one unit, one y
+    range, one x range fitted to their dates."""
     # matplotlib is imported only when a plot is drawn: it costs a second at start-up.
-    import matplotlib
+    from farm.reports.plots import HistoryPoint, history_scale
 
-    matplotlib.use("Agg")
-    with matplotlib.rc_context(MATH_OFF):
-        return _draw_series(key, points, marks)
+    return history_scale(
+        [HistoryPoint(p.when, p.result.phases[p.phase].median_s or 0.0, None, _high(p)) for p in pts] for pts in points
+    )
 
 
-def _draw_series(key: SeriesKey, points: Sequence[Point], marks: dict[str, str]) -> str:
-    import matplotlib.pyplot as plt  # lazily: matplotlib costs a second at start-up (see _series_png)
+def _high(p: Point) -> float | None:
+    st = p.result.phases[p.phase].stats
+    return st.ci_high_s if st else None
 
+
+def series_figure(key: SeriesKey, points: Sequence[Point], marks: dict[str, str], scale: HistoryScale | None) -> Figure:
+    """One series' plot, its axes `scale` (shared with the series it is compared with; its own by
+    default), mathtext off."""
+    from matplotlib import rc_context
+
+    with rc_context(MATH_OFF):
+        return _draw_series(key, points, marks, scale)
+
+
+def _draw_series(key: SeriesKey, points: Sequence[Point], marks: dict[str, str], scale: HistoryScale | None) -> Figure:
+    from matplotlib.figure import Figure  # lazily: matplotlib costs a second at start-up (see series_scale)
+
+    from farm.reports.plots import apply_history_scale
+
+    scale = scale or series_scale([points])
     xs: list[Any] = [p.when for p in points]  # datetimes: matplotlib plots them (its stubs say floats)
+    f = scale.factor if scale else 1.0
     meds, lo, hi = [], [], []
     for p in points:
         st = p.result.phases[p.phase].stats
         med = p.result.phases[p.phase].median_s or 0.0
-        meds.append(med)
-        lo.append(med - st.ci_low_s if st else 0.0)
-        hi.append(st.ci_high_s - med if st else 0.0)
-    fig, ax = plt.subplots(figsize=(7.0, 2.6), dpi=90)
+        meds.append(med * f)
+        lo.append((med - st.ci_low_s) * f if st else 0.0)
+        hi.append((st.ci_high_s - med) * f if st else 0.0)
+    fig = Figure(figsize=(7.0, 2.6), dpi=90)
+    ax = fig.subplots()
     ax.errorbar(xs, meds, yerr=[lo, hi], fmt="o-", ms=3, lw=1, color="#4060a0", ecolor="#9ab", capsize=2)
     flagged = [(x, m) for x, m, p in zip(xs, meds, points, strict=True) if point_flags(p)]
     if flagged:
@@ -90,20 +123,18 @@ def _draw_series(key: SeriesKey, points: Sequence[Point], marks: dict[str, str])
         if sel:
             ax.scatter([x for x, _ in sel], [m for _, m in sel], marker=marker, s=70, color=color, zorder=3, label=kind)
     machine, device, spec_hash, phase = key
-    model = points[-1].result.model_name
+    model = points[-1].result.model_name if points else "?"
     title = f"{plot_label(machine)} · {plot_label(device)} · {plot_label(model)} ({spec_hash}) · {plot_label(phase)}"
     ax.set_title(title, fontsize=9)
-    ax.set_ylabel("median time (s)", fontsize=8)
     ax.tick_params(labelsize=7)
-    ax.set_ylim(bottom=0)
+    if scale is not None:
+        apply_history_scale(ax, scale)
+    else:
+        ax.set_ylabel("median time (s)", fontsize=8)
     if flagged or any(marks.get(p.result.job_id) in ("regression", "improvement") for p in points):
         ax.legend(fontsize=7, loc="lower left")
-    fig.autofmt_xdate()
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return base64.b64encode(buf.getvalue()).decode()
+    return fig
 
 
 def history_section(
@@ -127,9 +158,13 @@ def history_section(
         return (0 if "regression" in kinds else 1 if "improvement" in kinds else 2, k)
 
     keys.sort(key=rank)
+    shown = keys[:max_series]
+    plotted_pts = {k: [p for p in series[k] if plotted(p)] for k in shown}
+    # The series of one spec's phase (every machine and device) share one y axis, unit and x range.
+    scales = {(k[2], k[3]): series_scale([pts for kk, pts in plotted_pts.items() if kk[2:] == k[2:]]) for k in shown}
     parts = []
-    for k in keys[:max_series]:
-        pts = [p for p in series[k] if plotted(p)]
+    for k in shown:
+        pts = plotted_pts[k]
         left_out = len(series[k]) - len(pts)
         series_marks = {p.result.job_id: marks.get((p.result.job_id, k[3]), "") for p in pts}
         n_reg = sum(v == "regression" for v in series_marks.values())
@@ -139,7 +174,8 @@ def history_section(
             years = f"{PLOTTED_DATES[0].year}-{PLOTTED_DATES[1].year}"
             flagged += f", {left_out} left out of the plot (date outside {years})"
         alt = f"{k[0]} {k[1]} {k[2]} {k[3]}: {len(pts)} results, {n_reg} regressions{flagged}"
-        img = f'<img alt="{html_text(alt)}" src="data:image/png;base64,{_series_png(k, pts, series_marks)}">'
+        png = _series_png(k, pts, series_marks, scales[(k[2], k[3])])
+        img = f'<img alt="{html_text(alt)}" src="data:image/png;base64,{png}">'
         parts.append(f'<figure class="history">{img if pts else ""}<figcaption>{html_text(alt)}</figcaption></figure>')
     if not parts:
         parts.append("<p>No history yet: a series needs stored results with raw times.</p>")

@@ -7,6 +7,10 @@
   labelled with their flags (an unverified side too).
 - `scaling_png`: median time against model size (or tokens per step) when the results vary it
   (measured results: ok and unverified, the latter labelled).
+- `history_png` (`history_figure`): a series' median per night; the series that are compared (one
+  spec's phase on every machine and device) share one y axis and one x range (`history_scale`):
+  the time unit chosen from the data's magnitude (s, ms, µs, named in the label), the x range the
+  points' dates with a small margin, date ticks that fit the span.
 
 Every figure is drawn with mathtext and LaTeX off (`cells.MATH_OFF`: a `$` in a machine or model
 name is a dollar sign) and data text in labels goes through `cells.plot_label`. This module never
@@ -17,15 +21,16 @@ from __future__ import annotations
 
 import functools
 import io
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, ParamSpec, TypeVar
 
 from matplotlib import rc_context
 from matplotlib.axes import Axes
 from matplotlib.axis import Axis
 from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, NullFormatter
 
@@ -53,6 +58,11 @@ def text_only(draw: Callable[P, R]) -> Callable[P, R]:
             return draw(*args, **kwargs)
 
     return wrapper
+
+
+def png_bytes(fig: Figure) -> bytes:
+    """A figure as PNG bytes (Agg canvas, 100 dpi, tight bounding box)."""
+    return _png(fig)
 
 
 def _png(fig: Figure) -> bytes:
@@ -306,13 +316,78 @@ class HistoryPoint:
 _MARKS = {"regression": ("^", "#d02020"), "improvement": ("v", "#20a040"), "suspect": ("D", "#b06000")}
 
 
-@text_only
-def history_png(title: str, points: Sequence[HistoryPoint]) -> bytes | None:
-    """A series' median per night with its 95% CI: the clean nights joined by a line, the disturbed
-    ones (`DISTURBED` flags) drawn apart, hollow and unjoined, so that a contended night neither
-    bends the line nor reads as a step; regressions, improvements and suspects marked."""
+# Time units for a y axis, largest first: the first whose factor puts the largest value at 1 or more.
+_UNITS = (("s", 1.0), ("ms", 1e3), ("µs", 1e6))
+# A history plot's x range: the points' span and this share of it either side, at least `_X_PAD`.
+_X_MARGIN = 0.05
+_X_PAD = timedelta(minutes=2)
+
+
+def time_unit(values_s: Iterable[float]) -> tuple[str, float]:
+    """The unit (`s`, `ms`, `µs`) and its factor for times of this magnitude: the largest value
+    reads 1 or more (0.4 s is 400 ms, 2e-4 s is 200 µs); `s` when there is no positive value."""
+    top = max((v for v in values_s if v > 0), default=0.0)
+    for name, factor in _UNITS:
+        if top * factor >= 1.0:
+            return name, factor
+    return _UNITS[-1] if top > 0 else _UNITS[0]
+
+
+@dataclass(frozen=True)
+class HistoryScale:
+    """The axes shared by the history plots of series that are compared (one spec's phase, on every
+    machine and device): one time unit, one y range, one x range fitted to the points' dates."""
+
+    unit: str
+    factor: float  # seconds to `unit`
+    y_top_s: float  # the y range is [0, y_top_s], in seconds
+    x_lo: datetime
+    x_hi: datetime
+
+
+def _top_s(p: HistoryPoint) -> float:
+    return max(p.median_s, p.high_s if p.high_s is not None else p.median_s)
+
+
+def history_scale(series: Iterable[Sequence[HistoryPoint]]) -> HistoryScale | None:
+    """The shared axes of these series: unit from the largest time, y from 0 to 8% above it, x the
+    first to the last date with `_X_MARGIN` of the span (at least `_X_PAD`) either side. None when
+    there are no points."""
+    points = [p for pts in series for p in pts]
     if not points:
         return None
+    top = max(_top_s(p) for p in points)
+    unit, factor = time_unit([top])
+    lo, hi = min(p.when for p in points), max(p.when for p in points)
+    pad = max((hi - lo) * _X_MARGIN, _X_PAD)
+    return HistoryScale(unit, factor, top * 1.08 if top > 0 else 1.0, lo - pad, hi + pad)
+
+
+def apply_history_scale(ax: Axes, scale: HistoryScale) -> None:
+    """Set a history plot's axes to `scale` (values already drawn in its unit): the y label naming
+    the unit, the y and x ranges, date ticks that fit the span (minutes, hours, days, months)."""
+    ax.set_ylabel(f"median time ({scale.unit})", fontsize=8)
+    ax.set_ylim(0.0, scale.y_top_s * scale.factor)
+    lo: Any = scale.x_lo  # datetimes: matplotlib takes them (its stubs say floats)
+    hi: Any = scale.x_hi
+    ax.set_xlim(lo, hi)
+    locator = AutoDateLocator(minticks=3, maxticks=7)
+    ax.xaxis.set_major_locator(locator)
+    ax.xaxis.set_major_formatter(ConciseDateFormatter(locator))
+    ax.xaxis.get_offset_text().set_fontsize(7)  # the date the ticks' times are on
+
+
+@text_only
+def history_figure(title: str, points: Sequence[HistoryPoint], scale: HistoryScale | None = None) -> Figure | None:
+    """A series' median per night with its 95% CI: the clean nights joined by a line, the disturbed
+    ones (`DISTURBED` flags) drawn apart, hollow and unjoined, so that a contended night neither
+    bends the line nor reads as a step; regressions, improvements and suspects marked. `scale`: the
+    axes shared with the series it is compared with (`history_scale`; this series' own by default)."""
+    if not points:
+        return None
+    scale = scale or history_scale([points])
+    assert scale is not None
+    f = scale.factor
     fig = Figure(figsize=(7.0, 2.8), layout="constrained")
     ax = fig.subplots()
     for disturbed in (False, True):
@@ -320,9 +395,10 @@ def history_png(title: str, points: Sequence[HistoryPoint]) -> bytes | None:
         if not pts:
             continue
         xs: list[Any] = [p.when for p in pts]  # datetimes: matplotlib plots them (its stubs say floats)
-        ys = [p.median_s for p in pts]
-        err = [[max(0.0, p.median_s - (p.low_s if p.low_s is not None else p.median_s)) for p in pts],
-               [max(0.0, (p.high_s if p.high_s is not None else p.median_s) - p.median_s) for p in pts]]  # fmt: skip
+        ys = [p.median_s * f for p in pts]
+        err = [[f * max(0.0, p.median_s - (p.low_s if p.low_s is not None else p.median_s)) for p in pts],
+               [f * max(0.0, (p.high_s if p.high_s is not None else p.median_s) - p.median_s)
+                for p in pts]]  # fmt: skip
         if disturbed:
             kinds = sorted({k for p in pts for k in p.disturbed}, key=DISTURBED.index)
             ax.errorbar(xs, ys, yerr=err, fmt="s", ms=6, mfc="none", mec=DISTURBED_COLOUR, ecolor="#f0c090",
@@ -334,13 +410,16 @@ def history_png(title: str, points: Sequence[HistoryPoint]) -> bytes | None:
         sel = [p for p in points if p.mark == kind]
         if sel:
             when: list[Any] = [p.when for p in sel]
-            ax.scatter(when, [p.median_s for p in sel], marker=marker, s=70, color=colour, zorder=3, label=kind)
+            ax.scatter(when, [p.median_s * f for p in sel], marker=marker, s=70, color=colour, zorder=3, label=kind)
     ax.set_title(plot_label(title, 120), fontsize=9)
-    ax.set_ylabel("median time (s)", fontsize=8)
     ax.tick_params(labelsize=7)
-    ax.set_ylim(bottom=0)
+    apply_history_scale(ax, scale)
     ax.legend(fontsize=7, loc="lower left")
-    for label in ax.get_xticklabels():
-        label.set_rotation(30)
-        label.set_horizontalalignment("right")
-    return _png(fig)
+    return fig
+
+
+@text_only
+def history_png(title: str, points: Sequence[HistoryPoint], scale: HistoryScale | None = None) -> bytes | None:
+    """`history_figure` as PNG bytes; None when there are no points."""
+    fig = history_figure(title, points, scale)
+    return _png(fig) if fig is not None else None

@@ -33,7 +33,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from farm.cluster.controller import store_for
-from farm.nightly.regress import Verdict, build_series, detect
+from farm.nightly.regress import Point, Verdict, build_series, detect
 from farm.nightly.schedule import AFTER_FIRE, Firing
 from farm.reports import plots
 from farm.reports.cells import COLUMNS, cells, fmt_seconds, header_lines, speedup_text
@@ -251,23 +251,29 @@ def disturbed_flags(res: JobResult, phase: str) -> tuple[str, ...]:
     return tuple(k for k in plots.DISTURBED if on[k])
 
 
+def _history_point(p: Point, phase: str, marks: dict[tuple[str, str], str]) -> plots.HistoryPoint:
+    ph = p.result.phases[phase]
+    st, med = ph.stats, ph.median_s or 0.0
+    mark = marks.get((p.result.job_id, phase))
+    return plots.HistoryPoint(
+        p.when, med, st.ci_low_s if st else None, st.ci_high_s if st else None,
+        disturbed_flags(p.result, phase), mark if mark in ("regression", "improvement", "suspect") else None,
+    )  # fmt: skip
+
+
 def _history(phase: str, results: Sequence[JobResult], marks: dict[tuple[str, str], str]) -> str:
     """One plot per machine and device of a spec's phase: the clean nights joined by a line, the
-    disturbed ones drawn apart (`plots.history_png`), verdicts marked; a caption counts them."""
+    disturbed ones drawn apart (`plots.history_png`), verdicts marked; a caption counts them. The
+    plots share one y axis, unit and x range (`plots.history_scale`): machines compare by eye."""
     series = {k: pts for k, pts in build_series(results).items() if k[3] == phase}
     parts = []
-    for key in sorted(series, key=lambda k: (k[0], k[1]))[:MAX_SERIES]:
+    shown = sorted(series, key=lambda k: (k[0], k[1]))[:MAX_SERIES]
+    plotted_pts = {key: [p for p in series[key] if plotted(p)] for key in shown}
+    all_drawn = {key: [_history_point(p, phase, marks) for p in pts] for key, pts in plotted_pts.items()}
+    scale = plots.history_scale(all_drawn.values())  # one y axis and x range for every machine and device
+    for key in shown:
         machine, device = key[0], key[1]
-        pts = [p for p in series[key] if plotted(p)]
-        drawn = []
-        for p in pts:
-            ph = p.result.phases[phase]
-            st, med = ph.stats, ph.median_s or 0.0
-            mark = marks.get((p.result.job_id, phase))
-            drawn.append(plots.HistoryPoint(
-                p.when, med, st.ci_low_s if st else None, st.ci_high_s if st else None,
-                disturbed_flags(p.result, phase), mark if mark in ("regression", "improvement", "suspect") else None,
-            ))  # fmt: skip
+        pts, drawn = plotted_pts[key], all_drawn[key]
         counts = Counter(k for d in drawn for k in d.disturbed)
         n_disturbed = sum(1 for d in drawn if d.disturbed)
         kinds = Counter(d.mark for d in drawn if d.mark)
@@ -280,7 +286,7 @@ def _history(phase: str, results: Sequence[JobResult], marks: dict[tuple[str, st
             caption += f"; {n_disturbed} disturbed ({listed}), drawn apart from the line"
         if len(pts) < len(series[key]):
             caption += f"; {len(series[key]) - len(pts)} left out of the plot (date out of range)"
-        png = plots.history_png(f"{machine} · {device} · {phase}", drawn)
+        png = plots.history_png(f"{machine} · {device} · {phase}", drawn, scale)
         parts.append(figure(png, caption, caption) if png else f"<p>{escape(caption)}</p>")
     if not parts:
         return "<p>No history yet: a series needs stored results with raw times.</p>"
