@@ -60,7 +60,7 @@ def plotted(p: Point) -> bool:
 
 def _series_png(key: SeriesKey, points: Sequence[Point], marks: dict[str, str], scale: HistoryScale | None) -> str:
     """A base64 PNG of one series (points within `PLOTTED_DATES`), mathtext off."""
-    from farm.reports.plots import png_bytes
+    from farm.reports.plots import png_bytes  # lazily: it imports matplotlib (a second at start-up)
 
     return base64.b64encode(png_bytes(series_figure(key, points, marks, scale))).decode()
 
@@ -68,8 +68,7 @@ def _series_png(key: SeriesKey, points: Sequence[Point], marks: dict[str, str], 
 def series_scale(points: Iterable[Sequence[Point]]) -> HistoryScale | None:
     """The axes shared by these series' plots (`farm.reports.plots.history_scale`): one unit, one y
     range, one x range fitted to their dates."""
-    # matplotlib is imported only when a plot is drawn: it costs a second at start-up.
-    from farm.reports.plots import HistoryPoint, history_scale
+    from farm.reports.plots import HistoryPoint, history_scale  # lazily: matplotlib costs a second at start-up
 
     return history_scale(
         [HistoryPoint(p.when, p.result.phases[p.phase].median_s or 0.0, None, _high(p)) for p in pts] for pts in points
@@ -84,7 +83,7 @@ def _high(p: Point) -> float | None:
 def series_figure(key: SeriesKey, points: Sequence[Point], marks: dict[str, str], scale: HistoryScale | None) -> Figure:
     """One series' plot, its axes `scale` (shared with the series it is compared with; its own by
     default), mathtext off."""
-    from matplotlib import rc_context
+    from matplotlib import rc_context  # lazily: matplotlib costs a second at start-up
 
     with rc_context(MATH_OFF):
         return _draw_series(key, points, marks, scale)
@@ -93,7 +92,7 @@ def series_figure(key: SeriesKey, points: Sequence[Point], marks: dict[str, str]
 def _draw_series(key: SeriesKey, points: Sequence[Point], marks: dict[str, str], scale: HistoryScale | None) -> Figure:
     from matplotlib.figure import Figure  # lazily: matplotlib costs a second at start-up (see series_scale)
 
-    from farm.reports.plots import apply_history_scale
+    from farm.reports.plots import apply_history_scale  # lazily: it imports matplotlib
 
     scale = scale or series_scale([points])
     xs: list[Any] = [p.when for p in points]  # datetimes: matplotlib plots them (its stubs say floats)
