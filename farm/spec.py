@@ -410,6 +410,20 @@ MEASUREMENT_FIELDS: tuple[str, ...] = (
 )  # fmt: skip
 
 
+class SkippedDevice(BaseModel):
+    """A device a run asked for that the embedded farm left out, and why (one short reason):
+    recorded with the run, shown by `farm results` and `farm report`."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    device: str
+    reason: str
+
+    def line(self) -> str:
+        """`cuda: asked for, skipped: no CUDA device on this machine`."""
+        return f"{self.device}: asked for, skipped: {self.reason}"
+
+
 class Job(BaseModel):
     """One spec on one device tag: the unit that is queued, run and stored."""
 

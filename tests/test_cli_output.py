@@ -21,7 +21,7 @@ from farm.reports.listing import Listing
 from farm.results.result import JobResult
 from farm.results.store import ResultStore
 from farm.settings import get_settings
-from farm.spec import parse_spec
+from farm.spec import SkippedDevice, parse_spec
 
 TINY = {"model": "gpt2-tiny", "seq": 8, "devices": ["cpu"]}
 
@@ -116,3 +116,35 @@ def test_help_reads_at_80_columns() -> None:
     assert "narrowed by" in results  # the sentence goes on to the fold, not cut at 'RUN...'
     report = CliRunner().invoke(app, ["report", "--help"], env={"COLUMNS": "80"})
     assert "Over more than 2,000 results" in " ".join(report.output.split())
+
+
+def test_a_skipped_device_is_shown_where_the_run_is_read(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The run's record keeps the devices the embedded farm skipped, with why: `farm results` and
+    `farm report` say so in every format (escaped), JSON as a field; a run recorded without it reads."""
+    monkeypatch.setenv("FARM_REDIS_URL", redis_url)
+    get_settings.cache_clear()
+    store = ResultStore.from_url(redis_url)
+    job = parse_spec(TINY).expand("r")[0]
+    skipped = [SkippedDevice(device="cuda", reason="no CUDA device on this machine"),
+               SkippedDevice(device="cuda:<b>x", reason="no <b>x GPU on this machine")]  # fmt: skip
+    store.create_run("r", [job.spec], [job], skipped=skipped)
+    store.put_result(_failed())
+    assert store.skipped_devices("r") == skipped
+    line = "cuda: asked for, skipped: no CUDA device on this machine"
+    runner = CliRunner()
+    for argv in (["results", "r"], ["report", "r"]):
+        out = runner.invoke(app, argv, terminal_width=200)
+        assert line in out.stdout, out.output
+    doc = json.loads(runner.invoke(app, ["report", "r", "--json"]).stdout)
+    assert doc["skipped_devices"][0] == {"run_id": "r", "device": "cuda", "reason": "no CUDA device on this machine"}
+    html = runner.invoke(app, ["report", "r", "--format", "html"]).stdout
+    assert line in html and "cuda:&lt;b&gt;x" in html and "<b>x" not in html
+    md = runner.invoke(app, ["report", "r", "--format", "markdown"]).stdout
+    assert f"- {line}" in md and "cuda:&lt;b&gt;x" in md and "<b>x" not in md
+    # a run recorded without the field (before it existed, or that skipped nothing) reads as before
+    store.create_run("old", [job.spec], [job.model_copy(update={"job_id": "old-000", "run_id": "old"})])
+    assert store.get_run("old")["skipped_devices"] == [] and store.skipped_devices("old") == []
+    out = runner.invoke(app, ["results", "old"])
+    assert out.exit_code == 0 and "asked for, skipped" not in out.stdout

@@ -66,7 +66,12 @@ def test_submit_up_down_in_a_fresh_home(tmp_path: Path, tmp_path_factory: pytest
         # farm itself, and cuda is skipped with a warning.
         p = farm("submit", *TINY, "--phases", "all", "--devices", "cpu,cuda", "--wait", "--json", env=env)
         assert "skipping device 'cuda'" in p.stderr and "starting the embedded farm" in p.stderr
-        (res,) = json.loads(p.stdout)["results"]
+        doc = json.loads(p.stdout)
+        (res,) = doc["results"]
+        # the run keeps the device it skipped, with why: in the JSON and where `farm results` shows the run
+        assert doc["skipped_devices"] == [{"device": "cuda", "reason": "no CUDA device on this machine"}]
+        shown = farm("results", doc["run_id"], env=env)
+        assert "cuda: asked for, skipped: no CUDA device on this machine" in shown.stdout, shown.stdout + shown.stderr
         # `invalid` is a completed measurement that the engine flagged as faster than the CPU peak it
         # calibrated (a calibration taken while the shared machine was busy); the job itself ran.
         assert res["status"] in ("ok", "invalid"), res["error"]

@@ -151,12 +151,16 @@ def test_a_sweep_is_one_run_with_unique_job_ids() -> None:
 def test_embedded_default_skips_devices_this_machine_lacks(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(embedded, "nvml_gpus", lambda: ())
     spec, skipped = embedded.local_only(parse_spec({**TINY, "devices": ["cpu", "cuda", "cpu:elsewhere"]}))
-    assert spec.devices == ("cpu",) and skipped == ["cuda", "cpu:elsewhere"]
+    assert spec.devices == ("cpu",) and [d.device for d in skipped] == ["cuda", "cpu:elsewhere"]
+    assert skipped[0].line() == "cuda: asked for, skipped: no CUDA device on this machine"
+    assert skipped[1].reason.startswith("the CPU of another machine")
     with pytest.raises(SpecError):
         embedded.local_only(parse_spec({**TINY, "devices": ["cuda"]}))
     monkeypatch.setattr(embedded, "nvml_gpus", lambda: (GpuInfo(index=0, name="NVIDIA L4", tag="l4"),))
     spec, skipped = embedded.local_only(parse_spec({**TINY, "devices": ["cuda:l4", "cuda:h100"]}))
-    assert spec.devices == ("cuda:l4",) and skipped == ["cuda:h100"]
+    assert spec.devices == ("cuda:l4",) and [(d.device, d.reason) for d in skipped] == [
+        ("cuda:h100", "no h100 GPU on this machine (it has l4)")
+    ]
 
 
 def test_without_redis_url_or_embedded_farm_commands_say_what_to_do() -> None:

@@ -141,4 +141,4 @@ def test_the_embedded_default_counts_what_submission_would_queue(tmp_path: Path)
     per_point = 2 if nvml_gpus() else 1  # the embedded farm serves only this machine's devices
     assert json.loads(p.stdout)["jobs"] == 2 * per_point
     if not per_point - 1:
-        assert "skipping device 'cuda': this machine has none (embedded farm)" in p.stderr
+        assert "skipping device 'cuda': no CUDA device on this machine (embedded farm)" in p.stderr

@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from farm.cluster import controller, embedded
     from farm.cluster.controller import JobView
     from farm.reports import listing
+    from farm.reports import report as report_lib
     from farm.reports.listing import Listing
     from farm.results.result import JobResult
     from farm.settings import Settings
@@ -45,6 +46,7 @@ else:  # run on first use (farm.cli.lazy): celery, redis, the store, numpy
     controller = lazy_module("farm.cluster.controller")
     embedded = lazy_module("farm.cluster.embedded")
     listing = lazy_module("farm.reports.listing")
+    report_lib = lazy_module("farm.reports.report")
     farm_settings = lazy_module("farm.settings")
 
 # farm.cluster.controller.UNSERVED_AFTER_S, the default shown in --help, without importing celery
@@ -91,7 +93,9 @@ def submit(
         "queues that would be queued; queue nothing (never starts the embedded farm).",
     ),
     wait_: bool = typer.Option(False, "--wait", help="Follow the run until every servable job ends."),
-    json_out: bool = typer.Option(False, "--json", help='Print JSON (with --wait: {"run_id", "results"}).'),
+    json_out: bool = typer.Option(
+        False, "--json", help='Print JSON (with --wait: {"run_id", "results", "skipped_devices"}).'
+    ),
     skip_unserved: bool = typer.Option(
         False, "--skip-unserved", help="With --wait: cancel jobs no live worker serves instead of exiting 5."
     ),
@@ -106,8 +110,8 @@ def submit(
     if dry_run:
         emit(_plan_listing(_dry_run_plan(spec, settings)), fmt_name, output)
         return
-    (spec,), _, _ = embedded.ensure_local([spec], settings, say=note)
-    sub = controller.submit(spec, name=name, tags=spec.tags or None, settings=settings)
+    (spec,), skipped, _ = embedded.ensure_local([spec], settings, say=note)
+    sub = controller.submit(spec, name=name, tags=spec.tags or None, settings=settings, skipped=skipped)
     note(f"run {sub.run_id}: {len(sub.jobs)} job(s) queued")
     if wait_:
         await_workers(sub.run_id, unserved_after, settings)
@@ -132,7 +136,7 @@ def _dry_run_plan(spec: BenchSpec, settings: Settings) -> controller.Plan:
     if embedded.is_embedded(settings):
         spec, skipped = embedded.local_only(spec)
         for d in skipped:
-            warn(f"skipping device {d!r}: this machine has none (embedded farm)")
+            warn(f"skipping device {d.device!r}: {d.reason} (embedded farm)")
     return controller.plan(spec, settings=settings)
 
 
@@ -288,7 +292,8 @@ def results(
     res = list(found.values())
     labels = ", ".join(o.run_label(store, r) for r in run_ids)
     title = f"run{'s' if len(run_ids) > 1 else ''} {labels}: {len(res)}/{n_jobs} job(s) with results"
-    emit_results(res, fmt_of(fmt, output, json_out, csv_out), output, title=title, wide=wide)
+    skipped = report_lib.skipped_of_runs(store, run_ids)  # devices the embedded farm skipped: a note each
+    emit_results(res, fmt_of(fmt, output, json_out, csv_out), output, title=title, wide=wide, skipped=skipped)
 
 
 def cancel(

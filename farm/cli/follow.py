@@ -101,8 +101,10 @@ def follow_and_print(
         err.print(Text.assemble(("cancelled", "yellow"), f" {len(cancelled)} unserved job(s): {', '.join(cancelled)}"))
         left = []
     say_unserved(run_id, [(v.job_id, v.device, v.queue) for v in left])
-    doc: dict[str, Any] = {"run_id": run_id, "results": [r.model_dump(mode="json") for r in results]}
-    emit_results(results, fmt, output, title=f"run {run_id}", json_doc=doc)
+    skipped = store.skipped_devices(run_id)  # the devices the embedded farm left out, with why
+    doc: dict[str, Any] = {"run_id": run_id, "results": [r.model_dump(mode="json") for r in results],
+                           "skipped_devices": [d.model_dump(mode="json") for d in skipped]}  # fmt: skip
+    emit_results(results, fmt, output, title=f"run {run_id}", json_doc=doc, skipped=[(run_id, d) for d in skipped])
     if left:
         raise typer.Exit(EXIT_UNSERVED)
     if any(r.status not in result.MEASURED_STATUSES for r in results):  # unverified is measured (and flagged)

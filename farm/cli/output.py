@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from farm.reports.report import Report
     from farm.results import records
     from farm.results.result import JobResult
+    from farm.spec import SkippedDevice
 else:  # run on first use (farm.cli.lazy): the report modules load numpy and the store
     cells = lazy_module("farm.reports.cells")
     formats = lazy_module("farm.reports.formats")
@@ -167,9 +168,12 @@ def emit(
     write(formats.render(obj, fmt), output, fmt)
 
 
-def results_report(results: Sequence[JobResult], title: str) -> Report:
-    """Results as a report (the one terminal table, CSV layout and HTML page)."""
-    return report.build_report(records.records_from_results(results), title=title)
+def results_report(
+    results: Sequence[JobResult], title: str, skipped: Sequence[tuple[str, SkippedDevice]] = ()
+) -> Report:
+    """Results as a report (the one terminal table, CSV layout and HTML page); `skipped`: the devices
+    their runs asked for that the embedded farm skipped (a note each)."""
+    return report.add_skipped(report.build_report(records.records_from_results(results), title=title), skipped)
 
 
 def emit_results(
@@ -179,14 +183,16 @@ def emit_results(
     title: str,
     json_doc: Any = None,
     wide: bool = False,
+    skipped: Sequence[tuple[str, SkippedDevice]] = (),
 ) -> None:
     """Job results in a format; JSON is `json_doc` (default: the list of results, as stored); `wide`:
-    every column of the terminal table (`emit`)."""
+    every column of the terminal table (`emit`); `skipped`: the runs' devices the embedded farm
+    skipped (`report.skipped_of_runs`), a note each in the other formats."""
     if fmt == "json":
         doc = json_doc if json_doc is not None else [r.model_dump(mode="json") for r in results]
         write(json.dumps(doc, indent=2), output, fmt)
         return
-    emit(results_report(results, title), fmt, output, after=breakdown_lines(results), wide=wide)
+    emit(results_report(results, title, skipped), fmt, output, after=breakdown_lines(results), wide=wide)
 
 
 def breakdown_lines(results: Iterable[JobResult]) -> list[str]:

@@ -83,12 +83,14 @@ def sweep(
     if dry_run:
         sweep_plan.dry_run(sw, sweep_lib.with_tags(sw.specs, tags), settings, fmt, output)
         return
-    specs, _, _ = embedded.ensure_local(sweep_lib.with_tags(sw.specs, tags), settings, say=note)
+    specs, skipped, _ = embedded.ensure_local(sweep_lib.with_tags(sw.specs, tags), settings, say=note)
     specs, notes = sweep_lib.resolve_wildcards(specs)
     for line in notes:
         err.print(Text.assemble(("skipped", "yellow"), f" {line}"), highlight=False)
     run_id = sweep_lib.nightly_run_id(sw.name, parse_when(date, "date")) if nightly else None
-    sub = controller.submit(specs, run_id=run_id, name=name or sw.name, tags={"sweep": sw.name, **(tags or {})})
+    sub = controller.submit(
+        specs, run_id=run_id, name=name or sw.name, tags={"sweep": sw.name, **(tags or {})}, skipped=skipped
+    )
     verb = "submitted" if sub.created else "already exists (nothing enqueued)"
     note(f"run {sub.run_id} {verb}: {len(sub.jobs)} jobs from {len(specs)} points")
     if wait:

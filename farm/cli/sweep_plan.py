@@ -51,23 +51,23 @@ def resolve(specs: list[BenchSpec], settings: Settings) -> tuple[list[BenchSpec 
         if any(d.endswith(":*") for s in specs for d in s.devices):
             note(f"live workers unknown ({e}): wildcards not expanded, each counted as one job")
     out: list[BenchSpec | None] = []
-    skipped: dict[str, None] = {}
+    skipped: dict[str, str] = {}  # device -> why it is skipped
     for spec in specs:
         kept: BenchSpec | None = spec
         if local:
             try:
                 kept, gone = embedded.local_only(spec)
-                skipped.update(dict.fromkeys(gone))
+                skipped.update({d.device: d.reason for d in gone})
             except SpecError:
-                skipped.update(dict.fromkeys(spec.devices))
+                skipped.update({d: "this machine has none" for d in spec.devices if d not in skipped})
                 kept = None
         if kept is not None and workers is not None:
             kept, dropped = sweep_lib.expand_point(kept, workers)
             for line in dropped:
                 _skipped(line)
         out.append(kept)
-    for d in skipped:
-        warn(f"skipping device {d!r}: this machine has none (embedded farm)")
+    for d, why in skipped.items():
+        warn(f"skipping device {d!r}: {why} (embedded farm)")
     return out, workers is not None
 
 

@@ -26,7 +26,7 @@ from farm.errors import BrokerError, BrokerUnavailable, JobTimeout, NotFoundErro
 from farm.results.result import JobResult
 from farm.results.store import ResultStore
 from farm.settings import Settings, get_settings
-from farm.spec import BenchSpec, Job, check_run_id, new_run_id, parse_device_tag, queue_for
+from farm.spec import BenchSpec, Job, SkippedDevice, check_run_id, new_run_id, parse_device_tag, queue_for
 
 REDIS_LOST_S = 30.0  # how long `wait` rides out a Redis that went away before it gives up
 UNSERVED_AFTER_S = 60.0  # how long `submit --wait` waits for a worker to start serving a queue
@@ -162,8 +162,11 @@ def submit(
     name: str | None = None,
     tags: dict[str, str] | None = None,
     settings: Settings | None = None,
+    skipped: Sequence[SkippedDevice] = (),
 ) -> Submission:
-    """Record a run and enqueue its jobs. With an existing `run_id`, nothing is enqueued again."""
+    """Record a run and enqueue its jobs. With an existing `run_id`, nothing is enqueued again.
+    `skipped`: the devices asked for that the embedded farm left out (`embedded.ensure_local`),
+    kept in the run's record."""
     settings = settings or get_settings()
     store = store_for(settings)
     spec_list = [specs] if isinstance(specs, BenchSpec) else list(specs)
@@ -182,7 +185,7 @@ def submit(
     run_id = run_id or new_run_id()
     jobs = plan_jobs(spec_list, run_id)
     # The run is recorded first: a job that finishes before the last one is sent still has its run.
-    store.create_run(run_id, spec_list, jobs, name=name, tags=tags)
+    store.create_run(run_id, spec_list, jobs, name=name, tags=tags, skipped=skipped)
     app = _app_for(settings)
     for job in jobs:
         enqueue(app, job, settings)

@@ -44,12 +44,12 @@ from typing import Any, Literal
 import psutil
 
 from farm.cluster.redisproc import OWNER_LOCK, RedisProcess, lock_holders, owner_lock_held, version_text
-from farm.engine.hardware import machine_tag, nvml_gpus
+from farm.engine.hardware import GpuInfo, machine_tag, nvml_gpus
 from farm.errors import BrokerError, ConfigError, FarmError, OwnershipError, SpecError
 from farm.paths import data_dir
 from farm.results.store import ResultStore, connect
 from farm.settings import Settings, get_settings, mask_url
-from farm.spec import BenchSpec, parse_device_tag
+from farm.spec import BenchSpec, SkippedDevice, parse_device_tag
 
 STATE_FILE = "embedded.json"
 WORKER_READY_S = 180.0  # a worker imports torch before it beats; a busy 2-core machine is slow
@@ -501,24 +501,34 @@ def down(settings: Settings | None = None) -> list[str]:
         return stopped
 
 
-def local_only(spec: BenchSpec) -> tuple[BenchSpec, list[str]]:
-    """The spec without devices this machine does not have (embedded default), and those skipped.
+def skip_reason(tag: str, gpus: Sequence[GpuInfo] | None = None) -> str | None:
+    """Why local workers could never serve device `tag` (one short reason), None when they can:
+    they serve `cpu` and `cpu:<this machine>`, and `cuda` plus `cuda:<model>` per GPU that NVML sees."""
+    gpus = nvml_gpus() if gpus is None else gpus
+    kind, narrow = parse_device_tag(tag)
+    if kind == "cpu":
+        return None if narrow in (None, "*", machine_tag()) else f"the CPU of another machine (this is {machine_tag()})"
+    if kind == "cuda":
+        if not gpus:
+            return "no CUDA device on this machine"
+        if narrow in (None, "*") or any(g.tag == narrow for g in gpus):
+            return None
+        return f"no {narrow} GPU on this machine (it has {', '.join(sorted({g.tag for g in gpus}))})"
+    return f"the embedded farm serves cpu and cuda, not {kind}"
 
-    Local workers serve `cpu` and `cpu:<this machine>`, and `cuda` plus `cuda:<model>` per GPU
-    that NVML sees; nothing local could ever serve anything else. SpecError if nothing is left.
-    """
+
+def local_only(spec: BenchSpec) -> tuple[BenchSpec, list[SkippedDevice]]:
+    """The spec without devices this machine does not have (embedded default), and those skipped
+    with why (`skip_reason`). SpecError if nothing is left."""
     gpus = nvml_gpus()
     keep: list[str] = []
-    skipped: list[str] = []
+    skipped: list[SkippedDevice] = []
     for tag in spec.devices:
-        kind, narrow = parse_device_tag(tag)
-        if kind == "cpu":
-            ok = narrow in (None, "*", machine_tag())
-        elif kind == "cuda":
-            ok = bool(gpus) and (narrow in (None, "*") or any(g.tag == narrow for g in gpus))
+        reason = skip_reason(tag, gpus)
+        if reason is None:
+            keep.append(tag)
         else:
-            ok = False
-        (keep if ok else skipped).append(tag)
+            skipped.append(SkippedDevice(device=tag, reason=reason))
     if not keep:
         raise SpecError("devices", f"this machine has none of {', '.join(spec.devices)} and no FARM_REDIS_URL is set")
     return spec.model_copy(update={"devices": tuple(keep)}), skipped
@@ -526,28 +536,28 @@ def local_only(spec: BenchSpec) -> tuple[BenchSpec, list[str]]:
 
 def ensure_local(
     specs: Sequence[BenchSpec], settings: Settings | None = None, *, say: Callable[[str], None] | None = None
-) -> tuple[list[BenchSpec], list[str], bool]:
+) -> tuple[list[BenchSpec], list[SkippedDevice], bool]:
     """Embedded default (no FARM_REDIS_URL): keep what this machine can serve and start the farm.
 
     Drops from each spec the devices this machine lacks (`local_only`; a spec left with none is
     dropped) and starts the embedded farm (`up`) if it is not running. `say` hears, before the
-    (slow) start, one warning per skipped device and that the farm starts. Returns (specs kept,
-    devices skipped, started). With a configured Redis: the specs as given, [], False. SpecError
-    when no spec keeps a device.
+    (slow) start, one warning per skipped device (with why) and that the farm starts. Returns (specs
+    kept, devices skipped with why, for the run's record: `controller.submit(skipped=...)`, started).
+    With a configured Redis: the specs as given, [], False. SpecError when no spec keeps a device.
     """
     settings = settings or get_settings()
     if not is_embedded(settings):
         return list(specs), [], False
     kept: list[BenchSpec] = []
-    skipped: list[str] = []
+    skipped: list[SkippedDevice] = []
     first_error: SpecError | None = None
     for spec in specs:
         try:
             local, dropped = local_only(spec)
         except SpecError as e:
             first_error = first_error or e
-            local, dropped = None, list(spec.devices)
-        skipped.extend(d for d in dropped if d not in skipped)
+            local, dropped = None, [SkippedDevice(device=d, reason=skip_reason(d) or "") for d in spec.devices]
+        skipped.extend(d for d in dropped if d.device not in {s.device for s in skipped})
         if local is not None:
             kept.append(local)
     if not kept:
@@ -557,7 +567,7 @@ def ensure_local(
     started = running_url(settings) is None
     if say is not None:
         for d in skipped:
-            say(f"warning: skipping device {d!r}: this machine has none (embedded farm)")
+            say(f"warning: skipping device {d.device!r}: {d.reason} (embedded farm)")
         if started:
             say("starting the embedded farm (redis-server and local workers; `farm down` stops them)")
     resolve_redis_url(settings, start=True)

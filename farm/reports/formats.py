@@ -305,6 +305,7 @@ def to_json(report: Report) -> str:
         "selection": report.selection.describe(),
         "baseline": report.baseline.describe(),
         "notes": report.notes,
+        "skipped_devices": [{"run_id": r, **d.model_dump(mode="json")} for r, d in report.skipped_devices],
         "results": len(report.records),
         "status_counts": report.status_counts(),
         "peaks": report.peaks,

@@ -32,7 +32,7 @@ from farm.results.records import PhaseRecord, Record, paused_gc
 from farm.results.result import MEASURED_STATUSES, JobResult
 from farm.results.store import ResultStore, series_id
 from farm.results.telemetry import throttle_text
-from farm.spec import ALIASES, PHASES
+from farm.spec import ALIASES, PHASES, SkippedDevice
 
 PHASE_ORDER: dict[str, int] = {p: i for i, p in enumerate(PHASES)}
 
@@ -163,6 +163,9 @@ class Report:
     history: list[JobResult] | None = None
     # A series report (one row per series): how many results and series it stands for; None: every result.
     series: SeriesSummary | None = None
+    # The devices the report's runs asked for that the embedded farm skipped: (run id, device and
+    # why), also one note each (`add_skipped`). Empty for a run that skipped none or predates them.
+    skipped_devices: list[tuple[str, SkippedDevice]] = field(default_factory=list)
 
     @property
     def rows(self) -> list[Row]:
@@ -432,8 +435,31 @@ def select(
             if total > (SERIES_THRESHOLD if threshold is None else threshold):
                 return series_report(store, selection, baseline, total)
         report = _select(store, selection, baseline)
+    if selection.runs:
+        add_skipped(report, skipped_of_runs(store, selection.runs))
     if history:
         report.history = history_results(store, report.records)
+    return report
+
+
+def skipped_of_runs(store: ResultStore, run_ids: Iterable[str]) -> list[tuple[str, SkippedDevice]]:
+    """The devices each run asked for that the embedded farm skipped (a run not stored: none)."""
+    out: list[tuple[str, SkippedDevice]] = []
+    for run_id in run_ids:
+        try:
+            out += [(run_id, d) for d in store.skipped_devices(run_id)]
+        except NotFoundError:
+            continue
+    return out
+
+
+def add_skipped(report: Report, skipped: Sequence[tuple[str, SkippedDevice]]) -> Report:
+    """Record the runs' skipped devices in the report (`Report.skipped_devices`, the JSON field) and
+    as one note each (every format shows its notes): `cuda: asked for, skipped: no CUDA device on
+    this machine`, the run named when the report spans several."""
+    report.skipped_devices = [*report.skipped_devices, *skipped]
+    several = len({r for r, _ in report.skipped_devices}) > 1 or len(report.selection.runs) > 1
+    report.notes = [*report.notes, *((f"run {r}: " if several else "") + d.line() for r, d in skipped)]
     return report
 
 

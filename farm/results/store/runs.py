@@ -1,19 +1,34 @@
 """Runs and their jobs (`RunsMixin`): a run's record and its jobs' state hashes (`create_run`), the
 runs listed newest first, each job's state, progress and delivery attempts.
+
+A run's record keeps the devices it asked for that the embedded farm skipped, with why
+(`skipped_devices`, a JSON list; a run recorded before it has none).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Sequence
 from typing import Any
 
+from pydantic import ValidationError
+
 from farm.errors import NotFoundError
 from farm.results.store.base import StoreBase
 from farm.results.store.codec import _flat, unpack_result, unreadable
 from farm.results.store.connection import _redis
-from farm.spec import STORED, BenchSpec, Job
+from farm.spec import STORED, BenchSpec, Job, SkippedDevice
+
+
+def _json_list(raw: str | None) -> list[Any]:
+    """A stored JSON list; [] when absent (a run recorded before the field) or not a JSON list."""
+    try:
+        doc = json.loads(raw or "[]")
+    except ValueError:
+        return []
+    return doc if isinstance(doc, list) else []
 
 
 class RunsMixin(StoreBase):
@@ -28,11 +43,13 @@ class RunsMixin(StoreBase):
         name: str | None = None,
         tags: dict[str, str] | None = None,
         state: str = "queued",
+        skipped: Sequence[SkippedDevice] = (),
     ) -> None:
         """Record a run and its jobs (state `state`) in one transaction. One spec is stored as
-        `spec`; several (a sweep) as `specs`; none (an import) as an empty `spec`."""
+        `spec`; several (a sweep) as `specs`; none (an import) as an empty `spec`. `skipped`: the
+        devices asked for that the embedded farm left out, with why."""
         pipe = self.r.pipeline(transaction=True)
-        self._run_commands(pipe, run_id, specs, jobs, name, tags, state)
+        self._run_commands(pipe, run_id, specs, jobs, name, tags, state, skipped)
         pipe.execute()
 
     def _run_commands(
@@ -44,6 +61,7 @@ class RunsMixin(StoreBase):
         name: str | None,
         tags: dict[str, str] | None,
         state: str,
+        skipped: Sequence[SkippedDevice] = (),
     ) -> None:
         """Queue on `pipe` the writes that record a run and its jobs (`create_run`, `write_import`)."""
         now = time.time()
@@ -57,6 +75,8 @@ class RunsMixin(StoreBase):
         }
         if len(specs) > 1:
             run["specs"] = [s.model_dump(mode="json") for s in specs]
+        if skipped:
+            run["skipped_devices"] = [d.model_dump(mode="json") for d in skipped]
         pipe.hset(self._run_key(run_id), mapping=_flat(run))
         pipe.zadd(self._runs_key(), {run_id: now})
         for j in jobs:
@@ -74,7 +94,17 @@ class RunsMixin(StoreBase):
             "jobs": json.loads(raw["jobs"]),
             "tags": json.loads(raw.get("tags") or "{}"),
             "created_at": float(raw["created_at"]),
+            "skipped_devices": _json_list(raw.get("skipped_devices")),
         }
+
+    def skipped_devices(self, run_id: str) -> list[SkippedDevice]:
+        """The devices run `run_id` asked for that the embedded farm skipped, with why ([] for a run
+        recorded before they were kept, or one that skipped none). NotFoundError for no such run."""
+        out = []
+        for d in self.get_run(run_id)["skipped_devices"]:
+            with contextlib.suppress(ValidationError):  # an entry no reader can parse is left out
+                out.append(SkippedDevice.model_validate(d))
+        return out
 
     @_redis
     def run_exists(self, run_id: str) -> bool:
