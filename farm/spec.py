@@ -166,22 +166,38 @@ def parse_device_tag(tag: str) -> tuple[str, str | None]:
 CONTROL_QUEUE = "control"  # small farm tasks (a schedule's firing); every worker consumes it
 
 
-def series_device(device: str) -> str:
-    """The device a result's history is filed under, however the job named it: `cpu`, `cpu:<machine>`
-    and `cpu:*` ran on the same CPU, whose machine is its own dimension (the fingerprint's tag), so
-    all are `cpu` (`mps` likewise). A GPU tag (`cuda:h100`) names the GPU model and is kept as it is.
-    Total: a string that is not a device tag is returned unchanged."""
-    kind, sep, _ = device.partition(":")
-    return kind if sep and kind in ("cpu", "mps") else device
+def series_device(device: str, gpu: str | None = None) -> str:
+    """The device a result's history is filed under, however the job named it (one device, one history).
+
+    `cpu`, `cpu:<machine>` and `cpu:*` ran on the same CPU, whose machine is its own dimension (the
+    fingerprint's tag), so all are `cpu` (`mps` likewise). A CUDA result is `cuda:<gpu>`, the model
+    tag of the GPU it ran on (`gpu`, from its fingerprint: `farm.results.machine.gpu_ran_on`), so `cuda`
+    and `cuda:h100` on an H100 are one series; without a GPU named, a model tag the job named stands
+    (`cuda:h100`) and a bare `cuda` or a local index (`cuda:1`) is `cuda`. Total: a string that is
+    not a device tag is returned unchanged."""
+    kind, sep, narrow = device.partition(":")
+    if sep and kind in ("cpu", "mps"):
+        return kind
+    if kind == "cuda" and (sep or device == "cuda"):
+        if gpu:
+            return f"cuda:{gpu}"
+        return "cuda" if not narrow or narrow == "*" or narrow.isdigit() else device
+    return device
 
 
 def device_selector(device: str) -> tuple[str, str | None]:
     """(series device, machine) a `--device` selector stands for: `cpu:box7` is `cpu` on machine
-    box7; any other tag is itself, on any machine."""
+    box7; any other tag is itself, on any machine (`cuda` selects every CUDA series: `device_selects`)."""
     kind, sep, narrow = device.partition(":")
     if sep and kind in ("cpu", "mps") and narrow and narrow != "*":
         return kind, narrow
     return series_device(device), None
+
+
+def device_selects(selector: str, device: str) -> bool:
+    """Whether a series device (`series_device`) is one a selector's device stands for: itself, and
+    for a bare kind (`cuda`) every series of that kind (`cuda:h100`, `cuda:a100`)."""
+    return device == selector or (":" not in selector and device.partition(":")[0] == selector)
 
 
 def queue_for(tag: str, world_size: int = 1) -> str:

@@ -11,7 +11,9 @@ from farm.reports.report import Selection, select
 from farm.results import synthetic as syn
 from farm.results.records import records_from_results
 from farm.results.store import ResultStore
-from farm.spec import device_selector, series_device
+from farm.results.store.points import SERIES_VERSION
+from farm.results.store.spec_hashes import DEVICE_INDEX_VERSION
+from farm.spec import device_selector, device_selects, series_device
 
 
 @pytest.mark.parametrize(
@@ -22,6 +24,7 @@ from farm.spec import device_selector, series_device
         ("cpu:*", "cpu", ("cpu", None)),
         ("cuda", "cuda", ("cuda", None)),
         ("cuda:h100", "cuda:h100", ("cuda:h100", None)),
+        ("cuda:1", "cuda", ("cuda", None)),
         ("mps:mini", "mps", ("mps", "mini")),
     ],
 )
@@ -66,4 +69,64 @@ def test_results_stored_before_are_migrated_once(redis_url: str) -> None:
     assert store.r.zscore(store._index_key("device", "cpu"), old.job_id) is None
     fresh = ResultStore.from_url(redis_url)
     assert [r.job_id for r in fresh.query(devices=["cpu"])] == [old.job_id]
-    assert fresh.r.hget(fresh._meta_key(), "device_index_version") == "1"
+    assert fresh.r.hget(fresh._meta_key(), "device_index_version") == str(DEVICE_INDEX_VERSION)
+
+
+@pytest.mark.parametrize(
+    ("named", "gpu", "series"),
+    [("cuda", "h100", "cuda:h100"), ("cuda:h100", "h100", "cuda:h100"), ("cuda:0", "a100", "cuda:a100")],
+)
+def test_a_cuda_result_is_filed_under_the_gpu_it_ran_on(named: str, gpu: str, series: str) -> None:
+    assert series_device(named, gpu) == series
+    assert device_selects("cuda", series) and device_selects(series, series)
+    assert not device_selects("cuda:a100", "cuda:h100") and not device_selects("cpu", series)
+
+
+def _gpu_results() -> list:  # type: ignore[type-arg]
+    h100 = syn.machine("gpu1", gpu="NVIDIA H100 80GB HBM3")
+    a100 = syn.machine("gpu2", gpu="NVIDIA A100-SXM4-40GB")
+    return [
+        syn.result("g1", 0, "cuda", {"forward": [0.01] * 5}, fingerprint=h100),
+        syn.result("g2", 0, "cuda:h100", {"forward": [0.011] * 5}, fingerprint=h100),
+        syn.result("g3", 0, "cuda", {"forward": [0.02] * 5}, fingerprint=a100),
+    ]
+
+
+def test_cuda_and_cuda_h100_on_one_h100_are_one_series(redis_url: str) -> None:
+    store = ResultStore.from_url(redis_url)
+    results = _gpu_results()
+    for res in results:
+        assert store.put_result(res)
+    assert [r.device for r in records_from_results(results)] == ["cuda:h100", "cuda:h100", "cuda:a100"]
+    by = {d: sorted(r.run_id for r in store.query(devices=[d])) for d in ("cuda", "cuda:h100", "cuda:a100")}
+    assert by == {"cuda": ["g1", "g2", "g3"], "cuda:h100": ["g1", "g2"], "cuda:a100": ["g3"]}
+    every = store.series_points(devices=["cuda"], phases=["forward"])
+    assert sorted((s.device, len(s.points)) for s in every) == [("cuda:a100", 1), ("cuda:h100", 2)]
+    one = store.series_points(devices=["cuda:h100"], phases=["forward"])
+    assert [(s.device, s.machine, len(s.points)) for s in one] == [("cuda:h100", "gpu1", 2)]
+    rep = select(store, Selection(devices=("cuda:h100",)), parse_baseline(None))
+    assert {r.record.run_id for r in rep.rows} == {"g1", "g2"}
+
+
+def test_cuda_results_stored_before_join_their_gpus_series(redis_url: str) -> None:
+    store = ResultStore.from_url(redis_url)
+    old = _gpu_results()[0]  # `cuda` on an H100
+    assert store.put_result(old)
+    # As a farm before DEVICE_INDEX_VERSION 2 and SERIES_VERSION 3 left it: indexed under `cuda` only,
+    # its series under the device its job named.
+    for tag in ("cuda:h100",):
+        store.r.zrem(store._index_key("device", tag), old.job_id)
+    store.r.hset(store._meta_key(), mapping={"device_index_version": 1, "series_version": 2})
+    for sid in store.r.hkeys(store._series_meta_key()):
+        store.r.delete(store.series_key(sid))
+    store.r.delete(store._series_meta_key())
+    legacy = f"{old.spec_hash}|gpu1|cuda|forward"
+    store.r.hset(store._series_meta_key(), legacy, f'[0,"{old.job_id}","gpt2","{old.spec_hash}","gpu1","cuda","forward"]')
+    store.r.set(store.series_key(legacy), b"")
+    fresh = ResultStore.from_url(redis_url)
+    assert [r.job_id for r in fresh.query(devices=["cuda:h100"])] == [old.job_id]
+    series = fresh.series_points(devices=["cuda"])
+    assert [(s.device, s.phase, len(s.points)) for s in series] == [("cuda:h100", "forward", 1)]
+    meta = fresh.r.hmget(fresh._meta_key(), ["device_index_version", "series_version"])
+    assert meta == [str(DEVICE_INDEX_VERSION), str(SERIES_VERSION)]
+    assert legacy not in fresh.r.hkeys(fresh._series_meta_key())

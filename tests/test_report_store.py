@@ -57,7 +57,7 @@ def test_report_csv_and_html_files(stored: ResultStore, tmp_path: Path) -> None:
     assert code == 0, text
     rows = list(csv.DictReader(io.StringIO(text)))
     assert len(rows) == 6 and {r["run_id"] for r in rows} == {"r1"}
-    fwd = next(r for r in rows if r["device"] == "cuda" and r["phase"] == "forward")
+    fwd = next(r for r in rows if r["device"] == "cuda:h100" and r["phase"] == "forward")
     assert float(fwd["speedup"]) == pytest.approx(100.0)
     out = tmp_path / "r.html"
     code, text = cli("report", "r1", "-o", str(out))  # the format follows the suffix
@@ -78,7 +78,7 @@ def test_compare_device_selector_fetches_the_left_out_cpu_baseline(stored: Resul
     code, text = cli("compare", "--device", "cuda", "--format", "json")
     assert code == 0, text
     doc = json.loads(text)
-    assert doc["results"] == 2 and {r["device"] for r in doc["rows"]} == {"cuda"}
+    assert doc["results"] == 2 and {r["device"] for r in doc["rows"]} == {"cuda:h100"}  # the GPU it ran on (one device, one history)
     speedups = {(r["run_id"], r["phase"]): r["speedup"] for r in doc["rows"]}
     assert speedups["r1", "forward"] == pytest.approx(100.0)
     assert speedups["r2", "forward"] == pytest.approx(200.0)
@@ -88,8 +88,8 @@ def test_compare_against_another_run_and_date_range(stored: ResultStore) -> None
     code, text = cli("compare", "--run", "r2", "--baseline", "run=r1", "--format", "json")
     assert code == 0, text
     rows = {(r["device"], r["phase"]): r for r in json.loads(text)["rows"]}
-    assert rows["cuda", "train"]["speedup"] == pytest.approx(2.0)
-    assert rows["cuda", "train"]["baseline_job_id"] == "r1-001"
+    assert rows["cuda:h100", "train"]["speedup"] == pytest.approx(2.0)
+    assert rows["cuda:h100", "train"]["baseline_job_id"] == "r1-001"
     assert rows["cpu", "train"]["speedup"] == pytest.approx(1.0)
     code, text = cli("compare", "--since", "2026-11-02", "--format", "json")
     assert code == 0 and {r["run_id"] for r in json.loads(text)["rows"]} == {"r2"}

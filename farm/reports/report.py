@@ -515,7 +515,9 @@ def history_results(store: ResultStore, records: Sequence[Record]) -> list[JobRe
     if not keys:
         return []
     found = store.query(spec_hashes=sorted({k[2] for k in keys}), devices=sorted({k[1] for k in keys}))
-    return [r for r in found if (r.machine.machine_tag if r.machine else "unknown", r.device, r.spec_hash) in keys]
+    return [
+        r for r in found if (r.machine.machine_tag if r.machine else "unknown", r.series_device(), r.spec_hash) in keys
+    ]
 
 
 def selected_records(store: ResultStore, selection: Selection, baseline: Baseline) -> tuple[list[Record], list[Record]]:

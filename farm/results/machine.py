@@ -6,7 +6,8 @@ Plain data, read by every layer; `farm.engine.hardware` fills it in on a worker.
 from __future__ import annotations
 
 import re
-from typing import Annotated, Literal
+from collections.abc import Mapping, Sequence
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -102,3 +103,21 @@ def gpu_tag(name: str) -> str:
         return "gpu"
     tag = words[0].split("-")[0]
     return re.sub(r"[^a-z0-9_-]", "", tag)[:63] or "gpu"
+
+
+def gpu_ran_on(device: str, torch_device: str | None, gpus: Sequence[Mapping[str, Any]]) -> str | None:
+    """The model tag of the GPU a CUDA result ran on, from its fingerprint's GPUs (as JSON): the one
+    whose properties the job recorded (`sm_count`, `farm.engine.hardware.with_gpu`), else the one of
+    its `cuda:N` index, else the first; None for a result on another device or with no GPU listed.
+    Read leniently (a stored result's JSON): an entry without a string tag is passed over."""
+    if not device.startswith("cuda") or not gpus:
+        return None
+    listed = [g for g in gpus if isinstance(g, Mapping) and isinstance(g.get("tag"), str) and g["tag"]]
+    with_facts = [g for g in listed if g.get("sm_count") is not None]
+    if len(with_facts) == 1:
+        return str(with_facts[0]["tag"])
+    index = 0
+    if torch_device and torch_device.startswith("cuda:") and torch_device[5:].isdigit():
+        index = int(torch_device[5:])
+    found = next((g for g in listed if g.get("index") == index), listed[0] if listed else None)
+    return str(found["tag"]) if found is not None else None

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from farm.flops import param_count
+from farm.results.machine import gpu_ran_on
 from farm.results.result import JobResult
 from farm.spec import PRESETS, BenchSpec, ModelShape, series_device
 
@@ -100,11 +101,13 @@ class Record:
     threads: int | None
     finished_at: str  # ISO 8601, UTC; sorts as text
     fresh_process: bool | None = None  # the job's process had not touched the device before
+    gpu_tag: str | None = None  # the model tag of the GPU a CUDA result ran on (`gpu_ran_on`)
     phases: dict[str, PhaseRecord] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        # One device, one history: `cpu:vm` and `cpu` on machine vm are one series (`series_device`).
-        self.device = series_device(self.device)
+        # One device, one history: `cpu:vm` and `cpu` on machine vm are one series, and so are `cuda`
+        # and `cuda:h100` on an H100 (`series_device`).
+        self.device = series_device(self.device, self.gpu_tag)
 
     @property
     def series(self) -> str:
@@ -224,6 +227,7 @@ def record_from_dict(d: dict[str, Any]) -> Record:
         threads=d.get("threads"),
         finished_at=d.get("finished_at") or d.get("started_at") or "",
         fresh_process=d.get("fresh_process"),
+        gpu_tag=gpu_ran_on(d["device"], d.get("torch_device"), m.get("gpus") or []),
         phases={name: _phase(name, p) for name, p in (d.get("phases") or {}).items()},
     )
 

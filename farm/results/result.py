@@ -22,12 +22,12 @@ from farm import __version__
 from farm.flops import min_phase_flops, phase_flops, predict_memory
 from farm.results.decode import RANK, Generation, bandwidth_verdict, consistency_verdict, derive_generation
 from farm.results.host import HostLoad
-from farm.results.machine import MachineFingerprint
+from farm.results.machine import MachineFingerprint, gpu_ran_on
 from farm.results.peaks import Bandwidth, Peak
 from farm.results.scaling import Scaling
 from farm.results.stats import Stats, summarize
 from farm.results.telemetry import PhaseTelemetry
-from farm.spec import BenchSpec, Job
+from farm.spec import BenchSpec, Job, series_device
 
 # `unverified`: measured, but no ceiling could be had for the device, so nothing rules the number out.
 Status = Literal["ok", "unverified", "failed", "oom", "timeout", "invalid", "cancelled"]
@@ -281,6 +281,17 @@ class JobResult(BaseModel):
     def failure(cls, job: Job, status: Status, error: str, **kw: Any) -> JobResult:
         """A job that did not produce a measurement: stored with its error, never dropped."""
         return cls.for_job(job, status=status, error=error, finished_at=utcnow(), **kw)
+
+    def gpu_tag(self) -> str | None:
+        """The model tag of the GPU a CUDA result ran on, from its fingerprint (`gpu_ran_on`)."""
+        if self.machine is None or not self.device.startswith("cuda"):
+            return None
+        return gpu_ran_on(self.device, self.torch_device, [g.model_dump() for g in self.machine.gpus])
+
+    def series_device(self) -> str:
+        """The device its history is filed under (`farm.spec.series_device`): `cpu` for any CPU
+        tag, `cuda:<gpu>` for the GPU it ran on however the job spelled `cuda`."""
+        return series_device(self.device, self.gpu_tag())
 
     def settle_status(self) -> JobResult:
         """The job's status from its phases: the first phase that is neither ok nor unverified wins

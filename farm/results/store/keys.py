@@ -10,7 +10,7 @@ test checks every key the farm writes against it:
 | `farm:result:<job_id>` | string | a `JobResult`'s JSON, compressed (`pack_result`), written once (SET NX) |
 | `farm:summary:<job_id>` | string | the compact record reports read (`farm.results.records`), written with it |
 | `farm:idx:<kind>:<value>` | sorted set | job ids by finish time (epoch s); kinds all, run, machine, |
-|  |  | device, spec, model |
+|  |  | device (the tag the job named, its series device and kind), spec, model |
 | `farm:run:<run_id>` | hash | run_id, created_at, spec or specs (JSON), jobs (JSON list), tags, name |
 | `farm:runs` | sorted set | run ids scored by creation time |
 | `farm:job:<job_id>` | hash | run_id, device, queue, job (JSON), state, worker, attempts, pid, |
@@ -30,7 +30,8 @@ test checks every key the farm writes against it:
 | `farm:series-meta` | hash | series id -> JSON [latest finish epoch, its job id, model, spec hash, machine, |
 |  |  | device, phase] |
 | `farm:meta` | hash | `spec_hash_version`: the `SPEC_HASH_VERSION` the spec indexes follow; `series_version`: |
-|  |  | `SERIES_VERSION` once the series were built from every stored result (`backfill_series`) |
+|  |  | `SERIES_VERSION` once the series were built from every stored result (`backfill_series`); |
+|  |  | `device_index_version`: `DEVICE_INDEX_VERSION` once every result is in its device indexes |
 
 Celery's broker keys (queues, `unacked`, bindings) are kombu's, not the farm's.
 """
@@ -39,6 +40,7 @@ from __future__ import annotations
 
 import json
 
+from farm.results.machine import gpu_ran_on
 from farm.results.result import JobResult
 from farm.results.store.codec import unpack_result
 from farm.spec import series_device
@@ -152,14 +154,16 @@ class KeyNames:
     def _schedules_key(self) -> str:
         return self.key("schedules")
 
-    def _device_index_keys(self, device: str, machine: str | None) -> list[str]:
-        """The device indexes a result is filed under: the tag its job named, and for a CPU its
-        series device and `cpu:<machine>` too, so `--device cpu` and `--device cpu:vm` find it
-        however the job was spelled (`farm.spec.series_device`)."""
+    def _device_index_keys(self, device: str, machine: str | None, gpu: str | None = None) -> list[str]:
+        """The device indexes a result is filed under: the tag its job named, its series device
+        (`farm.spec.series_device`) and its kind; for a CPU `cpu:<machine>` too. So `--device cpu`
+        and `--device cpu:vm` find a CPU result, and `--device cuda` and `--device cuda:h100` a result
+        on an H100, however the job was spelled."""
+        canonical = series_device(device, gpu)
+        kind = canonical.partition(":")[0]
         tags = [device]
-        canonical = series_device(device)
-        if canonical != device or (machine and canonical in ("cpu", "mps")):
-            tags += [canonical] + ([f"{canonical}:{machine}"] if machine else [])
+        if canonical != device or kind != device or (machine and kind in ("cpu", "mps")):
+            tags += [canonical, kind] + ([f"{kind}:{machine}"] if machine and kind in ("cpu", "mps") else [])
         return [self._index_key("device", t) for t in dict.fromkeys(tags)]
 
     def _index_keys(self, res: JobResult) -> list[str]:
@@ -167,7 +171,7 @@ class KeyNames:
         keys = [
             self._all_key(),
             self._index_key("run", res.run_id),
-            *self._device_index_keys(res.device, machine),
+            *self._device_index_keys(res.device, machine, res.gpu_tag()),
             self._spec_index_key(res.spec_hash),
             self._index_key("model", res.model_name),
         ]
@@ -192,7 +196,9 @@ class KeyNames:
         tag = machine.get("machine_tag") if isinstance(machine, dict) else None
         if machine is not None and not isinstance(tag, str):
             return None
-        keys = [self._all_key(), self._index_key("run", run_id), *self._device_index_keys(device, tag)]
+        gpus = machine.get("gpus") if isinstance(machine, dict) else None
+        gpu = gpu_ran_on(device, doc.get("torch_device"), gpus if isinstance(gpus, list) else [])
+        keys = [self._all_key(), self._index_key("run", run_id), *self._device_index_keys(device, tag, gpu)]
         keys += [self._spec_index_key(spec_hash), self._index_key("model", model)]
         if tag is not None:
             keys.append(self._index_key("machine", tag))

@@ -21,8 +21,9 @@ POINT = np.dtype([("at", "<f8"), ("median_s", "<f8"), ("mfu", "<f8"), ("tokens_p
 POINT_BYTES = POINT.itemsize  # 40
 _PACK_POINT = struct.Struct("<5d").pack  # the same layout, for writing one point
 STATUS_CODES = ("ok", "unverified", "invalid", "failed", "oom", "timeout", "cancelled")  # code = index; other: 7
-SERIES_VERSION = 2  # `farm:meta` series_version once every stored result is filed into its series
+SERIES_VERSION = 3  # `farm:meta` series_version once every stored result is filed into its series
 # 2: series by the series device (`farm.spec.series_device`: `cpu:vm` and `cpu` on vm are one series)
+# 3: a CUDA series by the GPU it ran on (`cuda` and `cuda:h100` on an H100 are one series: `cuda:h100`)
 
 
 def _status_code(status: str) -> float:

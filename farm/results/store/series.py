@@ -32,7 +32,7 @@ from farm.results.store.points import (
     series_points_of,
 )
 from farm.results.store.results import ResultsMixin
-from farm.spec import device_selector
+from farm.spec import device_selector, device_selects
 
 
 @dataclass
@@ -182,11 +182,10 @@ class SeriesMixin(ResultsMixin):
         with a warning naming its key; so is a meta entry that does not read."""
         self._ensure_current_hashes()
         self._ensure_series()
-        # `--device cpu:vm` is the series device `cpu` on machine vm (`farm.spec.device_selector`).
+        # `--device cpu:vm` is the series device `cpu` on machine vm (`farm.spec.device_selector`);
+        # `--device cuda` is every CUDA series (`cuda:h100`, `cuda:a100`: `farm.spec.device_selects`).
         picks = [device_selector(d) for d in devices]
-        devices = sorted({d for d, _ in picks})
-        on = {d: {m for dd, m in picks if dd == d} for d in devices}
-        want = [set(x) for x in (machines, devices, models, spec_hashes, phases)]
+        want = [set(x) for x in (machines, (), models, spec_hashes, phases)]
         codes = [_status_code(s) for s in statuses]
         lo = since.timestamp() if since else -np.inf
         hi = until.timestamp() if until else np.inf
@@ -202,8 +201,8 @@ class SeriesMixin(ResultsMixin):
                 self._skip(self._series_meta_key() + f" {sid[:120]}", unreadable(e))
                 continue
             fields_ = (machine, device, model, spec_hash, phase)
-            narrowed = device in on and None not in on[device] and machine not in on[device]
-            if not narrowed and all(not w or v in w for w, v in zip(want, fields_, strict=True)):
+            picked = not picks or any(device_selects(d, device) and m in (None, machine) for d, m in picks)
+            if picked and all(not w or v in w for w, v in zip(want, fields_, strict=True)):
                 chosen.append((sid, float(at), job, model, spec_hash, machine, device, phase))
         out: list[Series] = []
         for i in range(0, len(chosen), chunk):

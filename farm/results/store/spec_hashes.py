@@ -1,8 +1,8 @@
 """One-off index migrations (`SpecHashesMixin`), each run once on the first read after an upgrade:
 spec hashes of an older `SPEC_HASH_VERSION` are re-derived (`migrate_spec_hashes`) and the result
-moved to the spec index of its new hash; CPU results stored before DEVICE_INDEX_VERSION are filed
+moved to the spec index of its new hash; results stored before DEVICE_INDEX_VERSION are filed
 under their series device too (`migrate_device_indexes`: `cpu` and `cpu:<machine>`, whatever tag
-their job named).
+their job named; `cuda`, `cuda:<gpu>` of the GPU a CUDA result ran on).
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ from farm.results.store.codec import PACKED_1, pack_result, unpack_result
 from farm.results.store.connection import _redis
 from farm.spec import SPEC_HASH_VERSION, STORED, BenchSpec
 
-DEVICE_INDEX_VERSION = 1  # `farm:meta` device_index_version once every result is in its series device's index
+DEVICE_INDEX_VERSION = 2  # `farm:meta` device_index_version once every result is in its device indexes
+# 2: a CUDA result is filed under `cuda`, and `cuda:<gpu>` of the GPU it ran on, too
 
 
 class SpecHashesMixin(StoreBase):

@@ -26,7 +26,7 @@ from farm.results.store.points import SERIES_VERSION, series_id, series_points_o
 from farm.results.store.runs import RunsMixin
 from farm.results.store.series import SeriesMixin
 from farm.results.store.spec_hashes import DEVICE_INDEX_VERSION
-from farm.spec import SPEC_HASH_VERSION, Job, series_device
+from farm.spec import SPEC_HASH_VERSION, Job
 
 
 @dataclass(frozen=True)
@@ -189,5 +189,5 @@ class WritesMixin(SeriesMixin, RunsMixin):
             for res in results:
                 if res.job_id in replace:
                     m = res.machine.machine_tag if res.machine else None
-                    touched |= {series_id(res.spec_hash, m, series_device(res.device), ph) for ph in res.phases}
+                    touched |= {series_id(res.spec_hash, m, res.series_device(), ph) for ph in res.phases}
             self.rebuild_series(touched)
