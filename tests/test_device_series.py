@@ -121,7 +121,9 @@ def test_cuda_results_stored_before_join_their_gpus_series(redis_url: str) -> No
         store.r.delete(store.series_key(sid))
     store.r.delete(store._series_meta_key())
     legacy = f"{old.spec_hash}|gpu1|cuda|forward"
-    store.r.hset(store._series_meta_key(), legacy, f'[0,"{old.job_id}","gpt2","{old.spec_hash}","gpu1","cuda","forward"]')
+    store.r.hset(
+        store._series_meta_key(), legacy, f'[0,"{old.job_id}","gpt2","{old.spec_hash}","gpu1","cuda","forward"]'
+    )
     store.r.set(store.series_key(legacy), b"")
     fresh = ResultStore.from_url(redis_url)
     assert [r.job_id for r in fresh.query(devices=["cuda:h100"])] == [old.job_id]

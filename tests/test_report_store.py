@@ -78,7 +78,9 @@ def test_compare_device_selector_fetches_the_left_out_cpu_baseline(stored: Resul
     code, text = cli("compare", "--device", "cuda", "--format", "json")
     assert code == 0, text
     doc = json.loads(text)
-    assert doc["results"] == 2 and {r["device"] for r in doc["rows"]} == {"cuda:h100"}  # the GPU it ran on (one device, one history)
+    assert doc["results"] == 2 and {r["device"] for r in doc["rows"]} == {
+        "cuda:h100"
+    }  # the GPU it ran on (one device, one history)
     speedups = {(r["run_id"], r["phase"]): r["speedup"] for r in doc["rows"]}
     assert speedups["r1", "forward"] == pytest.approx(100.0)
     assert speedups["r2", "forward"] == pytest.approx(200.0)
