@@ -40,6 +40,9 @@ class Settings(BaseSettings):
 
     heartbeat_interval: float = Field(default=5.0, gt=0)
     heartbeat_ttl: float = Field(default=20.0, gt=0)
+    # The machine tag a worker reports (`cpu:<machine>`, its results' machine) instead of the one its
+    # host name gives: a second tag on one host tries a two-machine lab on one box (`farm worker --machine`).
+    machine: str | None = Field(default=None, pattern=r"^[a-z0-9_-]{1,63}$")
     webhook_url: str | None = None  # POSTed a JSON message per detected regression
     publish_dir: Path | None = None  # `farm publish` into this directory after every schedule firing
 

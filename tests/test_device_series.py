@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 
+from farm.errors import ConfigError, SpecError
 from farm.reports.compare import parse_baseline
 from farm.reports.report import Selection, select
 from farm.results import synthetic as syn
@@ -132,3 +133,53 @@ def test_cuda_results_stored_before_join_their_gpus_series(redis_url: str) -> No
     meta = fresh.r.hmget(fresh._meta_key(), ["device_index_version", "series_version"])
     assert meta == [str(DEVICE_INDEX_VERSION), str(SERIES_VERSION)]
     assert legacy not in fresh.r.hkeys(fresh._series_meta_key())
+
+
+def test_a_worker_with_a_machine_tag_serves_and_reports_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    from farm.cluster import worker
+    from farm.engine.hardware import fingerprint, machine_tag
+    from farm.settings import get_settings
+
+    monkeypatch.setattr(worker, "nvml_gpus", lambda: ())
+    monkeypatch.setenv("FARM_MACHINE", "box7")
+    get_settings.cache_clear()
+    try:
+        cfg = worker.plan_worker("cpu", name="w")
+        assert cfg.machine == "box7" and cfg.tags == ["cpu", "cpu:box7"]
+        assert cfg.queues == ["cpu", "cpu.box7", "control"]
+        assert machine_tag() == "box7" and fingerprint(with_torch=False).machine_tag == "box7"
+        assert machine_tag("Other.lab") == "other"  # a host name given is still that host's tag
+        monkeypatch.setenv("FARM_MACHINE", "Bad Tag!")
+        get_settings.cache_clear()
+        with pytest.raises(ConfigError, match="FARM_MACHINE"):
+            get_settings()
+    finally:
+        monkeypatch.delenv("FARM_MACHINE")
+        get_settings.cache_clear()
+
+
+def test_the_embedded_farm_accepts_tags_its_live_workers_serve(monkeypatch: pytest.MonkeyPatch) -> None:
+    from farm.cluster import embedded
+    from farm.spec import parse_spec
+
+    monkeypatch.setattr(embedded, "nvml_gpus", lambda: ())
+    tiny = {"model": "gpt2-tiny", "batch": 1, "seq": 8, "repeats": 1, "warmup": 0}
+    spec = parse_spec({**tiny, "devices": ["cpu", "cpu:box7", "cpu:elsewhere"]})
+    kept, skipped = embedded.local_only(spec, {"cpu", "cpu:box7"})
+    assert kept.devices == ("cpu", "cpu:box7") and skipped == ["cpu:elsewhere"]
+    with pytest.raises(SpecError, match="this machine has none"):
+        embedded.local_only(parse_spec({**tiny, "devices": ["cpu:box7"]}))
+    monkeypatch.setattr(embedded, "running_url", lambda settings=None: None)
+    assert embedded.live_tags() == set()  # no embedded farm running: nothing but this machine's own
+
+
+def test_live_tags_reads_the_workers_heartbeats(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+
+    from farm.cluster import embedded
+
+    store = ResultStore.from_url(redis_url)
+    store.r.sadd(store._workers_key(), "w2")
+    store.r.hset(store._worker_key("w2"), mapping={"tags": json.dumps(["cpu", "cpu:box7"])})
+    monkeypatch.setattr(embedded, "running_url", lambda settings=None: redis_url)
+    assert embedded.live_tags() == {"cpu", "cpu:box7"}

@@ -5,6 +5,7 @@ Plain functions; `farm.cli.main` registers them on the app and maps their errors
 from __future__ import annotations
 
 import json
+import os
 import socket
 import time
 from dataclasses import replace
@@ -134,7 +135,7 @@ submit.__doc__ = f"""Queue a benchmark on the farm (one job per device); with --
 def _dry_run_plan(spec: BenchSpec, settings: Settings) -> controller.Plan:
     """The plan of `submit --dry-run`: with the embedded default, only this machine's devices (as submit)."""
     if embedded.is_embedded(settings):
-        spec, skipped = embedded.local_only(spec)
+        spec, skipped = embedded.local_only(spec, embedded.live_tags(settings))
         for d in skipped:
             warn(f"skipping device {d.device!r}: {d.reason} (embedded farm)")
     return controller.plan(spec, settings=settings)
@@ -354,6 +355,12 @@ def worker(
         "on a GPU worker without --gpu, else 1.",
     ),
     name: str | None = typer.Option(None, help="Worker name (default: device-host-pid)."),
+    machine: str | None = typer.Option(
+        None,
+        "--machine",
+        help="Machine tag to report instead of the host name's (FARM_MACHINE): a second machine on one "
+        "host, e.g. to try a two-machine lab on one box.",
+    ),
     loglevel: str = typer.Option("info", help="debug, info, warning, error."),
 ) -> None:
     """Serve jobs: subscribe to the queues this machine can serve and run one job at a time per GPU.
@@ -362,6 +369,11 @@ def worker(
     # The worker imports torch (farm.engine.runner): only this command pays for it.
     from farm.cluster.worker import plan_worker, run_worker
 
+    if machine is not None:
+        # Through the setting, so the heartbeat, the job processes (forked) and their results agree.
+        os.environ["FARM_MACHINE"] = machine
+        farm_settings.get_settings.cache_clear()
+        farm_settings.get_settings()  # ConfigError (exit 2) for a tag that is not one
     cfg = plan_worker(device, gpu, queues.split(",") if queues else None, name, concurrency, max_world_size)
     note(f"worker {cfg.name} on {socket.gethostname()}: device {cfg.device}, queues {','.join(cfg.queues)}")
     run_worker(cfg, loglevel)

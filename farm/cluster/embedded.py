@@ -37,7 +37,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -517,14 +517,33 @@ def skip_reason(tag: str, gpus: Sequence[GpuInfo] | None = None) -> str | None:
     return f"the embedded farm serves cpu and cuda, not {kind}"
 
 
-def local_only(spec: BenchSpec) -> tuple[BenchSpec, list[SkippedDevice]]:
+def live_tags(settings: Settings | None = None) -> set[str]:
+    """The device tags the live workers of the running embedded farm serve (`cpu:box7` of a worker
+    started with `--machine box7`); empty when it does not run or does not answer."""
+    settings = settings or get_settings()
+    url = running_url(settings)
+    if url is None:
+        return set()
+    try:
+        docs = ResultStore.from_url(url, settings.key_prefix).worker_docs()
+    except FarmError:
+        return set()
+    tags: set[str] = set()
+    for _, raw in docs:
+        with contextlib.suppress(ValueError, TypeError):
+            tags |= {t for t in json.loads(raw.get("tags") or "[]") if isinstance(t, str)}
+    return tags
+
+
+def local_only(spec: BenchSpec, served: Collection[str] = ()) -> tuple[BenchSpec, list[SkippedDevice]]:
     """The spec without devices this machine does not have (embedded default), and those skipped
-    with why (`skip_reason`). SpecError if nothing is left."""
+    with why (`skip_reason`). `served` adds the tags the farm's own live workers serve (`live_tags`:
+    a worker started with `--machine box7` serves `cpu:box7`). SpecError if nothing is left."""
     gpus = nvml_gpus()
     keep: list[str] = []
     skipped: list[SkippedDevice] = []
     for tag in spec.devices:
-        reason = skip_reason(tag, gpus)
+        reason = None if tag.strip().lower() in served else skip_reason(tag, gpus)
         if reason is None:
             keep.append(tag)
         else:
@@ -551,9 +570,10 @@ def ensure_local(
     kept: list[BenchSpec] = []
     skipped: list[SkippedDevice] = []
     first_error: SpecError | None = None
+    served = live_tags(settings)
     for spec in specs:
         try:
-            local, dropped = local_only(spec)
+            local, dropped = local_only(spec, served)
         except SpecError as e:
             first_error = first_error or e
             local, dropped = None, [SkippedDevice(device=d, reason=skip_reason(d) or "") for d in spec.devices]

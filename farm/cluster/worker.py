@@ -114,7 +114,7 @@ def plan_worker(
         device = "cuda" if gpus else "cpu"
     gpu_index_given = gpu
     host = socket.gethostname()
-    machine = machine_tag(host)
+    machine = machine_tag()  # FARM_MACHINE (`--machine`) where set
     gpu_names: list[str] = []
     if device == "cpu":
         tags = ["cpu", f"cpu:{machine}"]

@@ -44,11 +44,15 @@ from farm.results.peaks import (
     cpu_theoretical_peak,
     machine_cpu_ceiling,
 )
+from farm.settings import get_settings
 from farm.spec import BenchSpec
 
 
 def machine_tag(hostname: str | None = None) -> str:
-    """The narrow CPU tag of this machine (`cpu:<tag>`): its host name, made queue-safe."""
+    """The narrow CPU tag of this machine (`cpu:<tag>`): its host name, made queue-safe; without a
+    host name given, FARM_MACHINE where set (`farm worker --machine`: a second machine on one host)."""
+    if hostname is None and get_settings().machine:
+        return str(get_settings().machine)
     host = (hostname or socket.gethostname()).lower().split(".")[0]
     return re.sub(r"[^a-z0-9_-]", "-", host).strip("-")[:63] or "host"
 
@@ -197,7 +201,7 @@ def fingerprint(with_torch: bool = True) -> MachineFingerprint:
     clock, clock_kind = cpu_clock()
     return MachineFingerprint(
         hostname=host,
-        machine_tag=machine_tag(host),
+        machine_tag=machine_tag(),  # FARM_MACHINE where set, else the host name's
         os=f"{platform.system()} {platform.release()}",
         python=platform.python_version(),
         cpu_model=cpu_model,
