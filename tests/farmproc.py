@@ -130,6 +130,7 @@ def start_worker(
     concurrency: int = 1,
     gpu: int | None = None,
     loglevel: str = "info",
+    machine: str | None = None,
 ) -> WorkerProcess:
     """Start `farm worker` against `redis_url` (call `.wait_ready()` before submitting)."""
     name = name or f"test-{device}-{uuid.uuid4().hex[:6]}"
@@ -140,6 +141,8 @@ def start_worker(
         cmd += ["--queues", ",".join(queues)]
     if gpu is not None:
         cmd += ["--gpu", str(gpu)]
+    if machine is not None:
+        cmd += ["--machine", machine]
     log_path = Path(tempfile.mkdtemp(prefix="farm-worker-")) / f"{name}.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(

@@ -4,6 +4,8 @@ records carry the series device (`farm.spec.series_device`), the store files a C
 
 from __future__ import annotations
 
+import socket
+
 import pytest
 
 from farm.errors import ConfigError, SpecError
@@ -183,3 +185,43 @@ def test_live_tags_reads_the_workers_heartbeats(redis_url: str, monkeypatch: pyt
     store.r.hset(store._worker_key("w2"), mapping={"tags": json.dumps(["cpu", "cpu:box7"])})
     monkeypatch.setattr(embedded, "running_url", lambda settings=None: redis_url)
     assert embedded.live_tags() == {"cpu", "cpu:box7"}
+
+
+@pytest.mark.real
+def test_two_real_workers_one_with_machine_three_spellings_one_series(redis_url: str) -> None:
+    """Two real `farm worker`s on this host, the second with `--machine box7` (two machines on one
+    box): `cpu:box7`, `cpu:*` and `cpu` all land in one `cpu` series per machine."""
+    import os
+    import subprocess
+    import sys
+
+    from farmproc import start_worker, stop_all
+
+    from farm.engine.hardware import machine_tag
+
+    here = machine_tag(socket.gethostname())
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FARM_")}
+    env.update(FARM_REDIS_URL=redis_url, FARM_HOME=os.environ["FARM_HOME"])
+    tiny = ["--model", "gpt2-tiny", "--batch", "1", "--seq", "32", "--repeats", "2", "--warmup", "0", "--threads", "1"]
+    cmd = [sys.executable, "-m", "farm.cli.main", "submit", *tiny, "--phases", "forward", "--wait", "--json"]
+    workers = [start_worker(redis_url), start_worker(redis_url, machine="box7")]
+    try:
+        for w in workers:
+            w.wait_ready()
+        for devices in ("cpu:box7", "cpu:*", "cpu"):
+            p = subprocess.run(
+                [*cmd, "--devices", devices],
+                env=env, capture_output=True, text=True, timeout=300,
+            )  # fmt: skip
+            assert p.returncode == 0, p.stderr
+    finally:
+        stop_all(workers)
+    store = ResultStore.from_url(redis_url)
+    results = store.query()
+    assert len(results) == 4 and {r.machine.machine_tag for r in results if r.machine} == {here, "box7"}
+    assert {r.device for r in results} == {"cpu", "cpu:box7", f"cpu:{here}"}  # as each job named it
+    series = store.series_points(phases=["forward"])
+    assert sorted(s.machine or "" for s in series) == sorted([here, "box7"]) and {s.device for s in series} == {"cpu"}
+    assert sum(len(s.points) for s in series) == 4
+    on_box7 = {r.job_id for r in store.query(devices=["cpu:box7"])}
+    assert on_box7 == {r.job_id for r in results if r.machine and r.machine.machine_tag == "box7"} and len(on_box7) >= 2
