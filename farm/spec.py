@@ -171,17 +171,16 @@ def series_device(device: str, gpu: str | None = None) -> str:
 
     `cpu`, `cpu:<machine>` and `cpu:*` ran on the same CPU, whose machine is its own dimension (the
     fingerprint's tag), so all are `cpu` (`mps` likewise). A CUDA result is `cuda:<gpu>`, the model
-    tag of the GPU it ran on (`gpu`, from its fingerprint: `farm.results.machine.gpu_ran_on`), so `cuda`
-    and `cuda:h100` on an H100 are one series; without a GPU named, a model tag the job named stands
-    (`cuda:h100`) and a bare `cuda` or a local index (`cuda:1`) is `cuda`. Total: a string that is
+    tag of the GPU it ran on: a model tag the job named stands (`cuda:h100`: the queue only that
+    GPU's workers serve), and a bare `cuda`, `cuda:*` or a local index (`cuda:1`) takes the tag of the
+    GPU it ran on (`gpu`, from its fingerprint: `farm.results.machine.gpu_ran_on`), else is `cuda`. So
+    `cuda` and `cuda:h100` on an H100 are one series. Total: a string that is
     not a device tag is returned unchanged."""
     kind, sep, narrow = device.partition(":")
     if sep and kind in ("cpu", "mps"):
         return kind
-    if kind == "cuda" and (sep or device == "cuda"):
-        if gpu:
-            return f"cuda:{gpu}"
-        return "cuda" if not narrow or narrow == "*" or narrow.isdigit() else device
+    if kind == "cuda" and (not narrow or narrow == "*" or narrow.isdigit()):
+        return f"cuda:{gpu}" if gpu else "cuda"
     return device
 
 

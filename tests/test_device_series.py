@@ -77,7 +77,13 @@ def test_results_stored_before_are_migrated_once(redis_url: str) -> None:
 
 @pytest.mark.parametrize(
     ("named", "gpu", "series"),
-    [("cuda", "h100", "cuda:h100"), ("cuda:h100", "h100", "cuda:h100"), ("cuda:0", "a100", "cuda:a100")],
+    [
+        ("cuda", "h100", "cuda:h100"),
+        ("cuda:*", "h100", "cuda:h100"),
+        ("cuda:h100", "h100", "cuda:h100"),
+        ("cuda:0", "a100", "cuda:a100"),
+        ("cuda:mi300", "amd", "cuda:mi300"),  # a model tag the job named stands (its queue chose the GPU)
+    ],
 )
 def test_a_cuda_result_is_filed_under_the_gpu_it_ran_on(named: str, gpu: str, series: str) -> None:
     assert series_device(named, gpu) == series

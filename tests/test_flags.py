@@ -109,9 +109,9 @@ def test_each_flag_reaches_its_row(report: Report) -> None:
     fwd = _row(report, "cpu", "forward")
     assert {f.kind for f in fwd.flags} == {"contended"} and BUSY.reason in fwd.flags[0].text
     assert [f.kind for f in _row(report, "cpu", "train").flags] == ["drift"]
-    assert "outlier" in {f.kind for f in _row(report, "cuda", "train").flags}
+    assert "outlier" in {f.kind for f in _row(report, "cuda:h100", "train").flags}
     # the baseline's own flags are shown on the speedups that rest on it, as `baseline`
-    assert any("baseline (cpu @ box1) contended" in f.text for f in _row(report, "cuda", "forward").flags)
+    assert any("baseline (cpu @ box1) contended" in f.text for f in _row(report, "cuda:h100", "forward").flags)
     assert any(n.startswith("waited for the host lock") and "0.75 s" in n for n in report.notes)
 
 
@@ -119,15 +119,15 @@ def test_a_speedup_with_an_unverified_side_says_so(report: Report) -> None:
     amd = _row(report, "cuda:mi300", "forward")
     assert amd.speedup is not None and amd.speedup_unverified == "result"
     assert speedup_text(amd).endswith("(unverified)")
-    assert _row(report, "cuda", "forward").speedup_unverified is None
+    assert _row(report, "cuda:h100", "forward").speedup_unverified is None
     # an unverified baseline: every speedup against it says so, both sides when both are
     base = syn.flagged(syn.result("r2", 0, "cpu", CPU), "forward", unverified="no ceiling for this CPU")
     amd2 = syn.result("r2", 1, "cuda:mi300", GPU, fingerprint=syn.machine("amd1", gpu="AMD Instinct MI300X"))
     h100 = syn.result("r2", 2, "cuda", GPU)
     rep = build_report(records_from_results([base, syn.flagged(amd2, "forward", unverified=NO_CEILING), h100]))
-    assert speedup_text(_row(rep, "cuda", "forward")).endswith("(baseline unverified)")
+    assert speedup_text(_row(rep, "cuda:h100", "forward")).endswith("(baseline unverified)")
     assert speedup_text(_row(rep, "cuda:mi300", "forward")).endswith("(both unverified)")
-    assert any(f.kind == "baseline" and "unverified" in f.text for f in _row(rep, "cuda", "forward").flags)
+    assert any(f.kind == "baseline" and "unverified" in f.text for f in _row(rep, "cuda:h100", "forward").flags)
 
 
 def test_mfu_names_its_peak_and_the_roofline_beside_it(report: Report) -> None:
@@ -135,7 +135,7 @@ def test_mfu_names_its_peak_and_the_roofline_beside_it(report: Report) -> None:
     p = fwd.phase
     assert p is not None and p.mfu is not None and p.achieved_flops is not None
     assert mfu_text(fwd) == f"{p.mfu:.1%} of theoretical (roofline {p.achieved_flops / ROOF.flops:.1%})"
-    assert mfu_text(_row(report, "cuda", "forward")).endswith("% of datasheet")  # table: h100 ...
+    assert mfu_text(_row(report, "cuda:h100", "forward")).endswith("% of datasheet")  # table: h100 ...
     assert mfu_text(_row(report, "cuda:mi300", "forward")) == "-"  # no ceiling, no MFU
     assert f"MFU roofline (measured, beside the peak): {ROOF.source}" in report.peaks
     assert "MFU % of datasheet: table: h100 float32 dense" in report.peaks
@@ -167,7 +167,7 @@ def test_plot_labels_carry_the_flags(report: Report) -> None:
     assert plots.flag_tags(_row(report, "cuda:mi300", "forward")) == " unverified"
     assert plots.flag_tags(_row(report, "cpu", "forward")) == " contended"
     assert plots.flag_tags(_row(report, "cpu", "train")) == " drift"
-    assert "outlier" in plots.flag_tags(_row(report, "cuda", "train"))
+    assert "outlier" in plots.flag_tags(_row(report, "cuda:h100", "train"))
     assert plots.time_bars_png(report.groups[0]) and plots.speedup_png(report.groups[0])  # they still draw
 
 

@@ -140,7 +140,7 @@ def test_default_device_baseline_pools_the_cpu_result_of_each_run() -> None:
             syn.result(f"r{i}", 1, "cuda", {"forward": _night(0.5 / speed, rng)}, fingerprint=gpu, finished_at=when)
         )
     rows = pool_rows(records_from_results(results), Baseline(device="cpu"))
-    cpu, cuda = (next(r for r in rows if r.device == d) for d in ("cpu", "cuda"))
+    cpu, cuda = (next(r for r in rows if r.device == d) for d in ("cpu", "cuda:h100"))
     assert cpu.is_baseline and not cuda.is_baseline
     assert cuda.results.runs == 4 and cuda.baseline is not None and cuda.baseline.runs == 4
     s = cuda.speedup

@@ -44,19 +44,19 @@ def _row(report: Report, device: str, phase: str):
 
 def test_rows_speedups_and_flags(report: Report) -> None:
     assert len(report.groups) == 1 and len(report.rows) == 10
-    fwd = _row(report, "cuda", "forward")
+    fwd = _row(report, "cuda:h100", "forward")
     assert fwd.baseline is not None and fwd.baseline.device == "cpu"
     assert fwd.speedup is not None and fwd.speedup.value == pytest.approx(0.50 / 0.0050)
     assert fwd.speedup.low <= fwd.speedup.value <= fwd.speedup.high
     assert _row(report, "cpu", "forward").is_baseline
     # 0.030 s is 1.43x the median and beyond the others' far-out fence (farm.results.stats rules)
-    assert [f.kind for f in _row(report, "cuda", "train").flags] == ["noisy", "outlier"]
+    assert [f.kind for f in _row(report, "cuda:h100", "train").flags] == ["noisy", "outlier"]
     bad = _row(report, "cuda:a100", "forward")
     assert bad.speedup is None  # an impossible number is never reported as a speedup
     assert {f.kind for f in bad.flags} == {"invalid", "versions"}
     assert _row(report, "cuda:l4", "-").flags[0].kind == "oom"
     assert any("mixed torch versions" in n for n in report.notes)
-    assert _row(report, "cuda", "init").speedup.low is None  # one repeat: no interval
+    assert _row(report, "cuda:h100", "init").speedup.low is None  # one repeat: no interval
 
 
 def test_markdown_has_table_speedups_and_every_flag(report: Report) -> None:
@@ -85,21 +85,21 @@ def test_terminal_text_shows_flags(report: Report) -> None:
 def test_csv_one_row_per_job_and_phase_with_flags(report: Report) -> None:
     rows = list(csv.DictReader(io.StringIO(render(report, "csv"))))
     assert len(rows) == 10
-    fwd = next(r for r in rows if r["device"] == "cuda" and r["phase"] == "forward")
+    fwd = next(r for r in rows if r["device"] == "cuda:h100" and r["phase"] == "forward")
     assert float(fwd["speedup"]) == pytest.approx(100.0)
     assert float(fwd["speedup_ci_low"]) <= 100.0 <= float(fwd["speedup_ci_high"])
     assert float(fwd["median_s"]) == pytest.approx(0.005)
     bad = next(r for r in rows if r["device"] == "cuda:a100" and r["phase"] == "forward")
     assert bad["status"] == "invalid" and "invalid:" in bad["flags"] and "versions:" in bad["flags"]
     assert next(r for r in rows if r["device"] == "cuda:l4")["status"] == "oom"
-    assert "noisy:" in next(r for r in rows if r["device"] == "cuda" and r["phase"] == "train")["flags"]
+    assert "noisy:" in next(r for r in rows if r["device"] == "cuda:h100" and r["phase"] == "train")["flags"]
 
 
 def test_json_has_rows_notes_and_raw_times(report: Report) -> None:
     doc = json.loads(render(report, "json"))
     assert doc["results"] == 4 and len(doc["rows"]) == 10
     assert any("mixed torch versions" in n for n in doc["notes"])
-    fwd = next(r for r in doc["rows"] if r["device"] == "cuda" and r["phase"] == "forward")
+    fwd = next(r for r in doc["rows"] if r["device"] == "cuda:h100" and r["phase"] == "forward")
     assert fwd["times_s"] == GPU["forward"] and fwd["baseline_job_id"] == "r1-000"
     kinds = {f.split(":")[0] for r in doc["rows"] for f in r["flags"]}
     assert {"invalid", "noisy", "oom", "versions"} <= kinds
