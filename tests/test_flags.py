@@ -209,8 +209,8 @@ def _check(fmt: str, text: str, compact: bool = False) -> None:
         assert float(fwd["lock_wait_s"]) == 0.75 and fwd["repeats_stop"] == "target"
         assert fwd["peak_kind"] == "theoretical" and fwd["roofline_source"] == ROOF.source
         assert 0 < float(fwd["mfu"]) < float(fwd["mfu_roofline"])
-        assert str(rows["cpu", "train"]["drift"]) == "True" and str(rows["cuda", "train"]["outlier"]) == "True"
-        assert "outlier: slowest repeat" in str(rows["cuda", "train"]["flags"])
+        assert str(rows["cpu", "train"]["drift"]) == "True" and str(rows["cuda:h100", "train"]["outlier"]) == "True"
+        assert "outlier: slowest repeat" in str(rows["cuda:h100", "train"]["flags"])
         assert {str(r["status"]) for r in rows.values()} == {"ok", "unverified"}  # never an unverified "ok"
         return
     # terminal, Markdown, HTML: the counts in the header, each flag's label and full text, the peaks

@@ -52,11 +52,12 @@ def resolve(specs: list[BenchSpec], settings: Settings) -> tuple[list[BenchSpec 
             note(f"live workers unknown ({e}): wildcards not expanded, each counted as one job")
     out: list[BenchSpec | None] = []
     skipped: dict[str, str] = {}  # device -> why it is skipped
+    served = {t for w in workers or [] for t in w["tags"]}  # as submission: tags the farm's live workers serve
     for spec in specs:
         kept: BenchSpec | None = spec
         if local:
             try:
-                kept, gone = embedded.local_only(spec)
+                kept, gone = embedded.local_only(spec, served)
                 skipped.update({d.device: d.reason for d in gone})
             except SpecError:
                 skipped.update({d: "this machine has none" for d in spec.devices if d not in skipped})
