@@ -211,3 +211,18 @@ def test_up_never_starts_a_second_server_beside_one_without_the_lock(tmp_path: P
         assert not owner_lock_held(tmp_path / "redis") and not (tmp_path / "embedded.json").exists()
     finally:
         legacy.kill9()
+
+
+def test_a_worker_lost_at_start_is_named_with_its_exit_status(spawned: list[subprocess.Popen[bytes]]) -> None:
+    """`farm up` waits for its workers: one still live (or still exec'ing: its command line is the
+    parent's for a moment, which once failed `farm up` under load with an empty log) is not lost; one
+    that exited is named with its status."""
+    live = fake_worker(spawned)
+    assert embedded._lost_at_start(live, confirm_s=0.3) is None
+    p = subprocess.Popen([sys.executable, "-c", "import sys; sys.exit(3)", "worker", "embedded-cpu-dead"])
+    entry = {"pid": p.pid, **embedded._identity(p.pid), "name": "embedded-cpu-dead", "device": "cpu", "gpu": None}
+    deadline = time.monotonic() + 30
+    while psutil.Process(p.pid).status() != psutil.STATUS_ZOMBIE:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    assert embedded._lost_at_start(entry, confirm_s=0.3) == "exited with status 3"

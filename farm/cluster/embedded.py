@@ -311,6 +311,28 @@ def _strays(
     return found
 
 
+def _lost_at_start(entry: dict[str, Any], confirm_s: float = 1.0) -> str | None:
+    """None while the worker `up` started may still be ours; else what happened to it. A verdict
+    other than "ours" is confirmed over `confirm_s` (a check that raced the worker's exec, or a
+    /proc read under load, must not fail `farm up`), then named: its exit status, or why it is not
+    provably ours."""
+    deadline = time.monotonic() + confirm_s
+    while True:
+        verdict, _, why = _check(entry, "worker")
+        if verdict == "ours":
+            return None
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(0.1)
+    if verdict == "unproven":
+        return f"is not provably ours ({why})"
+    try:
+        status = psutil.Process(int(entry["pid"])).wait(timeout=0)  # reap our child: its exit status
+    except (psutil.Error, ValueError, KeyError):
+        status = None
+    return "exited" if status is None else f"exited with status {status}"
+
+
 def _wait_workers(url: str, settings: Settings, workers: list[dict[str, Any]], timeout: float) -> None:
     store = ResultStore.from_url(url, settings.key_prefix)
     deadline = time.monotonic() + timeout
@@ -319,9 +341,9 @@ def _wait_workers(url: str, settings: Settings, workers: list[dict[str, Any]], t
         for w in list(pending):
             if store.worker_alive(w["name"]):
                 pending.remove(w)
-            elif _check(w, "worker")[0] != "ours":
+            elif (lost := _lost_at_start(w)) is not None:
                 tail = Path(w["log"]).read_text(errors="replace")[-800:] if Path(w["log"]).exists() else ""
-                raise FarmError(f"embedded worker {w['name']} exited during start-up; log tail:\n{tail}")
+                raise FarmError(f"embedded worker {w['name']} {lost} during start-up; log tail:\n{tail}")
         if pending and time.monotonic() > deadline:
             raise FarmError(f"embedded workers {[w['name'] for w in pending]} not ready after {timeout:.0f} s")
         time.sleep(0.2)
