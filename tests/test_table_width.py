@@ -18,7 +18,8 @@ from typer.testing import CliRunner
 
 from farm.cli.main import app
 from farm.reports import plots
-from farm.reports.cells import COLUMNS, COMPACT_COLUMNS, ROW_FIELDS, cells, compact_cells
+from farm.reports.cells import COLUMNS, COMPACT_COLUMNS, ROW_FIELDS, cells, compact_cells, plain_text
+from farm.reports.listing import Listing, to_terminal
 from farm.reports.report import Report, build_report
 from farm.results import synthetic as syn
 from farm.results.host import HostLoad
@@ -204,3 +205,39 @@ def test_a_series_report_fits_with_its_history_below(
     assert "4 results" in text and "history: cpu @ lab-cpu-01, forward: 4 results, median 500 ms" in " ".join(
         text.split()
     )
+
+
+# -- listings (workers, verdicts, jobs, sweep points) in an 80-column terminal ------------------------
+
+
+def _verdicts(rows: list[tuple[str, str]]) -> Listing:
+    lst = Listing("run n014 (nightly): judged", ["kind", "machine", "device", "model", "spec", "phase", "change"])
+    for kind, machine in rows:
+        lst.add(kind, machine, "cpu", "gpt2-medium", "9a48763c07fa", "forward", "+35.4%", status=kind)
+    return lst
+
+
+def _lines(lst: Listing, width: int) -> list[str]:
+    return plain_text(to_terminal(lst, width), width).splitlines()
+
+
+def test_a_listing_too_wide_for_80_columns_is_laid_out_to_read() -> None:
+    """Squeezed to 80 columns a verdict table cut every cell to `reg…`, `qui…`: one row now reads as
+    `field value` lines; several rows show what they share once above the table; nothing is cut."""
+    one = _lines(_verdicts([("regression", "quietbox")]), 80)
+    assert all(cell_len(line) <= 80 for line in one) and "…" not in "\n".join(one)
+    assert one[0] == "run n014 (nightly): judged"
+    assert any(re.search(r"│ machine\s+│ quietbox\s+│", line) for line in one)
+    assert any(re.search(r"│ spec\s+│ 9a48763c07fa\s+│", line) for line in one)
+    many = _lines(_verdicts([("regression", "box7"), ("unchanged", "box8"), ("too-noisy", "noisy")]), 60)
+    text = "\n".join(many)
+    assert "…" not in text and all(cell_len(line) <= 60 for line in many)
+    shared = next(line for line in many if line.startswith("every row:"))
+    assert "model gpt2-medium" in shared and "machine" not in shared
+    assert re.search(r"│ too-noisy\s+│ noisy\s+│", text)
+
+
+def test_a_listing_that_fits_is_unchanged() -> None:
+    lst = _verdicts([("regression", "box7"), ("unchanged", "box8")])
+    assert _lines(lst, 200) == plain_text(to_terminal(lst), 200).splitlines()  # as every listing was
+    assert not any(line.startswith("every row:") for line in _lines(lst, 200))

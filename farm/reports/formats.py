@@ -314,10 +314,10 @@ def to_json(report: Report) -> str:
     return json.dumps(doc, indent=1)
 
 
-def terminal(obj: Report | Listing, wide: bool = False) -> Group:
+def terminal(obj: Report | Listing, wide: bool = False, width: int | None = None) -> Group:
     """The Rich renderable of a report (compact, or every column with `wide`) or a listing (for a
-    terminal: colours, no markup read)."""
-    return to_terminal(obj, wide) if isinstance(obj, Report) else lst.to_terminal(obj)
+    terminal: colours, no markup read; laid out to read within `width`, unless `wide`)."""
+    return to_terminal(obj, wide) if isinstance(obj, Report) else lst.to_terminal(obj, None if wide else width)
 
 
 def render(obj: Report | Listing, fmt: str) -> str:

@@ -18,7 +18,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from rich.console import Group
+from rich.console import Console, Group
+from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 
@@ -50,13 +51,44 @@ def cell(value: Value) -> str:
     return "-" if value is None or value == "" else str(value)
 
 
-def to_terminal(listing: Listing) -> Group:
-    t = Table(title=Text(term(listing.title)), header_style="bold")
-    for col in listing.columns:
+def _table(title: str | None, columns: list[str], rows: list[list[Value]], styles: list[str | None]) -> Table:
+    t = Table(title=None if title is None else Text(term(title)), header_style="bold")
+    for col in columns:
         t.add_column(Text(term(col)))
-    for i, row in enumerate(listing.rows):
-        t.add_row(*(Text(term(cell(v))) for v in row), style=STATUS_STYLE.get(listing.status_of(i) or ""))
-    return Group(t, *(Text(f"note: {term(n)}", style="yellow") for n in listing.notes))
+    for row, style in zip(rows, styles, strict=True):
+        t.add_row(*(Text(term(cell(v))) for v in row), style=STATUS_STYLE.get(style or ""))
+    return t
+
+
+def natural_width(renderable: Table) -> int:
+    """The width a table takes when nothing folds."""
+    console = Console(file=io.StringIO(), width=10_000)
+    return Measurement.get(console, console.options, renderable).maximum
+
+
+def to_terminal(listing: Listing, width: int | None = None) -> Group:
+    """The listing as a Rich table; within `width` where it can be. A table wider than `width` (an
+    80-column terminal) is laid out to read rather than be squeezed to an ellipsis a cell: one row
+    becomes a column of `field  value`; several rows show the columns whose value every row shares
+    once, above the table, and the rest as columns."""
+    styles = [listing.status_of(i) for i in range(len(listing.rows))]
+    table = _table(listing.title, listing.columns, listing.rows, styles)
+    lines: list[Text] = []
+    if width is not None and listing.rows and natural_width(table) > width:
+        lines.append(Text(term(listing.title), style="italic"))  # a title over a narrow table: one line
+        if len(listing.rows) == 1:
+            pairs: list[list[Value]] = [[c, cell(v)] for c, v in zip(listing.columns, listing.rows[0], strict=False)]
+            table = _table(None, ["field", "value"], pairs, [styles[0]] * len(pairs))
+        else:
+            shared = [i for i in range(len(listing.columns)) if len({cell(r[i]) for r in listing.rows}) == 1]
+            table = _table(None, listing.columns, listing.rows, styles)
+            if shared and len(shared) < len(listing.columns):
+                kept = [i for i in range(len(listing.columns)) if i not in shared]
+                rows = [[r[i] for i in kept] for r in listing.rows]
+                table = _table(None, [listing.columns[i] for i in kept], rows, styles)
+                common = " · ".join(f"{listing.columns[i]} {cell(listing.rows[0][i])}" for i in shared)
+                lines.append(Text(term(f"every row: {common}")))
+    return Group(*lines, table, *(Text(f"note: {term(n)}", style="yellow") for n in listing.notes))
 
 
 def to_text(listing: Listing, width: int = 200) -> str:
