@@ -284,3 +284,34 @@ def test_a_setting_that_is_no_redis_server_is_refused(tmp_path: Path) -> None:
         choose_server(tmp_path, "/bin/true")
     with pytest.raises(ConfigError, match="not an executable redis-server"):
         choose_server(tmp_path, tmp_path / "missing")
+
+
+def test_ready_waits_while_the_server_is_loading_its_data(tmp_path: Path) -> None:
+    """A server reading its append-only file answers PING with `-LOADING` and fails every read: ready
+    is the first PONG (a switch of binaries under load once read `Redis is loading the dataset`)."""
+    import socket
+    import sys
+    import threading
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    replies = [b"-LOADING Redis is loading the dataset in memory\r\n"] * 3 + [b"+PONG\r\n"]
+    answered: list[bytes] = []
+
+    def serve() -> None:
+        for reply in replies:
+            conn, _ = listener.accept()
+            with conn:
+                conn.recv(64)
+                answered.append(reply)  # before the reply: wait_ready may return as it arrives
+                conn.sendall(reply)
+
+    threading.Thread(target=serve, daemon=True).start()
+    rp = RedisProcess(tmp_path, port=listener.getsockname()[1])
+    rp.proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])  # a live "server"
+    try:
+        assert rp.wait_ready(timeout=10) is rp
+        assert answered == replies  # not ready at the first -LOADING: only at the PONG
+    finally:
+        rp.proc.kill()
+        rp.proc.wait()
+        listener.close()

@@ -91,9 +91,9 @@ def test_index_flags_chart_and_phase_order(site: Path) -> None:
         rows = re.findall(r"<tr>(.*?)</tr>", sec, re.S)
         cpu_fwd = next(r for r in rows if "-forward.html" in r and "<td>cpu</td>" in r)
         assert re.search(r'<span class="status">ok</span> <span class="flag flag-contended"', cpu_fwd), cpu_fwd
-        gpu_fwd = next(r for r in rows if "-forward.html" in r and "<td>cuda</td>" in r)
+        gpu_fwd = next(r for r in rows if "-forward.html" in r and "<td>cuda:h100</td>" in r)
         assert "flag-baseline" in gpu_fwd  # its speedup's baseline was contended: said beside its status
-        gpu_train = next(r for r in rows if "-train.html" in r and "<td>cuda</td>" in r)
+        gpu_train = next(r for r in rows if "-train.html" in r and "<td>cuda:h100</td>" in r)
         assert "flag-outlier" in gpu_train
         cpu_init = next(r for r in rows if "-init.html" in r and "<td>cpu</td>" in r)
         assert cpu_init.endswith('<span class="status">ok</span></td>')  # a clean ok stays a plain ok

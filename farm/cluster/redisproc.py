@@ -481,7 +481,9 @@ class RedisProcess:
         return self
 
     def wait_ready(self, timeout: float = 10.0) -> RedisProcess:
-        """Block until the spawned server answers PING; BrokerError if it exits or stays silent."""
+        """Block until the spawned server answers PING with its data loaded (a server reading a large
+        append-only file answers `-LOADING`, and a read then fails); BrokerError if it exits or stays
+        silent."""
         assert self.proc is not None, "spawn() first"
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -492,8 +494,10 @@ class RedisProcess:
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
                     s.sendall(b"PING\r\n")
-                    if s.recv(64):
-                        return self
+                    reply = s.recv(64)
+                if reply and not reply.startswith(b"-LOADING"):
+                    return self
+                time.sleep(0.05)  # still reading its append-only file: every read would fail now
             except OSError:
                 time.sleep(0.05)
         raise BrokerError(f"redis-server did not answer on port {self.port} within {timeout} s")
