@@ -77,8 +77,7 @@ class SafeConsole(Console):
 
 # Piped output gets a wide console (the lines below a report's table are not folded at Rich's 80-column
 # default); COLUMNS, where set, is the width either way (`width`).
-_COLUMNS_SET = os.environ.get("COLUMNS", "").strip().isdigit()  # Rich reads it when no width is given
-out = SafeConsole(soft_wrap=False, width=None if sys.stdout.isatty() or _COLUMNS_SET else 240, markup=False)
+out = SafeConsole(soft_wrap=False, width=None if sys.stdout.isatty() else 240, markup=False)
 err = SafeConsole(stderr=True, markup=False)
 
 
@@ -161,8 +160,8 @@ def emit(
     must be (its lines then wrap in the terminal; nothing is cut). Files and other formats carry
     every column."""
     if fmt == "terminal" and output is None:
-        w = width() if isinstance(obj, report.Report) else None  # a listing: the console's width, as before
-        layout = formats.terminal(obj, wide, width=width())  # a listing too wide for it: laid out to read
+        w = width()  # COLUMNS where set (read now: a console made at import would keep an old one)
+        layout = formats.terminal(obj, wide, width=w)  # a listing too wide for it: laid out to read
         out.print(layout, crop=False, width=w)  # a table too wide is wider, never cut
         for line in after:
             out.print(Text(term(line)), highlight=False, width=w)
