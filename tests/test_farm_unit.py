@@ -235,3 +235,18 @@ def test_cli_against_a_password_protected_redis(tmp_path, monkeypatch: pytest.Mo
         assert json.loads(res.stdout) == []
     finally:
         rp.kill9()
+
+
+def test_workers_says_where_the_farm_is_with_its_password_masked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`farm workers` ends with the farm's URL and how a second worker joins (the two-machine
+    workflow needed `embedded.json` before); a password in the URL is never printed."""
+    from farm.cli import farm_cmds
+
+    monkeypatch.setenv("FARM_REDIS_URL", "redis://:hunter2@10.0.0.5:6390/0")
+    get_settings.cache_clear()
+    line = farm_cmds._farm_line()
+    assert "hunter2" not in line and "redis://:***@10.0.0.5:6390/0, from FARM_REDIS_URL" in line
+    assert "farm worker --machine NAME" in line
+    monkeypatch.setenv("FARM_REDIS_URL", "redis://farm:s3cret@db:6379/1")
+    get_settings.cache_clear()
+    assert "s3cret" not in farm_cmds._farm_line() and "redis://farm:***@db:6379/1" in farm_cmds._farm_line()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import time
 from dataclasses import replace
@@ -244,7 +245,22 @@ def workers(
     for w in live:
         beat = f"{now - w['last_heartbeat']:.0f} s ago"
         lst.add(w["name"], w["host"], w["device"], ",".join(w["tags"]), ",".join(w["queues"]), w["job"] or "idle", beat)
-    emit(lst, fmt_of(fmt, output, json_out), output)
+    fmt = fmt_of(fmt, output, json_out)
+    emit(lst, fmt, output)
+    if fmt == "terminal" and output is None:
+        note(_farm_line())
+
+
+def _farm_line() -> str:
+    """Where this farm is and how a second worker joins it (its URL, a password masked): the
+    two-machine workflow without reading `embedded.json`."""
+    settings = farm_settings.get_settings()
+    url = embedded.resolve_redis_url(settings)
+    source = "FARM_REDIS_URL" if settings.broker() else "the embedded farm (`farm up`)"
+    shown = re.sub(r"(//[^:/@]*:)[^@]*@", r"\1***@", url)  # redis://user:secret@host -> user:***@host
+    return (
+        f"farm: {shown}, from {source}; another worker joins it with FARM_REDIS_URL={shown} farm worker --machine NAME"
+    )
 
 
 def _iso(epoch: float) -> str | None:
