@@ -68,10 +68,11 @@ def gemm_shapes(shape: ModelShape, tokens: int, train: bool) -> list[tuple[str, 
 
 
 def time_gemm(kind: str, m: int, k: int, n: int, dtype: torch.dtype, repeats: int) -> float:
-    """Best FLOP/s of one GEMM in the layout a phase runs it in: the whole GEMM, or (forward and dx,
-    m above `ROW_BLOCK`) the same GEMM a block of output rows at a time, whichever is faster. The
-    model computes its inference LM head in row blocks (farm.engine.model), so the roofline must
-    know that layout too, or the model would beat its own ceiling."""
+    """Best FLOP/s of one GEMM in the layouts a phase may run it in: the whole GEMM, or (forward and
+    dx, m above `ROW_BLOCK`) the same GEMM a block of output rows at a time; a weight gradient as
+    dY^T X or as (X^T dY)^T; whichever is fastest. The model computes its inference LM head in row
+    blocks (farm.engine.model) and its bf16 head gradient as X^T dY (farm.engine.loss), so the
+    roofline must know those layouts too, or the model would beat its own ceiling."""
     w = torch.randn(n, k, dtype=dtype) * 0.02
     fns: list[Callable[[], object]] = []
     if kind == "fwd":
@@ -88,11 +89,11 @@ def time_gemm(kind: str, m: int, k: int, n: int, dtype: torch.dtype, repeats: in
         fns.append(
             lambda: [torch.mm(dy[s : s + ROW_BLOCK], w, out=out[s : s + ROW_BLOCK]) for s in range(0, m, ROW_BLOCK)]
         )
-    else:
-        dy, x = torch.randn(m, n, dtype=dtype), torch.randn(m, k, dtype=dtype)
-        fns.append(lambda: torch.mm(dy.t(), x))
     if m <= ROW_BLOCK:
         fns = fns[:1]
+    if kind == "dw":  # dY^T X, or its transpose X^T dY (the bf16 LM-head gradient runs that way)
+        dy, x = torch.randn(m, n, dtype=dtype), torch.randn(m, k, dtype=dtype)
+        fns += [lambda: torch.mm(dy.t(), x), lambda: torch.mm(x.t(), dy)]
     best = float("inf")
     for fn in fns:
         fn()
