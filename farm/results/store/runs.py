@@ -119,7 +119,9 @@ class RunsMixin(StoreBase):
     def latest_run(self) -> str:
         runs = self.r.zrevrange(self._runs_key(), 0, 0)
         if not runs:
-            raise NotFoundError("no run has been submitted yet")
+            raise NotFoundError(
+                "no run has been submitted yet: `farm submit` queues one; `farm workers` shows the farm"
+            )
         return str(runs[0])
 
     def resolve_run(self, run_id: str) -> str:
