@@ -80,12 +80,14 @@ def to_terminal(listing: Listing, width: int | None = None) -> Group:
             pairs: list[list[Value]] = [[c, cell(v)] for c, v in zip(listing.columns, listing.rows[0], strict=False)]
             table = _table(None, ["field", "value"], pairs, [styles[0]] * len(pairs))
         else:
-            shared = [i for i in range(len(listing.columns)) if len({cell(r[i]) for r in listing.rows}) == 1]
-            table = _table(None, listing.columns, listing.rows, styles)
-            if shared and len(shared) < len(listing.columns):
-                kept = [i for i in range(len(listing.columns)) if i not in shared]
-                rows = [[r[i] for i in kept] for r in listing.rows]
-                table = _table(None, [listing.columns[i] for i in kept], rows, styles)
+            cols = range(len(listing.columns))
+            shared = [i for i in cols if len({cell(r[i]) for r in listing.rows}) == 1]
+            if len(shared) == len(listing.columns):  # identical rows: nothing to lift out
+                shared = []
+            kept = [i for i in cols if i not in shared]
+            rows = [[r[i] for i in kept] for r in listing.rows]
+            table = _table(None, [listing.columns[i] for i in kept], rows, styles)
+            if shared:
                 common = " · ".join(f"{listing.columns[i]} {cell(listing.rows[0][i])}" for i in shared)
                 lines.append(Text(term(f"every row: {common}")))
     return Group(*lines, table, *(Text(f"note: {term(n)}", style="yellow") for n in listing.notes))

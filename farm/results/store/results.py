@@ -33,10 +33,8 @@ from farm.spec import STORED
 def read_result(data: bytes) -> JobResult:
     """A stored result's JSON as it reads back: validated, then re-checked against its own raw times
     (`farm.results.verify`): the same object when every figure follows, else one that says `invalid`."""
-    res = JobResult.model_validate_json(data, context=STORED)
-    doc = pydantic_core.from_json(data)
-    checked = verify_document(doc)
-    return res if checked is doc else JobResult.model_validate(checked, context=STORED)
+    doc = pydantic_core.from_json(data)  # parsed once: the check reads the document, the model is built from it
+    return JobResult.model_validate(verify_document(doc), context=STORED)
 
 
 def _checked(rec: Record | None) -> Record | None:
