@@ -62,10 +62,6 @@ def text_only(draw: Callable[P, R]) -> Callable[P, R]:
 
 def png_bytes(fig: Figure) -> bytes:
     """A figure as PNG bytes (Agg canvas, 100 dpi, tight bounding box)."""
-    return _png(fig)
-
-
-def _png(fig: Figure) -> bytes:
     FigureCanvasAgg(fig)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
@@ -151,7 +147,7 @@ def time_bars_png(group: Group) -> bytes | None:
         ax.set_title(phase, fontsize=10)
         ax.set_xlabel("median time, s (log; bars: 95% CI)", fontsize=8)
     fig.suptitle(plot_label(group.title, 120), fontsize=9)
-    return _png(fig)
+    return png_bytes(fig)
 
 
 @text_only
@@ -185,7 +181,7 @@ def speedup_png(group: Group) -> bytes | None:
     base = plot_label(rows[0].baseline.series) if rows[0].baseline else "baseline"
     ax.set_xlabel(f"speedup vs {base} (log; bars: bootstrap 95% CI)", fontsize=8)
     ax.set_title(plot_label(group.title, 120), fontsize=9)
-    return _png(fig)
+    return png_bytes(fig)
 
 
 def scaling_axis(report: Report) -> str | None:
@@ -231,7 +227,7 @@ def scaling_png(report: Report) -> bytes | None:
         ax.set_ylabel("median time, s", fontsize=8)
         ax.legend(fontsize=6)
     fig.suptitle("scaling (measured results: ok and unverified; invalid and failed left out)", fontsize=9)
-    return _png(fig)
+    return png_bytes(fig)
 
 
 # The flags that mark a result as measured in a disturbed state: drawn apart from the clean ones.
@@ -298,7 +294,7 @@ def devices_png(rows: Sequence[Row], title: str) -> bytes | None:
     handles, labels = ax.get_legend_handles_labels()
     ax.legend(handles, labels, fontsize=7, loc="upper left", ncols=min(4, len(series)))
     ax.set_title(f"{plot_label(title, 100)}: device against device, speedup over the CPU", fontsize=9)
-    return _png(fig)
+    return png_bytes(fig)
 
 
 @dataclass(frozen=True)
@@ -422,4 +418,4 @@ def history_figure(title: str, points: Sequence[HistoryPoint], scale: HistorySca
 def history_png(title: str, points: Sequence[HistoryPoint], scale: HistoryScale | None = None) -> bytes | None:
     """`history_figure` as PNG bytes; None when there are no points."""
     fig = history_figure(title, points, scale)
-    return _png(fig) if fig is not None else None
+    return png_bytes(fig) if fig is not None else None
