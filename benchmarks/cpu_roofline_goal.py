@@ -43,6 +43,7 @@ from model_vs_hf import hf_model, interleaved, ours_from
 
 from farm.engine.allocator import tune_cpu_allocator
 from farm.engine.hardware import _cpu_info, cpu_peak, fingerprint
+from farm.engine.linear import onednn_available, onednn_nt
 from farm.engine.phases import TrainStep, make_optimizer
 from farm.flops import forward_flops, train_flops
 from farm.spec import ModelShape, parse_spec, resolve_model
@@ -70,9 +71,11 @@ def gemm_shapes(shape: ModelShape, tokens: int, train: bool) -> list[tuple[str, 
 def time_gemm(kind: str, m: int, k: int, n: int, dtype: torch.dtype, repeats: int) -> float:
     """Best FLOP/s of one GEMM in the layouts a phase may run it in: the whole GEMM, or (forward and
     dx, m above `ROW_BLOCK`) the same GEMM a block of output rows at a time; a weight gradient as
-    dY^T X or as (X^T dY)^T; whichever is fastest. The model computes its inference LM head in row
-    blocks (farm.engine.model) and its bf16 head gradient as X^T dY (farm.engine.loss), so the
-    roofline must know those layouts too, or the model would beat its own ceiling."""
+    dY^T X or as (X^T dY)^T; each through PyTorch's own GEMM and through oneDNN's linear; whichever
+    is fastest. The model computes its inference LM head in row blocks (farm.engine.model), its bf16
+    head gradient as X^T dY (farm.engine.loss) and, where MKL is slower (farm.engine.linear), its
+    float32 linears on oneDNN, so the roofline must know those layouts and libraries too, or the
+    model would beat its own ceiling."""
     w = torch.randn(n, k, dtype=dtype) * 0.02
     fns: list[Callable[[], object]] = []
     if kind == "fwd":
@@ -94,6 +97,13 @@ def time_gemm(kind: str, m: int, k: int, n: int, dtype: torch.dtype, repeats: in
     if kind == "dw":  # dY^T X, or its transpose X^T dY (the bf16 LM-head gradient runs that way)
         dy, x = torch.randn(m, n, dtype=dtype), torch.randn(m, k, dtype=dtype)
         fns += [lambda: torch.mm(dy.t(), x), lambda: torch.mm(x.t(), dy)]
+    if onednn_available():  # the same products on oneDNN, which farm calls where MKL is slower
+        if kind == "fwd":
+            fns.append(lambda: onednn_nt(x, w))
+        elif kind == "dx":
+            fns.append(lambda: onednn_nt(dy, w.t()))
+        else:
+            fns += [lambda: onednn_nt(dy.t(), x.t()), lambda: onednn_nt(x.t(), dy.t())]
     best = float("inf")
     for fn in fns:
         fn()

@@ -11,6 +11,8 @@ from typing import Any
 
 import torch
 
+from farm.engine.linear import matmul_nt, routed
+
 # Rows of the (rows, vocab) logits block the fused LM-head loss handles at a time: 512 x 50257 float32
 # is 103 MB, so a 1 x 1024 step needs 2 blocks in one reused buffer instead of 3-4 fresh (1024, 50257)
 # tensors (on a 2-thread Xeon: 0.95x the unfused time, half the page faults; benchmarks/lm_head_loss.py).
@@ -53,22 +55,36 @@ class _LMHeadCrossEntropy(torch.autograd.Function):
         hm, wm = h.to(mm_dtype), w.to(mm_dtype)
         need_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
         grad_h = torch.empty_like(h) if need_grad else None
-        # One GEMM for dW over every row (bf16: G kept whole in `buf`), else a float32 accumulator.
-        whole = need_grad and mm_dtype != torch.float32 and N * V * mm_dtype.itemsize <= WHOLE_GRAD_BYTES
-        buf = torch.empty(N if whole else min(chunk, N), V, dtype=mm_dtype, device=h.device)  # reused scratch
+        # float32 on oneDNN (farm.engine.linear): its GEMMs take no `out=`, so each block is fresh
+        onednn = mm_dtype == torch.float32 and routed(hm, wm)
+        # One GEMM for dW over every row (G kept whole), else a float32 accumulator block by block.
+        # bf16 keeps G in `buf`; float32 on oneDNN takes every row as one block, whose softmax is G.
+        whole = need_grad and (mm_dtype != torch.float32 or onednn) and N * V * mm_dtype.itemsize <= WHOLE_GRAD_BYTES
+        if whole and onednn:
+            chunk = N
+        buf = None if onednn else torch.empty(N if whole else min(chunk, N), V, dtype=mm_dtype, device=h.device)
         # float32 (V, C) head gradient, whatever the matmul dtype: written once (whole), else accumulated.
         new_grad_w = torch.empty if whole else torch.zeros
         grad_w = new_grad_w(w.shape, dtype=torch.float32, device=w.device) if need_grad else None
         loss_sum = torch.zeros((), dtype=torch.float32, device=h.device)
         valid = targets != ignore_index  # (N,)
         safe_t = torch.where(valid, targets, 0)
+        count = valid.sum().clamp(min=1).to(torch.float32)
+        # d(mean loss)/d(logits) = (softmax - onehot) * row_scale: 1/count, 0 for an ignored target.
+        # The mean's 1/count is taken here, in the masking pass, not in an extra pass over the
+        # (V, C) gradient in backward.
+        row_scale = valid.to(torch.float32) / count
+        g = None
         for s in range(0, N, chunk):
             e = min(s + chunk, N)
-            block = buf[s:e] if whole else buf[: e - s]
-            logits = torch.mm(hm[s:e], wm.t(), out=block)  # (n, V)
+            if buf is None:
+                logits = matmul_nt(hm[s:e], wm)  # (n, V)
+            else:
+                block = buf[s:e] if whole else buf[: e - s]
+                logits = torch.mm(hm[s:e], wm.t(), out=block)
             v = valid[s:e]
             if mm_dtype == torch.float32:
-                lg = logits  # in place in the scratch block
+                lg = logits  # in place in the block
                 lse = torch.logsumexp(lg, dim=1)  # (n,)
                 tgt = lg.gather(1, safe_t[s:e, None]).squeeze(1)  # (n,) logit of the target
                 loss_sum += ((lse - tgt) * v).sum()
@@ -84,42 +100,48 @@ class _LMHeadCrossEntropy(torch.autograd.Function):
                 if grad_h is None or grad_w is None:  # no gradient wanted
                     continue
                 lg.exp_()
-            # dloss_sum/dlogits = softmax - onehot (rows of ignored targets: zero)
             rows = torch.arange(e - s, device=h.device)
             lg[rows, safe_t[s:e]] -= 1.0
-            lg.mul_(v[:, None].to(lg.dtype))
+            lg.mul_(row_scale[s:e, None])
             if lg.dtype == mm_dtype:
                 g = lg
             elif whole:
                 g = block.copy_(lg)  # G's rows kept for the one dW GEMM after the loop
             else:
                 g = lg.to(mm_dtype)
-            if grad_h.dtype == mm_dtype:
-                torch.mm(g, wm, out=grad_h[s:e])  # (n, C)
+            if onednn:
+                grad_h[s:e] = matmul_nt(g, wm.t())  # (n, C) = (n, V) @ (V, C)
+            elif grad_h.dtype == mm_dtype:
+                torch.mm(g, wm, out=grad_h[s:e])
             else:
                 grad_h[s:e] = torch.mm(g, wm)
             if whole:
                 continue
-            if mm_dtype == torch.float32:
-                grad_w.addmm_(g.t(), hm[s:e])  # (V, C) += (V, n) @ (n, C)
+            if onednn:
+                grad_w += matmul_nt(g.t(), hm[s:e].t())  # (V, C) += (V, n) @ (n, C)
+            elif mm_dtype == torch.float32:
+                grad_w.addmm_(g.t(), hm[s:e])
             else:
                 grad_w += torch.mm(g.t(), hm[s:e]).float()
         if whole and grad_w is not None:
             # (V, C) = ((C, N) @ (N, V))^T, one GEMM as autocast's; in this orientation oneDNN ran it at
-            # 580 GFLOP/s against 430 for (V, N) @ (N, C) (1 x 1024, 2 Zen 5 threads; the transposing
-            # copy included: 0.158 s against 0.188 s).
-            grad_w.copy_(torch.mm(hm.t(), buf).t())
-        count = valid.sum().clamp(min=1).to(torch.float32)
+            # 580 GFLOP/s against 430 for (V, N) @ (N, C) in bf16 (1 x 1024, 2 Zen 5 threads; the
+            # transposing copy included: 0.158 s against 0.188 s), float32 245 against 303 ms.
+            if onednn and g is not None:
+                grad_w.copy_(matmul_nt(hm.t(), g.t()).t())
+            elif buf is not None:
+                grad_w.copy_(torch.mm(hm.t(), buf).t())
         if grad_h is not None and grad_w is not None:
-            ctx.save_for_backward(grad_h, grad_w, count)
+            ctx.save_for_backward(grad_h, grad_w)
             ctx.w_dtype = w.dtype
         return loss_sum / count
 
     @staticmethod
     def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        grad_h, grad_w, count = ctx.saved_tensors
-        scale = grad_out / count  # d(mean)/d(sum) times the incoming gradient
-        return (grad_h * scale.to(grad_h.dtype), (grad_w * scale).to(ctx.w_dtype), None, None, None, None)
+        grad_h, grad_w = ctx.saved_tensors  # of the mean loss already
+        if grad_out.device.type == "cpu" and grad_out.item() == 1.0:  # loss.backward(): nothing to scale
+            return grad_h, grad_w.to(ctx.w_dtype), None, None, None, None
+        return (grad_h * grad_out.to(grad_h.dtype), (grad_w * grad_out).to(ctx.w_dtype), None, None, None, None)
 
 
 def lm_head_loss(

@@ -2,6 +2,8 @@
 
 Token + position embeddings, pre-LayerNorm blocks, causal self-attention (`farm.engine.attention`:
 PyTorch's fused kernel, blocked for bf16 on a CPU), tanh-GELU MLP, LM head tied to the token embedding;
+linears whose CPU products may run on oneDNN (`farm.engine.linear`: float32 where MKL is slow, the
+GELU inside the GEMM in inference);
 `forward_cached` decodes with a key/value cache (`farm.engine.kvcache`). The model
 is built directly on its `device` and in its `dtype`; every tensor it creates itself (the
 position indices) is created on the device its parameters live on.
@@ -19,6 +21,7 @@ from torch import nn
 
 from farm.engine.attention import causal_attention
 from farm.engine.kvcache import KVCache, LayerCache
+from farm.engine.linear import fp32_onednn, linear, linear_gelu, matmul_nt
 from farm.engine.loss import FUSED_LOSS_DEVICES, lm_head_loss
 from farm.errors import CheckpointError, SpecError
 from farm.spec import ModelShape, resolve_model, safe_name
@@ -30,12 +33,20 @@ LOGIT_BLOCK_ROWS = 512
 __all__ = ["GPT", "from_hf_checkpoint", "hf_state_dict", "read_hf_config"]
 
 
+class Linear(nn.Linear):
+    """`nn.Linear` (same parameters and state dict) whose CPU product may run on oneDNN
+    (`farm.engine.linear`)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return linear(x, self.weight, self.bias)
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, cfg: ModelShape, **factory: Any) -> None:
         super().__init__()
         self.n_head = cfg.n_head
-        self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, **factory)  # q, k, v in one matmul
-        self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, **factory)
+        self.c_attn = Linear(cfg.n_embd, 3 * cfg.n_embd, **factory)  # q, k, v in one matmul
+        self.c_proj = Linear(cfg.n_embd, cfg.n_embd, **factory)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, T, C = x.shape
@@ -72,11 +83,12 @@ class CausalSelfAttention(nn.Module):
 class MLP(nn.Module):
     def __init__(self, cfg: ModelShape, **factory: Any) -> None:
         super().__init__()
-        self.c_fc = nn.Linear(cfg.n_embd, 4 * cfg.n_embd, **factory)
-        self.c_proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd, **factory)
+        self.c_fc = Linear(cfg.n_embd, 4 * cfg.n_embd, **factory)
+        self.c_proj = Linear(4 * cfg.n_embd, cfg.n_embd, **factory)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.c_proj(F.gelu(self.c_fc(x), approximate="tanh"))  # (B, T, C)
+        fc = self.c_fc  # tanh GELU; in CPU inference inside the GEMM (farm.engine.linear)
+        return self.c_proj(linear_gelu(x, fc.weight, fc.bias))  # (B, T, C)
 
 
 class Block(nn.Module):
@@ -112,7 +124,7 @@ class GPT(nn.Module):
         self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd, **factory)
         self.h = nn.ModuleList(Block(cfg, **factory) for _ in range(cfg.n_layer))
         self.ln_f = nn.LayerNorm(cfg.n_embd, eps=1e-5, **factory)
-        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False, **factory)
+        self.lm_head = Linear(cfg.n_embd, cfg.vocab_size, bias=False, **factory)
         self.lm_head.weight = self.wte.weight  # weight tying, as GPT-2
         self.reset_parameters()
 
@@ -162,12 +174,16 @@ class GPT(nn.Module):
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
         """The LM head, (B, T, C) -> (B, T, vocab). Inference on a CPU computes it LOGIT_BLOCK_ROWS rows
         at a time into one output: on a 2-core Zen 5, GPT-2 small's 1024 x 768 x 50257 ran at 945
-        GFLOP/s in bf16 (722 whole) and 197 in fp32 (158), the same FLOPs (benchmarks/cpu_roofline_goal.py
-        times both layouts for its roofline). With autograd on, the plain matmul (`out=` has no gradient)."""
+        GFLOP/s in bf16 (722 whole) and 197 in fp32 through MKL (158), the same FLOPs
+        (benchmarks/cpu_roofline_goal.py times both layouts for its roofline). float32 on oneDNN
+        (farm.engine.linear) runs it whole: 217 ms against 435 in MKL's blocks. With autograd on,
+        the plain matmul (`out=` has no gradient)."""
         B, T, C = x.shape
-        if x.device.type != "cpu" or B * T <= LOGIT_BLOCK_ROWS or torch.is_grad_enabled():
+        if x.device.type != "cpu" or torch.is_grad_enabled():
             return self.lm_head(x)
         flat, w = x.reshape(B * T, C), self.lm_head.weight
+        if B * T <= LOGIT_BLOCK_ROWS or (x.dtype == torch.float32 and fp32_onednn()):
+            return matmul_nt(flat, w).view(B, T, -1)  # float32 on oneDNN: 217 against 435 ms in MKL's blocks
         out = torch.empty(B * T, w.shape[0], dtype=x.dtype, device=x.device)
         for s in range(0, B * T, LOGIT_BLOCK_ROWS):
             torch.mm(flat[s : s + LOGIT_BLOCK_ROWS], w.t(), out=out[s : s + LOGIT_BLOCK_ROWS])

@@ -23,6 +23,7 @@ import psutil
 import torch
 
 from farm.engine.allocator import tune_cpu_allocator
+from farm.engine.linear import cpu_gemm
 from farm.engine.distributed import run_train_ddp
 from farm.engine.generate import run_generate
 from farm.engine.hardware import cpu_ceiling, cuda_gpu_info, fingerprint, roofline, with_gpu
@@ -232,6 +233,7 @@ def run_job(
     result.fresh_process = _fresh(device)
     if device.type == "cpu":
         result.cpu_allocator = tune_cpu_allocator()
+        result.cpu_gemm = cpu_gemm()
     timer = Timer(sync=synchronizer(device))
     deadline = time.monotonic() + spec.time_limit_s if spec.time_limit_s else None
     ctx = JobContext(spec=spec, device=device, timer=timer, peak=None, deadline=deadline, on_progress=on_progress)

@@ -254,6 +254,8 @@ class JobResult(BaseModel):
     fresh_process: bool | None = None  # the job ran in a process that had not touched the device before
     # How a CPU job's process allocated memory (farm.engine.allocator): large blocks kept, or the default
     cpu_allocator: str | None = Field(default=None, max_length=200)
+    # Which library a CPU job's linears ran on (farm.engine.linear): oneDNN for float32 too, or PyTorch's
+    cpu_gemm: str | None = Field(default=None, max_length=200)
     farm_version: str = __version__
     started_at: datetime = Field(default_factory=utcnow)
     finished_at: datetime | None = None
