@@ -16,7 +16,8 @@ import socket
 
 import torch
 
-from farm.engine.hardware import _cpu_info, cpu_clock, cpu_peak, measure_roofline
+from farm.engine.hardware import _cpu_info, cpu_clock, cpu_peak
+from farm.engine.roofline import measure_roofline
 from farm.spec import parse_spec
 
 

@@ -9,7 +9,8 @@ import time
 
 import torch
 
-from farm.engine.hardware import _roofline_file, _roofline_key, cpu_peak, roofline, roofline_shapes
+from farm.engine.hardware import cpu_peak
+from farm.engine.roofline import _roofline_file, _roofline_key, roofline, roofline_shapes
 from farm.engine.runner import run_job
 from farm.spec import parse_spec
 

@@ -290,6 +290,7 @@ def test_uncertain_cpu_ceiling_is_raised_to_the_clock_the_gemm_implies(monkeypat
     than that clock allows, the ceiling uses the lowest clock consistent with it (50 MHz steps), so
     the roofline never sits above the ceiling it is shown beside, and the ceiling stays uncertain."""
     from farm.engine import hardware
+    from farm.engine import roofline as roofline_mod
     from farm.results.cpus import CpuId
     from farm.results.peaks import Peak
     from farm.spec import BenchSpec
@@ -303,11 +304,11 @@ def test_uncertain_cpu_ceiling_is_raised_to_the_clock_the_gemm_implies(monkeypat
     monkeypatch.setattr(hardware, "fingerprint", lambda with_torch=True: fp)
     gemm = 2 * 32 * 2810e6  # what 2 AVX2+FMA cores do at 2.81 GHz
     monkeypatch.setattr(
-        hardware,
+        roofline_mod,
         "roofline",
         lambda spec, threads, refresh=False, on_progress=None: Peak(flops=gemm, source="measured: x"),
     )
-    peak = hardware.cpu_ceiling(BenchSpec(model="gpt2-tiny", batch=1, seq=64), threads=2)
+    peak = roofline_mod.cpu_ceiling(BenchSpec(model="gpt2-tiny", batch=1, seq=64), threads=2)
     assert peak is not None and peak.uncertain
     assert peak.flops == pytest.approx(2 * 32 * 2850e6)  # 2810 MHz rounded up to 2850
     assert "2850 MHz" in peak.source and "implies" in peak.source
@@ -315,9 +316,9 @@ def test_uncertain_cpu_ceiling_is_raised_to_the_clock_the_gemm_implies(monkeypat
     assert "the OS names 2445 MHz" in (peak.roofline_source or "")
     # A GEMM below the named clock's ceiling leaves the ceiling as it was.
     monkeypatch.setattr(
-        hardware, "roofline", lambda spec, threads, refresh=False, on_progress=None: Peak(flops=1e11, source="m")
+        roofline_mod, "roofline", lambda spec, threads, refresh=False, on_progress=None: Peak(flops=1e11, source="m")
     )
-    low = hardware.cpu_ceiling(BenchSpec(model="gpt2-tiny", batch=1, seq=64), threads=2)
+    low = roofline_mod.cpu_ceiling(BenchSpec(model="gpt2-tiny", batch=1, seq=64), threads=2)
     assert low is not None and low.flops == pytest.approx(2 * 32 * 2445e6)
 
 
@@ -338,6 +339,7 @@ def test_a_gemm_faster_than_the_named_clock_raises_the_ceiling_to_the_implied_cl
     measured GEMM runs faster than that clock allows, the ceiling uses the lowest clock consistent with
     it, so no MFU above 100 % is printed; the ceiling stays uncertain and says why."""
     from farm.engine import hardware
+    from farm.engine import roofline as roofline_mod
     from farm.results.cpus import CpuId
     from farm.results.machine import MachineFingerprint
     from farm.results.peaks import Peak
@@ -354,8 +356,8 @@ def test_a_gemm_faster_than_the_named_clock_raises_the_ceiling_to_the_implied_cl
     named = hardware.cpu_peak("bfloat16", spec.matmul_precision, 2)
     assert named is not None and round(named.flops / 1e9, 1) == 664.6  # 2 x 128 x 2596.12 MHz
     measured = Peak(flops=939.6e9, source="measured: best GEMM")
-    monkeypatch.setattr(hardware, "roofline", lambda spec, threads, on_progress=None: measured)
-    peak = hardware.cpu_ceiling(spec, 2)
+    monkeypatch.setattr(roofline_mod, "roofline", lambda spec, threads, on_progress=None: measured)
+    peak = roofline_mod.cpu_ceiling(spec, 2)
     assert peak is not None and peak.flops >= measured.flops  # the GEMM is never above its ceiling
     assert peak.flops < 1.02 * measured.flops  # and the clock is the lowest consistent one (50 MHz steps)
     assert peak.uncertain and "slower than this GEMM ran" in (peak.roofline_source or "")

@@ -268,8 +268,8 @@ def test_auto_repeats_shrink_the_total_once_the_phase_ends() -> None:
 
 
 def test_roofline_measurement_reports_each_shape() -> None:
-    from farm.engine.hardware import measure_roofline, roofline_shapes
     from farm.engine.phases import JobContext
+    from farm.engine.roofline import measure_roofline, roofline_shapes
 
     spec = BenchSpec(model="gpt2-tiny", batch=1, seq=16, repeats=5, warmup=1)
     seen: list[tuple[int, int]] = []

@@ -41,9 +41,10 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from farm.engine.hardware import cpu_ceiling, cuda_gpu_info
+from farm.engine.hardware import cuda_gpu_info
 from farm.engine.memory import PeakMemory
 from farm.engine.phases import JobContext, TrainStep, _construct, _free, autocast, grad_scaler, make_optimizer
+from farm.engine.roofline import cpu_ceiling
 from farm.engine.timing import Timed, Timer, repeat_adaptive, synchronizer
 from farm.errors import DeviceUnavailableError, JobTimeout, MemoryPredictionError
 from farm.flops import min_phase_flops, phase_flops, predict_memory

@@ -24,7 +24,6 @@ import re
 import socket
 import subprocess
 import time
-from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -40,12 +39,9 @@ from farm.results.peaks import (
     UNCERTAIN_TOLERANCE,
     Bandwidth,
     Peak,
-    cores_used,
-    cpu_theoretical_peak,
     machine_cpu_ceiling,
 )
 from farm.settings import get_settings
-from farm.spec import BenchSpec
 
 
 def machine_tag(hostname: str | None = None) -> str:
@@ -262,30 +258,6 @@ def cpu_peak(dtype: str, matmul_precision: str, threads: int) -> Peak | None:
     return machine_cpu_ceiling(fingerprint(with_torch=False), threads, dtype, matmul_precision)
 
 
-def cpu_ceiling(spec: BenchSpec, threads: int, on_progress: ShapeProgress | None = None) -> Peak | None:
-    """The CPU ceiling of a spec's job (theoretical peak) with the measured GEMM roofline beside it
-    (`on_progress` as in `measure_roofline`, when it is measured now)."""
-    peak = cpu_peak(spec.dtype, spec.matmul_precision, threads)
-    if peak is None:
-        return None
-    roof = roofline(spec, threads, on_progress=on_progress)
-    source = roof.source
-    fp = fingerprint(with_torch=False)
-    if roof.flops > peak.flops and peak.uncertain and fp.cpu_clock_mhz:
-        # The clock the OS names is not the max (a VM's nominal clock; boost unseen): the GEMM ran faster
-        # than that clock allows, so the ceiling uses the lowest clock consistent with it (50 MHz steps).
-        implied = math.ceil(fp.cpu_clock_mhz * roof.flops / peak.flops / 50) * 50
-        raised = cpu_theoretical_peak(
-            flags=fp.cpu_flags, arch=fp.cpu_arch, cpu_id=fp.cpu_id, brand=fp.cpu_model,
-            cores=cores_used(fp, threads), clock_mhz=implied,
-            clock_kind="implied", dtype=spec.dtype, matmul_precision=spec.matmul_precision,
-        )  # fmt: skip
-        if raised is not None:
-            source += f"; the OS names {fp.cpu_clock_mhz:g} MHz, slower than this GEMM ran"
-            peak = raised
-    return peak.model_copy(update={"roofline_flops": roof.flops, "roofline_source": source})
-
-
 # -- GPU facts in the job process ----------------------------------------------------------------
 @functools.cache
 def cuda_gpu_info(index: int) -> GpuInfo:
@@ -334,29 +306,11 @@ def with_gpu(machine: MachineFingerprint | None, gpu: GpuInfo) -> MachineFingerp
     return machine.model_copy(update={"gpus": gpus})
 
 
-# -- the measured GEMM roofline ------------------------------------------------------------------
-ROOFLINE_TARGET_CALL_S = 0.05  # a shape's rows grow (x4, up to the model's) until one GEMM takes this long
-ROOFLINE_SHAPE_BUDGET_S = 0.5  # timed calls per shape stop after this, once ROOFLINE_REPS are done
-ROOFLINE_REPS = 3
-ROOFLINE_START_ROWS = 16
-ROOFLINE_MIN_ROWS = 256
-REMEASURE_LOADED_AFTER_S = 600.0  # a roofline taken under load is measured again once this old
-ShapeProgress = Callable[[int, int], None]  # (shapes measured, shapes), before the first and after each
+# -- measurement caches ----------------------------------------------------------------------------
+REMEASURE_LOADED_AFTER_S = 600.0  # a figure taken under load is measured again once this old
 
 
-def roofline_shapes(spec: BenchSpec) -> list[tuple[str, int, int, int]]:
-    """The model's GEMMs (label, M, K, N) for M = batch x seq tokens and d = n_embd."""
-    m, d, v = spec.batch * spec.seq, spec.shape.n_embd, spec.shape.vocab_size
-    return [
-        ("qkv", m, d, 3 * d),
-        ("attn proj", m, d, d),
-        ("mlp fc", m, d, 4 * d),
-        ("mlp proj", m, 4 * d, d),
-        ("lm head", m, d, v),
-    ]
-
-
-def _read_cache(path: Path) -> dict[str, Any]:
+def read_cache(path: Path) -> dict[str, Any]:
     """A measurement cache file's entries; empty when it is missing, unreadable or not a mapping
     (the entries themselves are checked where they are used)."""
     try:
@@ -366,7 +320,7 @@ def _read_cache(path: Path) -> dict[str, Any]:
     return cache if isinstance(cache, dict) else {}
 
 
-def _write_cache(path: Path, cache: dict[str, Any]) -> None:
+def write_cache(path: Path, cache: dict[str, Any]) -> None:
     """Replace a measurement cache file atomically (a temporary file, then rename); a read-only home
     still gets its figure, just not cached."""
     try:
@@ -376,128 +330,6 @@ def _write_cache(path: Path, cache: dict[str, Any]) -> None:
         tmp.replace(path)
     except OSError:
         pass
-
-
-def _roofline_file() -> Path:
-    return cache_dir() / "roofline.json"
-
-
-def _roofline_key(spec: BenchSpec, threads: int) -> str:
-    import torch  # lazily: see the module docstring
-
-    cpu_model, _, _ = _cpu_info()
-    shapes = ",".join(f"{m}x{k}x{n}" for _, m, k, n in roofline_shapes(spec))
-    host = socket.gethostname()
-    return f"{host}|{cpu_model}|{torch.__version__}|{threads}|{spec.dtype}|{spec.matmul_precision}|{shapes}"
-
-
-def _measure_shape(m: int, k: int, n: int, dtype: object) -> tuple[float, int]:
-    """(best FLOP/s, rows used) of one GEMM shape: rows grow until a call takes ROOFLINE_TARGET_CALL_S."""
-    import torch  # lazily: see the module docstring
-
-    rows = min(m, ROOFLINE_START_ROWS)
-    # Constant operands: a GEMM's speed does not depend on the values (no denormals), and filling
-    # a 768 x 50257 matrix with randn alone costs a third of a second.
-    b = torch.full((k, n), 0.5, dtype=dtype)  # type: ignore[call-overload]
-    while True:
-        a = torch.full((rows, k), 0.5, dtype=dtype)  # type: ignore[call-overload]
-        out = torch.empty(rows, n, dtype=dtype)  # type: ignore[call-overload]
-        t0 = time.perf_counter()
-        torch.mm(a, b, out=out)  # warm-up at this size: thread pool, packing buffers
-        dt = time.perf_counter() - t0
-        # Grow to a call of ROOFLINE_TARGET_CALL_S, and past ROOFLINE_MIN_ROWS where that stays in
-        # twice the budget: a wide, short GEMM (the vocab head) is bound by reading its weights until M is.
-        short = rows < ROOFLINE_MIN_ROWS and dt * 4 < 2 * ROOFLINE_SHAPE_BUDGET_S
-        if rows >= m or (dt >= ROOFLINE_TARGET_CALL_S and not short):
-            break
-        rows = min(m, rows * 4)
-    best, spent, reps = 0.0, 0.0, 0
-    while reps < ROOFLINE_REPS or spent < min(ROOFLINE_SHAPE_BUDGET_S, 20 * max(dt, 1e-4)):
-        t0 = time.perf_counter()
-        torch.mm(a, b, out=out)
-        dt = time.perf_counter() - t0
-        spent += dt
-        reps += 1
-        if dt > 0:
-            best = max(best, 2 * rows * k * n / dt)
-        if spent >= ROOFLINE_SHAPE_BUDGET_S and reps >= 1:
-            break
-    return best, rows
-
-
-def measure_roofline(spec: BenchSpec, threads: int, on_progress: ShapeProgress | None = None) -> dict[str, Any]:
-    """Measure the best GEMM of the model's shapes now: the cache entry `roofline` stores.
-    `on_progress(done, total)` hears 0 before the first shape and each shape as it ends."""
-    import torch  # lazily: see the module docstring
-
-    tdtype = getattr(torch, spec.dtype)
-    prev_threads, prev_prec = torch.get_num_threads(), torch.get_float32_matmul_precision()
-    torch.set_num_threads(threads)
-    torch.set_float32_matmul_precision(spec.matmul_precision)
-    load_before = psutil.getloadavg()[0]
-    start = CpuSnapshot.now()
-    per_shape: dict[str, dict[str, float | int]] = {}
-    shapes = roofline_shapes(spec)
-    try:
-        for i, (label, m, k, n) in enumerate(shapes):
-            if on_progress is not None and i == 0:
-                on_progress(0, len(shapes))
-            rate, rows = _measure_shape(m, k, n, tdtype)
-            per_shape[label] = {"flops": rate, "rows": rows, "m": m, "k": k, "n": n}
-            if on_progress is not None:
-                on_progress(i + 1, len(shapes))
-    finally:
-        torch.set_num_threads(prev_threads)
-        torch.set_float32_matmul_precision(prev_prec)
-    load = host_load(start, CpuSnapshot.now(), cores=threads)
-    best_label = max(per_shape, key=lambda x: float(per_shape[x]["flops"]))
-    return {
-        "flops": float(per_shape[best_label]["flops"]),
-        "best": best_label,
-        "shapes": per_shape,
-        "hostname": socket.gethostname(),
-        "load_avg_1m": load_before,
-        "other_cpu_s": load.other_cpu_s,
-        "loaded": load.contended,
-        "measured_at": time.time(),
-    }
-
-
-def _roofline_source(entry: dict[str, Any], spec: BenchSpec, threads: int) -> str:
-    best = entry["best"]
-    shape = entry["shapes"][best]
-    rows = "" if shape["rows"] == shape["m"] else f", {shape['rows']} of its {shape['m']} rows"
-    when = datetime.fromtimestamp(entry["measured_at"], UTC).strftime("%Y-%m-%d %H:%M UTC")
-    loaded = ", under load" if entry["loaded"] else ""
-    return (
-        f"measured: best GEMM of {len(entry['shapes'])} model shapes, best of {ROOFLINE_REPS}+ each: {best} "
-        f"{shape['m']}x{shape['k']}x{shape['n']}{rows}; {threads} threads, {spec.dtype} {spec.matmul_precision}; "
-        f"on {entry['hostname']} at load {entry['load_avg_1m']:.2f}{loaded}, {when}"
-    )
-
-
-def roofline(spec: BenchSpec, threads: int, refresh: bool = False, on_progress: ShapeProgress | None = None) -> Peak:
-    """The measured GEMM roofline for a spec's CPU job, cached per host, CPU, torch, threads, dtype,
-    precision and shapes. Measured when not cached, when `refresh`, or when the cached one was taken
-    under load (others used the CPU meanwhile) more than REMEASURE_LOADED_AFTER_S ago; a new figure
-    replaces the old unless it was itself taken under load and is lower."""
-    key = _roofline_key(spec, threads)
-    path = _roofline_file()
-    cache = _read_cache(path)
-    old = cache.get(key)
-    stale = (
-        isinstance(old, dict)
-        and old.get("loaded")
-        and time.time() - old.get("measured_at", 0) > REMEASURE_LOADED_AFTER_S
-    )
-    if not isinstance(old, dict) or "flops" not in old or refresh or stale:
-        new = measure_roofline(spec, threads, on_progress)
-        if isinstance(old, dict) and "flops" in old and new["loaded"] and float(new["flops"]) <= old["flops"]:
-            new = old
-        cache[key] = new
-        _write_cache(path, cache)
-        old = new
-    return Peak(flops=float(old["flops"]), source=_roofline_source(old, spec, threads))
 
 
 # -- memory bandwidth and the last-level cache ---------------------------------------------------
@@ -585,7 +417,7 @@ def cpu_bandwidth(threads: int, refresh: bool = False) -> Bandwidth | None:
 
     key = f"{socket.gethostname()}|{_cpu_info()[0]}|{torch.__version__}|{threads}"
     path = _bandwidth_file()
-    cache = _read_cache(path)
+    cache = read_cache(path)
     found = cache.get(key)
     old: dict[str, Any] | None = None
     if isinstance(found, dict) and isinstance(found.get("bytes_per_s"), int | float) and found["bytes_per_s"] > 0:
@@ -597,7 +429,7 @@ def cpu_bandwidth(threads: int, refresh: bool = False) -> Bandwidth | None:
         if old is not None and entry["loaded"] and entry["bytes_per_s"] <= old["bytes_per_s"]:
             entry = old
         cache[key] = entry
-        _write_cache(path, cache)
+        write_cache(path, cache)
     if not entry["bytes_per_s"] > 0:
         return None
     when = datetime.fromtimestamp(entry["measured_at"], UTC).strftime("%Y-%m-%d %H:%M UTC")

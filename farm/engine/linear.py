@@ -78,8 +78,8 @@ def routed(x: torch.Tensor, w: torch.Tensor) -> bool:
     bfloat16 (oneDNN's already)."""
     if x.device.type != "cpu" or x.dtype != w.dtype or torch.is_autocast_enabled("cpu"):
         return False
-    if x.dtype == torch.float32:
-        return fp32_onednn()
+    if x.dtype == torch.float32:  # full float32 only: a lower matmul precision is PyTorch's to apply
+        return fp32_onednn() and torch.get_float32_matmul_precision() == "highest"
     return x.dtype == torch.bfloat16 and onednn_available()
 
 

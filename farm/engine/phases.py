@@ -72,7 +72,7 @@ class JobContext:
             self.on_progress(what, *self.job_counts())
 
     def roofline_progress(self, done: int, total: int) -> None:
-        """`on_progress` of the CPU roofline measurement (`farm.engine.hardware.cpu_ceiling`)."""
+        """`on_progress` of the CPU roofline measurement (`farm.engine.roofline.cpu_ceiling`)."""
         self.say(f"setup: measuring the CPU roofline {done}/{total} shapes")
 
     def step(self, phase: str) -> Callable[[int, int], None]:

@@ -23,13 +23,14 @@ import psutil
 import torch
 
 from farm.engine.allocator import tune_cpu_allocator
-from farm.engine.linear import cpu_gemm
 from farm.engine.distributed import run_train_ddp
 from farm.engine.generate import run_generate
-from farm.engine.hardware import cpu_ceiling, cuda_gpu_info, fingerprint, roofline, with_gpu
+from farm.engine.hardware import cuda_gpu_info, fingerprint, with_gpu
 from farm.engine.hostlock import host_lock, lock_enabled, timed_region
+from farm.engine.linear import cpu_gemm
 from farm.engine.model import read_hf_config
 from farm.engine.phases import PHASE_RUNNERS, JobContext, ProgressFn, precision_settings
+from farm.engine.roofline import cpu_ceiling, roofline
 from farm.engine.telemetry import TelemetrySource, telemetry_source
 from farm.engine.timing import Timer, synchronizer
 from farm.errors import CheckpointError, DeviceUnavailableError, JobTimeout, MemoryPredictionError, SpecError
