@@ -34,13 +34,19 @@ BLOCK_ROWS = 256
 def blocked_causal(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block: int = BLOCK_ROWS) -> torch.Tensor:
     """softmax(q k^T / sqrt(d) + causal mask) v, a block of query rows at a time. q, k, v: (B, nh, T, hs)."""
     T, hs = q.shape[-2], q.shape[-1]
-    q = q * (1.0 / math.sqrt(hs))  # scaled once, (B, nh, T, hs): cheaper than scaling every score
-    later = torch.ones(block, block, dtype=torch.bool, device=q.device).triu(1)  # a later key in the block
+    # Contiguous (B, nh, T, hs) once: the heads of a (B, T, 3C) projection are strided views, and
+    # matmul copies a strided operand every block (the last block's q k^T took 720 against 423 us;
+    # the three copies together about 50 us). q is scaled once: cheaper than scaling every score.
+    q = q.mul(1.0 / math.sqrt(hs)).contiguous()
+    k, v = k.contiguous(), v.contiguous()
+    # -inf on a later key in the block, added in place (64 against 297 us for masked_fill_ of a bool mask)
+    later = torch.zeros(block, block, dtype=q.dtype, device=q.device)
+    later.masked_fill_(torch.ones(block, block, dtype=torch.bool, device=q.device).triu(1), float("-inf"))
     outs = []
     for s in range(0, T, block):
         e = min(s + block, T)
         scores = q[:, :, s:e] @ k[:, :, :e].transpose(-1, -2)  # (B, nh, e - s, e): keys up to the block's end
-        scores[..., s:e].masked_fill_(later[: e - s, : e - s], float("-inf"))  # in place: the GEMM keeps no output
+        scores[..., s:e].add_(later[: e - s, : e - s])  # in place: the GEMM keeps no output
         outs.append(torch.softmax(scores, dim=-1) @ v[:, :, :e])  # (B, nh, e - s, hs)
     return torch.cat(outs, dim=2)
 
