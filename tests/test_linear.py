@@ -125,3 +125,30 @@ def test_model_on_onednn_matches_pytorch_linears(fp32_on_onednn: None, monkeypat
     assert len(got_grads) == len(ref_grads)
     for a, r in zip(got_grads, ref_grads, strict=True):
         torch.testing.assert_close(a, r, rtol=1e-3, atol=1e-5)
+
+
+def test_the_roofline_times_float32_on_the_library_the_model_runs_it_on(
+    fp32_on_onednn: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where float32 linears run on oneDNN, the job's GEMM roofline is timed there too (else the model
+    would beat its own roofline), and its cache entry is keyed by the library."""
+    from farm.engine import roofline as rf
+    from farm.spec import parse_spec
+
+    calls: list[tuple[int, ...]] = []
+
+    def counted(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        calls.append(tuple(a.shape))
+        return lin.onednn_nt(a, b)
+
+    monkeypatch.setattr(rf, "onednn_nt", counted)
+    rate, rows = rf._measure_shape(64, 32, 48, torch.float32)
+    assert rate > 0 and rows == 64 and calls and all(c[1] == 32 for c in calls)
+    calls.clear()
+    rf._measure_shape(64, 32, 48, torch.bfloat16)  # bf16: PyTorch's own matmul (oneDNN already)
+    assert not calls
+    spec = parse_spec({"model": "gpt2-tiny", "batch": 1, "seq": 16})
+    monkeypatch.setattr(rf, "fp32_onednn", lambda: True)
+    on = rf._roofline_key(spec, 1)
+    monkeypatch.setattr(rf, "fp32_onednn", lambda: False)
+    assert on.endswith("|onednn") and rf._roofline_key(spec, 1).endswith("|default")
