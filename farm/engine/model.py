@@ -21,7 +21,7 @@ from torch import nn
 
 from farm.engine.attention import causal_attention
 from farm.engine.kvcache import KVCache, LayerCache
-from farm.engine.linear import fp32_onednn, linear, linear_gelu, matmul_nt
+from farm.engine.linear import linear, linear_gelu, matmul_nt, routed
 from farm.engine.loss import FUSED_LOSS_DEVICES, lm_head_loss
 from farm.errors import CheckpointError, SpecError
 from farm.spec import ModelShape, resolve_model, safe_name
@@ -182,8 +182,8 @@ class GPT(nn.Module):
         if x.device.type != "cpu" or torch.is_grad_enabled():
             return self.lm_head(x)
         flat, w = x.reshape(B * T, C), self.lm_head.weight
-        if B * T <= LOGIT_BLOCK_ROWS or (x.dtype == torch.float32 and fp32_onednn()):
-            return matmul_nt(flat, w).view(B, T, -1)  # float32 on oneDNN: 217 against 435 ms in MKL's blocks
+        if B * T <= LOGIT_BLOCK_ROWS or (x.dtype == torch.float32 and routed(flat, w)):
+            return matmul_nt(flat, w).view(B, T, -1)
         out = torch.empty(B * T, w.shape[0], dtype=x.dtype, device=x.device)
         for s in range(0, B * T, LOGIT_BLOCK_ROWS):
             torch.mm(flat[s : s + LOGIT_BLOCK_ROWS], w.t(), out=out[s : s + LOGIT_BLOCK_ROWS])
