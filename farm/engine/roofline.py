@@ -1,8 +1,9 @@
 """The measured GEMM roofline of a CPU job: the best GEMM of the model's own shapes, timed on the
 library the model's linears run on (`farm.engine.linear`: oneDNN for float32 where MKL is slow),
-cached per host, CPU, torch, threads, dtype, precision and shapes (docs/ceilings.md). It stands
-beside the theoretical peak (`farm.engine.hardware.cpu_ceiling`), which a GEMM faster than the
-named clock allows raises. torch is imported only inside the functions that need it.
+cached per host, CPU, torch, threads, dtype, precision, shapes and library (docs/ceilings.md).
+`cpu_ceiling` sets it beside the theoretical peak (`farm.engine.hardware.cpu_peak`) and raises
+that peak where the GEMM ran faster than the clock the OS names allows. It runs in job processes,
+which have torch loaded (through `farm.engine.linear`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+import torch
 
 from farm.engine import hardware
 from farm.engine.hardware import REMEASURE_LOADED_AFTER_S, _cpu_info, read_cache, write_cache
@@ -50,8 +52,6 @@ def _roofline_file() -> Path:
 
 
 def _roofline_key(spec: BenchSpec, threads: int) -> str:
-    import torch  # lazily: see the module docstring
-
     cpu_model, _, _ = _cpu_info()
     shapes = ",".join(f"{m}x{k}x{n}" for _, m, k, n in roofline_shapes(spec))
     host = socket.gethostname()
@@ -61,8 +61,6 @@ def _roofline_key(spec: BenchSpec, threads: int) -> str:
 
 def _measure_shape(m: int, k: int, n: int, dtype: object) -> tuple[float, int]:
     """(best FLOP/s, rows used) of one GEMM shape: rows grow until a call takes ROOFLINE_TARGET_CALL_S."""
-    import torch  # lazily: see the module docstring
-
     rows = min(m, ROOFLINE_START_ROWS)
     # Constant operands: a GEMM's speed does not depend on the values (no denormals), and filling
     # a 768 x 50257 matrix with randn alone costs a third of a second.
@@ -107,8 +105,6 @@ def _measure_shape(m: int, k: int, n: int, dtype: object) -> tuple[float, int]:
 def measure_roofline(spec: BenchSpec, threads: int, on_progress: ShapeProgress | None = None) -> dict[str, Any]:
     """Measure the best GEMM of the model's shapes now: the cache entry `roofline` stores.
     `on_progress(done, total)` hears 0 before the first shape and each shape as it ends."""
-    import torch  # lazily: see the module docstring
-
     tdtype = getattr(torch, spec.dtype)
     prev_threads, prev_prec = torch.get_num_threads(), torch.get_float32_matmul_precision()
     torch.set_num_threads(threads)
