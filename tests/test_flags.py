@@ -21,6 +21,7 @@ from typer.testing import CliRunner
 
 from farm.cli.main import app
 from farm.cli.output import emit_results
+from farm.engine.linear import FP32_ONEDNN
 from farm.reports import plots
 from farm.reports.cells import STATUS_STYLE, cells, mfu_text, speedup_text
 from farm.reports.diff import environment_diff
@@ -275,11 +276,13 @@ def test_farm_run_output_shows_status_flags_peak_and_roofline(capsys: pytest.Cap
     """`farm run` prints through emit_results: the same table, the counts, and how it was measured."""
     results = _results()
     results[0].fresh_process = True
+    results[0].cpu_gemm = FP32_ONEDNN
     emit_results(results, "terminal", None, title="gpt2, batch 1 x seq 128, float32")
     text = capsys.readouterr().out
     _check("terminal", text, compact=True)
     assert "forward.host_lock_wait=750 ms (not timed)" in text and "forward.load_avg_1m=2.90" in text
     assert "forward: repeats auto stopped by target (n=5)" in text and "fresh process" in text
+    assert "float32 linears on oneDNN" in text
 
 
 def test_farm_run_names_the_peak_of_a_real_cpu_measurement() -> None:

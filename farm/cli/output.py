@@ -220,6 +220,8 @@ def breakdown_lines(results: Iterable[JobResult]) -> list[str]:
                 how.append(f"{name}: repeats auto stopped by {ph.repeats_stop} (n={len(ph.times_s)})")
         if r.fresh_process is not None:
             how.append("fresh process" if r.fresh_process else "not a fresh process (the device was used before)")
+        if r.cpu_gemm and r.cpu_gemm.startswith("oneDNN for float32"):  # farm.engine.linear.FP32_ONEDNN
+            how.append("float32 linears on oneDNN")
         if how:
             lines.append(f"{r.device}: " + ", ".join(how))
         for w in r.warnings:
