@@ -21,7 +21,6 @@ from typer.testing import CliRunner
 
 from farm.cli.main import app
 from farm.cli.output import emit_results
-from farm.engine.linear import FP32_ONEDNN
 from farm.reports import plots
 from farm.reports.cells import STATUS_STYLE, cells, mfu_text, speedup_text
 from farm.reports.diff import environment_diff
@@ -39,7 +38,7 @@ from farm.results.records import (
     records_from_results,
     summary_json,
 )
-from farm.results.result import JobResult
+from farm.results.result import CPU_GEMM_ONEDNN, JobResult
 from farm.results.store import ResultStore
 from farm.settings import get_settings
 from farm.spec import Job
@@ -276,7 +275,7 @@ def test_farm_run_output_shows_status_flags_peak_and_roofline(capsys: pytest.Cap
     """`farm run` prints through emit_results: the same table, the counts, and how it was measured."""
     results = _results()
     results[0].fresh_process = True
-    results[0].cpu_gemm = FP32_ONEDNN
+    results[0].cpu_gemm = CPU_GEMM_ONEDNN
     emit_results(results, "terminal", None, title="gpt2, batch 1 x seq 128, float32")
     text = capsys.readouterr().out
     _check("terminal", text, compact=True)

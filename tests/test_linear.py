@@ -11,6 +11,7 @@ from farm.engine import linear as lin
 from farm.engine import loss as loss_mod
 from farm.engine.loss import lm_head_loss
 from farm.engine.model import GPT
+from farm.results.result import CPU_GEMM_DEFAULT
 
 pytestmark = pytest.mark.skipif(not lin.onednn_available(), reason="no oneDNN linear in this torch build or CPU")
 
@@ -73,7 +74,7 @@ def test_env_switch_leaves_every_linear_to_pytorch(monkeypatch: pytest.MonkeyPat
     lin.fp32_onednn.cache_clear()
     try:
         assert not lin.routed(x, w) and not lin.routed(x.bfloat16(), w.bfloat16())
-        assert lin.cpu_gemm() == lin.DEFAULT
+        assert lin.cpu_gemm() == CPU_GEMM_DEFAULT
     finally:
         monkeypatch.delenv(lin.GEMM_ENV)
         lin.onednn_available.cache_clear()

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from farm.reports.listing import Listing
     from farm.reports.report import Report
     from farm.results import records
+    from farm.results import result as result_model
     from farm.results.result import JobResult
     from farm.spec import SkippedDevice
 else:  # run on first use (farm.cli.lazy): the report modules load numpy and the store
@@ -39,6 +40,7 @@ else:  # run on first use (farm.cli.lazy): the report modules load numpy and the
     formats = lazy_module("farm.reports.formats")
     report = lazy_module("farm.reports.report")
     records = lazy_module("farm.results.records")
+    result_model = lazy_module("farm.results.result")
 
 EXIT_OK, EXIT_JOB_FAILED, EXIT_BAD_INPUT, EXIT_BROKER, EXIT_NOT_FOUND, EXIT_UNSERVED = 0, 1, 2, 3, 4, 5
 
@@ -220,7 +222,7 @@ def breakdown_lines(results: Iterable[JobResult]) -> list[str]:
                 how.append(f"{name}: repeats auto stopped by {ph.repeats_stop} (n={len(ph.times_s)})")
         if r.fresh_process is not None:
             how.append("fresh process" if r.fresh_process else "not a fresh process (the device was used before)")
-        if r.cpu_gemm and r.cpu_gemm.startswith("oneDNN for float32"):  # farm.engine.linear.FP32_ONEDNN
+        if r.cpu_gemm == result_model.CPU_GEMM_ONEDNN:
             how.append("float32 linears on oneDNN")
         if how:
             lines.append(f"{r.device}: " + ", ".join(how))

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import register_flop_formula
 
 from farm.engine.hardware import cpu_id
+from farm.results.result import CPU_GEMM_DEFAULT, CPU_GEMM_ONEDNN
 
 __all__ = [
     "GEMM_ENV",
@@ -47,8 +48,6 @@ __all__ = [
 ]
 
 GEMM_ENV = "FARM_CPU_GEMM"
-FP32_ONEDNN = "oneDNN for float32 and bfloat16 linears (MKL runs its AVX-512 kernels on Intel CPUs only)"
-DEFAULT = "PyTorch's default (float32: MKL; bfloat16: oneDNN)"
 
 
 @cache
@@ -70,7 +69,7 @@ def fp32_onednn() -> bool:
 
 def cpu_gemm() -> str:
     """What this process's CPU linears run on (`JobResult.cpu_gemm`)."""
-    return FP32_ONEDNN if fp32_onednn() else DEFAULT
+    return CPU_GEMM_ONEDNN if fp32_onednn() else CPU_GEMM_DEFAULT
 
 
 def routed(x: torch.Tensor, w: torch.Tensor) -> bool:

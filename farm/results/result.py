@@ -229,6 +229,11 @@ def judge(
     return result
 
 
+# `JobResult.cpu_gemm`: what a CPU job's linears ran on (set by farm.engine.linear, shown by the CLI)
+CPU_GEMM_ONEDNN = "oneDNN for float32 and bfloat16 linears (MKL runs its AVX-512 kernels on Intel CPUs only)"
+CPU_GEMM_DEFAULT = "PyTorch's default (float32: MKL; bfloat16: oneDNN)"
+
+
 class JobResult(BaseModel):
     """Everything the farm knows about one job on one device."""
 
@@ -254,7 +259,7 @@ class JobResult(BaseModel):
     fresh_process: bool | None = None  # the job ran in a process that had not touched the device before
     # How a CPU job's process allocated memory (farm.engine.allocator): large blocks kept, or the default
     cpu_allocator: str | None = Field(default=None, max_length=200)
-    # Which library a CPU job's linears ran on (farm.engine.linear): oneDNN for float32 too, or PyTorch's
+    # Which library a CPU job's linears ran on (farm.engine.linear): CPU_GEMM_ONEDNN or CPU_GEMM_DEFAULT
     cpu_gemm: str | None = Field(default=None, max_length=200)
     farm_version: str = __version__
     started_at: datetime = Field(default_factory=utcnow)
