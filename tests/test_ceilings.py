@@ -6,6 +6,7 @@ is replayed against each."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -283,6 +284,9 @@ def test_roofline_script_prints_the_ceiling_and_every_shape() -> None:
     assert proc.returncode == 0, proc.stderr
     assert "ceiling: " in proc.stdout and "roofline (best shape" in proc.stdout
     assert all(label in proc.stdout for label in ("qkv", "attn proj", "mlp fc", "mlp proj", "lm head"))
+    # every share is of the same ceiling a job uses: an uncertain one that a shape beat is raised
+    shares = [int(pct) for pct in re.findall(r"(\d+)%(?: of the ceiling)?$", proc.stdout, flags=re.M)]
+    assert shares and max(shares) <= 100, proc.stdout
 
 
 def test_uncertain_cpu_ceiling_is_raised_to_the_clock_the_gemm_implies(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -64,17 +64,18 @@ def _measure_shape(m: int, k: int, n: int, dtype: object) -> tuple[float, int]:
     rows = min(m, ROOFLINE_START_ROWS)
     # Constant operands: a GEMM's speed does not depend on the values (no denormals), and filling
     # a 768 x 50257 matrix with randn alone costs a third of a second.
-    b = torch.full((k, n), 0.5, dtype=dtype)  # type: ignore[call-overload]
-    w = torch.full((n, k), 0.5, dtype=dtype)  # type: ignore[call-overload]
     # float32 where the model's linears run on oneDNN (farm.engine.linear) is timed there too, or
     # the model would beat its roofline by half again (MKL's AVX2 kernels on an AMD CPU)
-    on_onednn = dtype == torch.float32 and routed(w, w)
+    probe = torch.empty(0, dtype=dtype)  # type: ignore[call-overload]
+    on_onednn = dtype == torch.float32 and routed(probe, probe)
+    # the right operand as each library takes it: a weight (n, k) for oneDNN's linear, (k, n) for mm
+    rhs = torch.full((n, k) if on_onednn else (k, n), 0.5, dtype=dtype)  # type: ignore[call-overload]
 
     def gemm(a: torch.Tensor, out: torch.Tensor) -> None:
         if on_onednn:
-            onednn_nt(a, w)
+            onednn_nt(a, rhs)
         else:
-            torch.mm(a, b, out=out)
+            torch.mm(a, rhs, out=out)
 
     while True:
         a = torch.full((rows, k), 0.5, dtype=dtype)  # type: ignore[call-overload]
@@ -151,6 +152,11 @@ def _roofline_source(entry: dict[str, Any], spec: BenchSpec, threads: int) -> st
     )
 
 
+def roofline_peak(entry: dict[str, Any], spec: BenchSpec, threads: int) -> Peak:
+    """A measurement (`measure_roofline`, or a cache entry) as the Peak a ceiling is shown beside."""
+    return Peak(flops=float(entry["flops"]), source=_roofline_source(entry, spec, threads))
+
+
 def roofline(spec: BenchSpec, threads: int, refresh: bool = False, on_progress: ShapeProgress | None = None) -> Peak:
     """The measured GEMM roofline for a spec's CPU job, cached per host, CPU, torch, threads, dtype,
     precision and shapes. Measured when not cached, when `refresh`, or when the cached one was taken
@@ -172,7 +178,7 @@ def roofline(spec: BenchSpec, threads: int, refresh: bool = False, on_progress: 
         cache[key] = new
         write_cache(path, cache)
         old = new
-    return Peak(flops=float(old["flops"]), source=_roofline_source(old, spec, threads))
+    return roofline_peak(old, spec, threads)
 
 
 def cpu_ceiling(spec: BenchSpec, threads: int, on_progress: ShapeProgress | None = None) -> Peak | None:
@@ -182,6 +188,12 @@ def cpu_ceiling(spec: BenchSpec, threads: int, on_progress: ShapeProgress | None
     if peak is None:
         return None
     roof = roofline(spec, threads, on_progress=on_progress)
+    return beside(peak, roof, spec, threads)
+
+
+def beside(peak: Peak, roof: Peak, spec: BenchSpec, threads: int) -> Peak:
+    """`peak` with the measured roofline `roof` beside it; an uncertain peak that the roofline beat
+    raised to the lowest clock consistent with it (also what benchmarks/roofline.py prints)."""
     source = roof.source
     fp = hardware.fingerprint(with_torch=False)
     if roof.flops > peak.flops and peak.uncertain and fp.cpu_clock_mhz:
