@@ -6,6 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import farm.engine.attention as attn
+import farm.engine.linear as lin
 from farm.engine.attention import BLOCK_ROWS, blocked_causal, causal_attention
 
 
@@ -18,8 +20,14 @@ def _split(x: torch.Tensor) -> tuple[torch.Tensor, ...]:
     return tuple(x[:, :, i].transpose(1, 2) for i in range(3))  # (B, nh, T, hs), strided like the model's
 
 
+@pytest.mark.parametrize("heads_at_once", [False, True], ids=["head-by-head-onednn", "batched"])
 @pytest.mark.parametrize("T", [1, 7, BLOCK_ROWS, BLOCK_ROWS + 3, 2 * BLOCK_ROWS + 100])
-def test_blocked_matches_fused_in_float32_values_and_gradients(T: int) -> None:
+def test_blocked_matches_fused_in_float32_values_and_gradients(
+    T: int, heads_at_once: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if not heads_at_once and not lin.onednn_available():
+        pytest.skip("no oneDNN linear in this torch build or CPU")
+    monkeypatch.setattr(attn, "onednn_available", lambda: not heads_at_once)
     x1, x2 = _qkv(T, torch.float32), _qkv(T, torch.float32)
     a = F.scaled_dot_product_attention(*_split(x1), is_causal=True)
     b = blocked_causal(*_split(x2))
@@ -42,6 +50,31 @@ def test_blocked_bf16_within_bf16_rounding_of_the_float32_answer() -> None:
     assert err_blocked <= 4 * err_fused + 1e-3  # no worse in kind than the fused kernel's own rounding
 
 
+def test_blocked_bf16_gradients_within_bf16_rounding_of_the_float32_ones() -> None:
+    T = 2 * BLOCK_ROWS + 40
+    x = _qkv(T, torch.float32)
+    w = torch.randn(2, 4, T, 32, generator=torch.Generator().manual_seed(1))
+    (F.scaled_dot_product_attention(*_split(x), is_causal=True) * w).sum().backward()
+    errs = []
+    for f in (blocked_causal, lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True)):
+        xb = x.detach().bfloat16().requires_grad_()
+        (f(*_split(xb)) * w.bfloat16()).sum().backward()
+        assert xb.grad is not None and x.grad is not None
+        errs.append((xb.grad.float() - x.grad).abs().max().item())
+    scale = x.grad.abs().max().item()
+    assert errs[0] < 0.05 * scale  # bf16 rounding, not a wrong formula
+    assert errs[0] <= 4 * errs[1] + 1e-3  # no worse in kind than the fused kernel's own
+
+
+def test_inference_keeps_no_graph_and_matches_training_forward() -> None:
+    x = _qkv(2 * BLOCK_ROWS, torch.float32)
+    trained = blocked_causal(*_split(x))
+    with torch.inference_mode():
+        inferred = blocked_causal(*_split(x))
+    assert inferred.grad_fn is None and trained.grad_fn is not None
+    assert torch.equal(inferred, trained.detach())
+
+
 def test_a_token_never_sees_a_later_one() -> None:
     T = 2 * BLOCK_ROWS + 5
     x = _qkv(T, torch.bfloat16).detach()
@@ -57,5 +90,16 @@ def test_which_path_runs() -> None:
     torch.testing.assert_close(
         causal_attention(*_split(short)), F.scaled_dot_product_attention(*_split(short), is_causal=True)
     )
+
+
+@pytest.mark.parametrize("on_onednn", [True, False])
+def test_float32_is_blocked_only_where_its_linears_run_on_onednn(
+    on_onednn: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """float32 on MKL (an Intel CPU, FARM_CPU_GEMM=default) keeps the fused kernel."""
+    if on_onednn and not lin.onednn_available():
+        pytest.skip("no oneDNN linear in this torch build or CPU")
+    monkeypatch.setattr(lin, "fp32_onednn", lambda: on_onednn)
     f32 = _qkv(2 * BLOCK_ROWS, torch.float32).detach()
-    assert torch.equal(causal_attention(*_split(f32)), F.scaled_dot_product_attention(*_split(f32), is_causal=True))
+    want = blocked_causal(*_split(f32)) if on_onednn else F.scaled_dot_product_attention(*_split(f32), is_causal=True)
+    assert torch.equal(causal_attention(*_split(f32)), want)
