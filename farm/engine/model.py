@@ -69,8 +69,8 @@ class CausalSelfAttention(nn.Module):
         k = k.view(B, T, self.n_head, hs).transpose(1, 2)
         v = v.view(B, T, self.n_head, hs).transpose(1, 2)
         keys, values = layer.append(k, v, pos0)  # (B, nh, pos0 + T, hs)
-        if pos0 == 0:  # a prompt into an empty cache: plain causal attention over its own tokens
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        if pos0 == 0:  # a prompt into an empty cache: `forward`'s causal attention over its own tokens
+            y = causal_attention(q, k, v)
         elif T == 1:  # one new token sees every cached position and itself: no mask
             y = F.scaled_dot_product_attention(q, keys, values)
         else:  # new token i (at pos0 + i) sees positions up to pos0 + i
