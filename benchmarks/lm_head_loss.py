@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 
 from farm.engine import loss as loss_mod
+from farm.engine.allocator import tune_cpu_allocator
+from farm.engine.hardware import _cpu_info
 from farm.engine.loss import lm_head_loss
 
 
@@ -42,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="bfloat16: under autocast")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
+    alloc = tune_cpu_allocator()  # what a job runs under (farm.engine.allocator)
     torch.manual_seed(0)
     N, C, V = args.rows, args.embd, args.vocab
     h = (torch.randn(N, C) * 0.5).requires_grad_()
@@ -100,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         f"# LM head + cross-entropy fwd+bwd, N={N} C={C} V={V}, {args.dtype}, {args.threads} threads, "
         f"{args.repeats} repeats"
     )
+    print(f"# {_cpu_info()[0]}, torch {torch.__version__}; allocator: {alloc}")
     print(f"{'variant':24s} {'median s':>9s} {'GFLOP/s':>8s} {'/unfused':>9s} {'page faults':>12s} {'max |diff|':>11s}")
     for name, ts in times.items():
         med = statistics.median(ts)

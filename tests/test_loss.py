@@ -52,3 +52,27 @@ def test_the_two_bf16_paths_agree_and_fp32_is_unchanged(monkeypatch: pytest.Monk
     h2, w2 = h.detach().clone().requires_grad_(), w.detach().clone().requires_grad_()
     F.cross_entropy(F.linear(h2, w2), t).backward()
     torch.testing.assert_close(w.grad, w2.grad, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("whole_bytes", [loss_mod.WHOLE_GRAD_BYTES, 0], ids=["one dW GEMM", "dW in blocks"])
+def test_bf16_weights_without_autocast_match_the_unfused_loss(
+    monkeypatch: pytest.MonkeyPatch, whole_bytes: int
+) -> None:
+    """The "cast" precision mode: bf16 weights and activations, the softmax's arithmetic in float32."""
+    monkeypatch.setattr(loss_mod, "WHOLE_GRAD_BYTES", whole_bytes)
+    torch.manual_seed(3)
+    h = (torch.randn(40, 32) * 0.5).bfloat16().requires_grad_()
+    w = (torch.randn(300, 32) * 0.1).bfloat16().requires_grad_()
+    t = torch.randint(0, 300, (40,))
+    t[7] = -100  # an ignored target counts for nothing
+    loss = lm_head_loss(h, w, t, chunk=16)
+    loss.backward()
+    h2, w2 = h.detach().clone().requires_grad_(), w.detach().clone().requires_grad_()
+    ref = F.cross_entropy(F.linear(h2, w2).float(), t)
+    ref.backward()
+    assert h.grad is not None and w.grad is not None and h2.grad is not None and w2.grad is not None
+    assert h.grad.dtype == w.grad.dtype == torch.bfloat16
+    torch.testing.assert_close(loss.detach(), ref.detach(), rtol=1e-6, atol=1e-6)  # both float32 from bf16 logits
+    torch.testing.assert_close(h.grad.float(), h2.grad.float(), rtol=2e-2, atol=2e-3)
+    torch.testing.assert_close(w.grad.float(), w2.grad.float(), rtol=2e-2, atol=2e-3)
+    assert float(h.grad[7].abs().max()) == 0.0
