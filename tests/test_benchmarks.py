@@ -157,3 +157,22 @@ def test_cpu_roofline_goal_smoke(tmp_path: Path) -> None:
         assert r["of_roofline"] == pytest.approx(r["achieved_flops"] / r["roofline_flops"])
     if "bfloat16" not in {d for _, d in cases}:
         assert any("bf16 has no hardware path" in s for s in doc["skipped"])
+
+
+def test_step_budget_smoke(tmp_path: Path) -> None:
+    """The step-budget script prints the step, every part and the rest, each with its share of the step."""
+    args = ["benchmarks/step_budget.py", "--model", "gpt2-tiny", "--seq", "32", "--rounds", "1", "--threads", "1"]
+    proc = _run_script([*args, "--dtypes", "float32"], tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = {}
+    for line in proc.stdout.splitlines():
+        cells = line.rsplit(maxsplit=3)  # part, ms, share of the step, GFLOP/s or "-"
+        try:
+            rows[cells[0].strip()] = (float(cells[1]), float(cells[2]))
+        except (IndexError, ValueError):
+            continue
+    for part in ("step", "block linears (fwd, dX, dW)", "attention fwd + bwd", "LM head + loss fwd + bwd"):
+        assert part in rows
+    assert rows["step"][1] == pytest.approx(1.0)
+    assert all(ms > 0 for label, (ms, _) in rows.items() if not label.startswith("rest"))
+    assert "AdamW (fused)" in rows and "rest (step less the parts)" in rows
