@@ -281,7 +281,7 @@ def test_farm_run_output_shows_status_flags_peak_and_roofline(capsys: pytest.Cap
     _check("terminal", text, compact=True)
     assert "forward.host_lock_wait=750 ms (not timed)" in text and "forward.load_avg_1m=2.90" in text
     assert "forward: repeats auto stopped by target (n=5)" in text and "fresh process" in text
-    assert "float32 linears on oneDNN" in text
+    assert "float32 linears and attention on oneDNN" in text
 
 
 def test_farm_run_names_the_peak_of_a_real_cpu_measurement() -> None:

@@ -223,7 +223,7 @@ def breakdown_lines(results: Iterable[JobResult]) -> list[str]:
         if r.fresh_process is not None:
             how.append("fresh process" if r.fresh_process else "not a fresh process (the device was used before)")
         if r.cpu_gemm == result_model.CPU_GEMM_ONEDNN:
-            how.append("float32 linears on oneDNN")
+            how.append("float32 linears and attention on oneDNN")
         if how:
             lines.append(f"{r.device}: " + ", ".join(how))
         for w in r.warnings:

@@ -229,7 +229,8 @@ def judge(
     return result
 
 
-# `JobResult.cpu_gemm`: what a CPU job's linears ran on (set by farm.engine.linear, shown by the CLI)
+# `JobResult.cpu_gemm`: what a CPU job's linears ran on (set by farm.engine.linear, shown by the CLI);
+# float32 attention follows them (farm.engine.attention: blocked on oneDNN exactly where they are)
 CPU_GEMM_ONEDNN = "oneDNN for float32 and bfloat16 linears (MKL runs its AVX-512 kernels on Intel CPUs only)"
 CPU_GEMM_DEFAULT = "PyTorch's default (float32: MKL; bfloat16: oneDNN)"
 
