@@ -29,7 +29,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from farm.spec import BenchSpec, ModelShape
+from farm.spec import BenchSpec, ModelShape, parse_device_tag
+
+# Query rows per block of the CPU's blocked causal attention (farm.engine.attention takes this value):
+# the softmax probabilities it keeps for the backward are predicted from it.
+CPU_ATTENTION_BLOCK_ROWS = 256
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
@@ -171,6 +175,17 @@ class MemoryPrediction:
         return f"{self.total / gib:.2f} GiB ({', '.join(parts)} GiB)"
 
 
+def kept_attention_bytes(cfg: ModelShape, batch: int, seq: int, elem_bytes: int) -> int:
+    """Bytes of the softmax probabilities a CPU's blocked causal attention keeps for the backward, every
+    layer: each block of query rows against the keys up to its end (none below two blocks, where the
+    fused kernel runs and keeps none)."""
+    b = CPU_ATTENTION_BLOCK_ROWS
+    if seq < 2 * b:
+        return 0
+    cells = sum((min(s + b, seq) - s) * min(s + b, seq) for s in range(0, seq, b))
+    return cfg.n_layer * batch * cfg.n_head * cells * elem_bytes
+
+
 def predict_memory(spec: BenchSpec, phase: str) -> MemoryPrediction:
     """Predicted peak memory of a phase on its device.
 
@@ -180,7 +195,9 @@ def predict_memory(spec: BenchSpec, phase: str) -> MemoryPrediction:
     optimizer  AdamW: 2 states per parameter; SGD with momentum: 1 (train)
     activations  saved for backward per layer and token, about 18·C values (LayerNorm inputs
                and outputs, q/k/v, attention output, the 4C MLP input and GELU output); a forward
-               under inference mode keeps only about 8·C of one layer at a time
+               under inference mode keeps only about 8·C of one layer at a time. Training on a CPU
+               adds the blocked attention's probabilities (`kept_attention_bytes`): an upper bound
+               where the fused kernel runs instead (float32 on an Intel CPU, bf16 with AMX)
     logits     B·T·V: once in a forward; three times in training (logits, log-softmax saved by
                cross-entropy, and their gradient), in float32 for the loss; B·V in generate (the
                last position only)
@@ -206,6 +223,8 @@ def predict_memory(spec: BenchSpec, phase: str) -> MemoryPrediction:
         return MemoryPrediction(phase, weights, 0, 0, acts, spec.batch * cfg.vocab_size * a_bytes, kv)
     states = 2 if spec.optimizer == "adamw" else 1
     acts = 18 * C * cfg.n_layer * tokens * a_bytes
+    if parse_device_tag(spec.devices[0])[0] == "cpu":
+        acts += kept_attention_bytes(cfg, spec.batch, spec.seq, a_bytes)
     logits = tokens * cfg.vocab_size * (a_bytes + 2 * 4)
     return MemoryPrediction(phase, weights, weights, states * weights, acts, logits)
 

@@ -9,6 +9,8 @@ import torch.nn.functional as F
 import farm.engine.attention as attn
 import farm.engine.linear as lin
 from farm.engine.attention import BLOCK_ROWS, blocked_causal, causal_attention
+from farm.flops import kept_attention_bytes
+from farm.spec import ModelShape
 
 
 def _qkv(T: int, dtype: torch.dtype, seed: int = 0) -> torch.Tensor:
@@ -103,3 +105,21 @@ def test_float32_is_blocked_only_where_its_linears_run_on_onednn(
     f32 = _qkv(2 * BLOCK_ROWS, torch.float32).detach()
     want = blocked_causal(*_split(f32)) if on_onednn else F.scaled_dot_product_attention(*_split(f32), is_causal=True)
     assert torch.equal(causal_attention(*_split(f32)), want)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_memory_it_keeps_is_the_one_predicted(dtype: torch.dtype) -> None:
+    """farm.flops.kept_attention_bytes (in a CPU train phase's predicted memory) is what the backward keeps."""
+    B, nh, T, hs = 2, 4, 2 * BLOCK_ROWS + 100, 32
+    x = torch.randn(B, T, 3, nh, hs).to(dtype).requires_grad_()
+    out = blocked_causal(*_split(x))
+    assert out.grad_fn is not None
+    fn = out.grad_fn
+    while fn is not None and "BlockedCausal" not in type(fn).__name__:
+        fn = fn.next_functions[0][0]
+    assert fn is not None
+    probs = fn.saved_tensors[4:]  # type: ignore[attr-defined]  # after q, k, v and the output
+    kept = sum(p.numel() * p.element_size() for p in probs)
+    shape = ModelShape(name="one-layer", n_layer=1, n_head=nh, n_embd=nh * hs, block_size=T, vocab_size=64)
+    assert kept == kept_attention_bytes(shape, B, T, dtype.itemsize)
+    assert kept_attention_bytes(shape, B, 2 * BLOCK_ROWS - 1, 4) == 0  # the fused kernel's length keeps none

@@ -10,6 +10,7 @@ from farm.engine.model import GPT
 from farm.flops import (
     attention_flops_per_token,
     forward_flops,
+    kept_attention_bytes,
     matmul_flops_per_token,
     min_phase_flops,
     param_count,
@@ -139,6 +140,11 @@ def test_memory_prediction_components() -> None:
     on_gpu = predict_memory(spec.model_copy(update={"dtype": "bfloat16", "devices": ("cuda",)}), "train")
     assert on_cpu.weights == 2 * n and on_gpu.weights == 4 * n
     assert predict_peak(spec.model_copy(update={"phases": ("init",)})).phase == "init"
+    # A CPU keeps the blocked attention's probabilities for the backward (8 x 12 heads x 12 layers, each
+    # block of 256 query rows against the keys up to its end, float32); a GPU's fused kernel keeps none.
+    f32_gpu = predict_memory(spec.model_copy(update={"devices": ("cuda",)}), "train")
+    kept = 12 * 8 * 12 * 256 * (256 + 512 + 768 + 1024) * 4
+    assert train.activations - f32_gpu.activations == kept == kept_attention_bytes(PRESETS["gpt2"], 8, 1024, 4)
 
 
 def test_gpt2_xl_training_needs_far_more() -> None:

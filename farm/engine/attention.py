@@ -38,12 +38,14 @@ import torch.nn.functional as F
 
 from farm.engine.hardware import _cpu_info
 from farm.engine.linear import onednn_available, onednn_nt, routed
+from farm.flops import CPU_ATTENTION_BLOCK_ROWS
 
 __all__ = ["BLOCK_ROWS", "blocked_causal", "causal_attention"]
 
 # Query rows per block: 256 kept the GEMMs large and the skipped triangle fine-grained on a Zen 5
-# (benchmarks/attention.py); sequences shorter than two blocks take the fused kernel.
-BLOCK_ROWS = 256
+# (benchmarks/attention.py, both dtypes); sequences shorter than two blocks take the fused kernel.
+# farm.flops predicts the memory the blocks keep from the same value.
+BLOCK_ROWS = CPU_ATTENTION_BLOCK_ROWS
 
 # a @ b^T over matching leading dimensions
 _NT = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
