@@ -19,9 +19,9 @@ over P's full rows and keeps more. Each block's probabilities P are kept for the
 bfloat16 runs each product for all heads at once (a batched matmul: oneDNN's AVX512_BF16 kernels).
 float32, where `farm.engine.linear` routes it to oneDNN, runs them head by head on oneDNN's linear,
 every operand in the layout that kernel takes without a copy (a transposed input is copied; a
-transposed weight is not). On that Zen 5, benchmarks/attention.py (interleaved): bf16 6.7 against
-14.6 ms forward and 17.5 against 37.4 ms forward + backward; fp32 10.7 against 14.2 and 33.2 against
-50.6 ms; largest differences against a float64 reference 0.019 (bf16; the fused kernel's 0.011, the
+transposed weight is not). On that Zen 5, benchmarks/attention.py (interleaved): bf16 6.0 against
+14.2 ms forward and 17.2 against 36.8 ms forward + backward; fp32 9.6 against 13.6 and 31.7 against
+49.2 ms; largest differences against a float64 reference 0.019 (bf16; the fused kernel's 0.011, the
 probabilities rounded to bf16 before the values) and 7e-7 (fp32). Elsewhere (float32 on MKL, a CPU
 with AMX, whose fused kernel uses the tiles, or sequences shorter than two blocks) attention stays on
 the fused kernel.
