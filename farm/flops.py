@@ -223,7 +223,7 @@ def predict_memory(spec: BenchSpec, phase: str) -> MemoryPrediction:
         return MemoryPrediction(phase, weights, 0, 0, acts, spec.batch * cfg.vocab_size * a_bytes, kv)
     states = 2 if spec.optimizer == "adamw" else 1
     acts = 18 * C * cfg.n_layer * tokens * a_bytes
-    if parse_device_tag(spec.devices[0])[0] == "cpu":
+    if parse_device_tag(spec.devices[0])[0] == "cpu" and spec.dtype in ("float32", "bfloat16"):  # float16: fused
         acts += kept_attention_bytes(cfg, spec.batch, spec.seq, a_bytes)
     logits = tokens * cfg.vocab_size * (a_bytes + 2 * 4)
     return MemoryPrediction(phase, weights, weights, states * weights, acts, logits)

@@ -145,6 +145,11 @@ def test_memory_prediction_components() -> None:
     f32_gpu = predict_memory(spec.model_copy(update={"devices": ("cuda",)}), "train")
     kept = 12 * 8 * 12 * 256 * (256 + 512 + 768 + 1024) * 4
     assert train.activations - f32_gpu.activations == kept == kept_attention_bytes(PRESETS["gpt2"], 8, 1024, 4)
+    f16 = spec.model_copy(update={"dtype": "float16"})  # float16 keeps the fused kernel on a CPU
+    assert (
+        predict_memory(f16, "train").activations
+        == predict_memory(f16.model_copy(update={"devices": ("cuda",)}), "train").activations
+    )
 
 
 def test_gpt2_xl_training_needs_far_more() -> None:
