@@ -28,6 +28,21 @@ FUSED_LOSS_DEVICES = ("cpu",)
 WHOLE_GRAD_BYTES = 256 * 2**20
 
 
+# Rows of a low-precision logits block whose float32 log-softmax is taken at a time, for the loss's
+# one gathered value a row: 32 x 50257 float32 stays in cache (6.4 MB) where the whole block's is
+# a 206 MB write (1024 rows: 13.9 against 20.2 ms, bf16, 2 Zen 5 threads).
+LSM_ROWS = 32
+
+
+def _target_log_probs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """log_softmax(logits.float())[i, targets[i]] for every row i, a few rows at a time."""
+    out = torch.empty(logits.shape[0], dtype=torch.float32, device=logits.device)
+    for s in range(0, logits.shape[0], LSM_ROWS):
+        lsm = torch.log_softmax(logits[s : s + LSM_ROWS], dim=1, dtype=torch.float32)
+        out[s : s + LSM_ROWS] = lsm.gather(1, targets[s : s + LSM_ROWS, None]).squeeze(1)
+    return out
+
+
 class _LMHeadCrossEntropy(torch.autograd.Function):
     """Mean cross-entropy of `h @ w.T` against `targets`, with its gradients computed chunk by chunk.
 
@@ -63,9 +78,13 @@ class _LMHeadCrossEntropy(torch.autograd.Function):
         if whole and onednn:
             chunk = N
         buf = None if onednn else torch.empty(N if whole else min(chunk, N), V, dtype=mm_dtype, device=h.device)
-        # float32 (V, C) head gradient, whatever the matmul dtype: written once (whole), else accumulated.
-        new_grad_w = torch.empty if whole else torch.zeros
-        grad_w = new_grad_w(w.shape, dtype=torch.float32, device=w.device) if need_grad else None
+        # The (V, C) head gradient: accumulated block by block in float32, else written once (whole)
+        # in the weights' dtype (bf16 weights: the bf16 GEMM's result transposed once into bf16, not
+        # into a float32 copy converted back to bf16 in backward: 4.9 against 23.5 + 4.9 ms at 1 x 1024).
+        grad_w = None
+        if need_grad:
+            grad_w = (torch.empty(w.shape, dtype=w.dtype, device=w.device) if whole
+                      else torch.zeros(w.shape, dtype=torch.float32, device=w.device))  # fmt: skip
         loss_sum = torch.zeros((), dtype=torch.float32, device=h.device)
         valid = targets != ignore_index  # (N,)
         safe_t = torch.where(valid, targets, 0)
@@ -96,9 +115,7 @@ class _LMHeadCrossEntropy(torch.autograd.Function):
                 # Low-precision logits: the loss from one float32 log-softmax of them (as autocast's
                 # cross-entropy), then G = their softmax in place, float32 arithmetic inside, rounded
                 # once to the matmul dtype (not exp, scale and convert passes over a float32 copy).
-                lsm = torch.log_softmax(logits, dim=1, dtype=torch.float32)
-                loss_sum -= (lsm.gather(1, safe_t[s:e, None]).squeeze(1) * v).sum()
-                del lsm
+                loss_sum -= (_target_log_probs(logits, safe_t[s:e]) * v).sum()
                 if grad_h is None or grad_w is None:  # no gradient wanted
                     continue
                 g = torch.softmax(logits, dim=1, out=logits)  # whole: G's rows kept in buf for dW
