@@ -49,8 +49,8 @@ class _LMHeadCrossEntropy(torch.autograd.Function):
     The unfused path materialises the full (N, V) logits, their log-softmax (saved for backward)
     and, in backward, a (N, V) gradient: three or four fresh 206 MB tensors at N = 1024, V = 50257,
     each page-faulted in by the OS and streamed through memory several times. Here each block of
-    rows is computed once into one reused scratch buffer: logits -> logsumexp -> softmax in place
-    -> minus one-hot = dloss/dlogits -> the two gradient matmuls. Every FLOP of the unfused path is
+    rows is computed once into one reused scratch buffer: logits -> log-softmax (the loss) -> softmax
+    in place -> minus one-hot = dloss/dlogits -> the two gradient matmuls. Every FLOP of the unfused path is
     still done (the same three matmuls per block); the backward only scales the stored gradients.
     Targets equal to `ignore_index` count for nothing, as in F.cross_entropy.
     """
